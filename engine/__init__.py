@@ -1,0 +1,1 @@
+"""Library code of the commands: combines models/, data/ and utils/."""
