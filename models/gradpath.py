@@ -1,0 +1,227 @@
+"""Gradient-path analysis of any model: ``python -m models.gradpath --cfg FILE``.
+
+The network is read as a graph of *computational layers* (every call of an ``nn.Conv*`` or
+``nn.Linear`` module) joined by *non-computational edges* (concat, add, multiplication by an
+implicit vector, identity, pooling, upsampling, activation, BatchNorm, reshapes ...). The loss
+sits at the model outputs (the training-mode head outputs). Gradients flow from the loss back
+along the reversed edges.
+
+The graph is read from the autograd graph of one training-mode forward pass, so it needs no
+per-block code, works for any forward (data-dependent Python included) and sees exactly the
+edges a gradient can cross: a ``detach()`` (stop-gradient) removes its edge.
+
+Definitions (``L`` is the loss, a gradient path of layer ``v`` is a sequence of computational
+layers ``L -> s_1 -> ... -> s_j -> v`` where each layer's output reaches the next one's input
+through non-computational edges only; its *length* counts the layers on it including ``v``
+itself, so a head convolution has length 1 and a chain of ``n`` layers gives ``n, ..., 1``):
+
+- ``depth``: the most computational layers on a path from the network input to ``v``,
+  counting ``v`` (first layer: 1). The network depth is the largest depth among layers that
+  feed the loss.
+- ``shortest`` / ``longest``: the shortest / longest gradient path length of ``v`` (None when
+  no gradient reaches ``v``).
+- ``aggregated``: the number of distinct features combined (through concat / add / ...) at
+  ``v``'s input: distinct computational-layer outputs, the network input counting as one.
+- ``timestamps``: the number of distinct gradient path lengths reaching ``v`` (the paper's
+  gradient timestamps: gradients that crossed different numbers of layers).
+- ``sources``: the number of distinct immediate gradient sources of ``v``: the computational
+  layers that consume ``v``'s output directly, plus one if the output reaches the loss
+  directly (the paper's / PRN's gradient source: which path a gradient came through).
+- ``paths``: the number of distinct gradient paths (sequences of layers) from ``L`` to ``v``.
+
+The analysis is layer-level: PRN's partial (per-channel) residuals appear as ordinary adds.
+Path counts and path-length sets are computed by dynamic programming over the DAG (Python ints,
+path-length sets as bit masks), never by enumerating paths.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+COMPUTATIONAL: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
+INPUT = -1  # stands for the network input in a layer's predecessor set
+
+
+@dataclass(frozen=True)
+class LayerGraph:
+    """Computational layers in forward (hence topological) order.
+
+    ``preds[i]``: indices of the layers (or ``INPUT``) whose outputs reach layer ``i``'s input
+    through non-computational edges only; every index is smaller than ``i``.
+    ``to_loss``: layers whose outputs reach a model output through non-computational edges.
+    """
+
+    names: list[str]
+    kinds: list[str]
+    preds: list[frozenset[int]]
+    to_loss: frozenset[int]
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Gradient-path statistics of one computational layer (see the module docstring)."""
+
+    index: int
+    name: str
+    kind: str
+    depth: int
+    aggregated: int
+    shortest: int | None
+    longest: int | None
+    timestamps: int
+    sources: int
+    paths: int
+
+
+def _kind(module: nn.Module) -> str:
+    """Short description such as ``Conv2d 3x3/2 g1`` or ``Linear``."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        k = "x".join(str(v) for v in module.kernel_size)
+        s = module.stride[0]
+        return f"{type(module).__name__} {k}/{s} g{module.groups}"
+    return type(module).__name__
+
+
+def _tensors(obj: Any) -> Iterable[torch.Tensor]:
+    """All tensors in a nested list / tuple / dict model output."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+
+
+def _frontier(root: Any, stop: dict[Any, int], memo: dict[Any, frozenset[int]]) -> frozenset[int]:
+    """Layers (values of ``stop``) reached from autograd node ``root`` without crossing one.
+
+    Iterative post-order walk: autograd graphs of big models are deeper than Python's
+    recursion limit. ``memo`` is shared across calls so every node is expanded once.
+    """
+    stack = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if node in memo:
+            continue
+        if node in stop:
+            memo[node] = frozenset((stop[node],))
+            continue
+        children = [c for c, _ in node.next_functions if c is not None]
+        if expanded:
+            memo[node] = frozenset().union(*(memo[c] for c in children))
+        else:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if c not in memo)
+    return memo[root]
+
+
+def trace_graph(
+    model: nn.Module,
+    x: torch.Tensor,
+    layer_types: tuple[type[nn.Module], ...] = COMPUTATIONAL,
+) -> LayerGraph:
+    """Run one training-mode forward of a copy of ``model`` on ``x`` and read its layer graph.
+
+    Args:
+        model: any module; it is deep-copied so its BatchNorm statistics and mode are untouched.
+        x: example input, e.g. float [B, 3, H, W] (B >= 2 keeps training-mode BatchNorm valid).
+        layer_types: module types that count as computational layers.
+    """
+    model = copy.deepcopy(model).train()
+    for p in model.parameters():
+        p.requires_grad_(True)  # frozen layers would otherwise hide their gradient paths
+    calls: list[tuple[str, str, list[Any], Any]] = []  # name, kind, input nodes, output node
+    counts: dict[str, int] = {}
+
+    def record(name: str, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        counts[name] = counts.get(name, 0) + 1
+        label = name if counts[name] == 1 else f"{name}#{counts[name]}"
+        inputs = [a.grad_fn for a in _tensors(args) if a.grad_fn is not None]
+        calls.append((label, _kind(module), inputs, output.grad_fn))
+
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out, name=name: record(name, mod, args, out))
+        for name, m in model.named_modules()
+        if isinstance(m, layer_types)
+    ]
+    leaf = x.detach().clone().requires_grad_(True)
+    inp = leaf.clone()  # a non-leaf node every path to the input goes through
+    try:
+        with torch.enable_grad():
+            out = model(inp)
+    finally:
+        for h in hooks:
+            h.remove()
+    stop = {node: i for i, (_, _, _, node) in enumerate(calls)}
+    stop[inp.grad_fn] = INPUT
+    memo: dict[Any, frozenset[int]] = {}
+    preds = [
+        frozenset().union(*(_frontier(n, stop, memo) for n in ins)) for _, _, ins, _ in calls
+    ]
+    outs = [t.grad_fn for t in _tensors(out) if t.grad_fn is not None]
+    to_loss = frozenset().union(*(_frontier(n, stop, memo) for n in outs)) - {INPUT}
+    return LayerGraph([c[0] for c in calls], [c[1] for c in calls], preds, to_loss)
+
+
+def analyse(graph: LayerGraph) -> list[LayerStats]:
+    """Per-layer statistics of ``graph`` by dynamic programming over its DAG.
+
+    Path-length sets are bit masks (bit ``j`` set: some gradient path has length ``j``), so
+    a layer's set is the union of its successors' sets shifted by one.
+    """
+    n = len(graph.names)
+    succ: list[list[int]] = [[] for _ in range(n)]
+    depth = [0] * n
+    for i, ps in enumerate(graph.preds):
+        depth[i] = 1 + max((depth[p] for p in ps if p != INPUT), default=0)
+        for p in ps:
+            if p != INPUT:
+                succ[p].append(i)
+    mask = [0] * n
+    paths = [0] * n
+    for i in reversed(range(n)):
+        at_loss = i in graph.to_loss
+        mask[i] = (0b10 if at_loss else 0)
+        for s in succ[i]:
+            mask[i] |= mask[s] << 1
+        paths[i] = int(at_loss) + sum(paths[s] for s in succ[i])
+    rows = []
+    for i in range(n):
+        m = mask[i]
+        rows.append(LayerStats(
+            index=i,
+            name=graph.names[i],
+            kind=graph.kinds[i],
+            depth=depth[i],
+            aggregated=len(graph.preds[i]),
+            shortest=(m & -m).bit_length() - 1 if m else None,
+            longest=m.bit_length() - 1 if m else None,
+            timestamps=m.bit_count(),
+            sources=len(succ[i]) + int(i in graph.to_loss),
+            paths=paths[i],
+        ))
+    return rows
+
+
+def summarise(rows: list[LayerStats], graph: LayerGraph) -> dict[str, Any]:
+    """Network-level numbers: depth, max / mean shortest path, max longest path.
+
+    Means and maxima run over the layers a gradient reaches; ``no_gradient`` counts the rest.
+    """
+    reached = [r for r in rows if r.shortest is not None]
+    shortest = [r.shortest for r in reached]
+    return {
+        "layers": len(rows),
+        "depth": max((rows[i].depth for i in graph.to_loss), default=0),
+        "max_shortest_path": max(shortest, default=0),
+        "mean_shortest_path": round(sum(shortest) / len(shortest), 3) if shortest else 0.0,
+        "max_longest_path": max((r.longest for r in reached), default=0),
+        "no_gradient": len(rows) - len(reached),
+    }

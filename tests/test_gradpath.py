@@ -1,0 +1,200 @@
+"""Gradient-path analysis: hand-computed path lengths on tiny hand-built graphs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.gradpath import INPUT, analyse, summarise, trace_graph
+
+
+def conv(c1: int = 4, c2: int = 4, k: int = 3) -> nn.Conv2d:
+    return nn.Conv2d(c1, c2, k, padding=k // 2)
+
+
+def run(model: nn.Module, c: int = 4) -> tuple[dict[str, tuple], dict]:
+    """Analyse ``model`` on a [2, c, 8, 8] input; rows keyed by layer name."""
+    graph = trace_graph(model, torch.rand(2, c, 8, 8))
+    rows = analyse(graph)
+    table = {
+        r.name: (r.depth, r.shortest, r.longest, r.aggregated, r.timestamps, r.sources, r.paths)
+        for r in rows
+    }
+    return table, summarise(rows, graph)
+
+
+class Residual(nn.Module):
+    """stem -> [c1 -> c2] + identity -> head; ``stop`` detaches one branch."""
+
+    def __init__(self, stop: str | None = None) -> None:
+        super().__init__()
+        self.stem, self.c1, self.c2, self.head = conv(), conv(), conv(), conv(k=1)
+        self.stop = stop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.c2(torch.relu(self.c1(x)))
+        if self.stop == "identity":
+            x = x.detach()
+        if self.stop == "computational":
+            y = y.detach()
+        return self.head(x + y)
+
+
+class OSA(nn.Module):
+    """VoVNet one-shot aggregation: three 3x3 convs, concat all with the input, 1x1 transition."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.c3 = conv(), conv(), conv()
+        self.t = conv(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y1 = self.c1(x)
+        y2 = self.c2(y1)
+        y3 = self.c3(y2)
+        return self.t(torch.cat([x, y1, y2, y3], 1))
+
+
+class ELAN(nn.Module):
+    """ELAN with k modules of m 3x3 convs: concat[short, main, X_1..X_k] -> 1x1 transition."""
+
+    def __init__(self, k: int = 2, m: int = 2) -> None:
+        super().__init__()
+        self.cv1, self.cv2 = conv(k=1), conv(k=1)
+        self.modules_ = nn.ModuleList(nn.Sequential(*(conv() for _ in range(m))) for _ in range(k))
+        self.t = conv(4 * (k + 2), 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [self.cv1(x), self.cv2(x)]
+        for block in self.modules_:
+            outs.append(block(outs[-1]))
+        return self.t(torch.cat(outs, 1))
+
+
+def test_chain() -> None:
+    model = nn.Sequential(conv(3, 4), nn.BatchNorm2d(4), nn.SiLU(), conv(), nn.MaxPool2d(2), conv())
+    table, summary = run(model, c=3)
+    # depth, shortest, longest, aggregated, timestamps, sources, paths
+    assert table == {
+        "0": (1, 3, 3, 1, 1, 1, 1),
+        "3": (2, 2, 2, 1, 1, 1, 1),
+        "5": (3, 1, 1, 1, 1, 1, 1),
+    }
+    assert summary == {"layers": 3, "depth": 3, "max_shortest_path": 3, "mean_shortest_path": 2.0,
+                       "max_longest_path": 3, "no_gradient": 0}
+
+
+def test_residual_block() -> None:
+    table, summary = run(Residual())
+    assert table == {
+        "stem": (1, 2, 4, 1, 2, 2, 2),  # via identity: head, stem; via branch: head, c2, c1, stem
+        "c1": (2, 3, 3, 1, 1, 1, 1),
+        "c2": (3, 2, 2, 1, 1, 1, 1),
+        "head": (4, 1, 1, 2, 1, 1, 1),  # aggregates stem and c2 through the add
+    }
+    assert summary["depth"] == 4 and summary["max_shortest_path"] == 3
+
+
+def test_osa_block() -> None:
+    table, _ = run(nn.Sequential(conv(), OSA()))
+    assert table == {
+        "0": (1, 2, 5, 1, 4, 2, 4),
+        "1.c1": (2, 2, 4, 1, 3, 2, 3),
+        "1.c2": (3, 2, 3, 1, 2, 2, 2),
+        "1.c3": (4, 2, 2, 1, 1, 1, 1),
+        "1.t": (5, 1, 1, 4, 1, 1, 1),
+    }
+
+
+def test_elan_block_k2_m2() -> None:
+    table, summary = run(nn.Sequential(conv(), ELAN(k=2, m=2)))
+    assert table == {
+        "0": (1, 3, 7, 1, 3, 2, 4),  # {3 via cv1, 3/5/7 via cv2}
+        "1.cv1": (2, 2, 2, 1, 1, 1, 1),
+        "1.cv2": (2, 2, 6, 1, 3, 2, 3),
+        "1.modules_.0.0": (3, 3, 5, 1, 2, 1, 2),
+        "1.modules_.0.1": (4, 2, 4, 1, 2, 2, 2),
+        "1.modules_.1.0": (5, 3, 3, 1, 1, 1, 1),
+        "1.modules_.1.1": (6, 2, 2, 1, 1, 1, 1),
+        "1.t": (7, 1, 1, 4, 1, 1, 1),
+    }
+    assert summary["depth"] == 7 and summary["max_shortest_path"] == 3
+    assert summary["max_longest_path"] == 7
+
+
+def test_stacking_trends() -> None:
+    """The paper's hypothesis: OSA stacks add one per block; residual and ELAN-k stay flat."""
+    def stat(model: nn.Module, key: str) -> int:
+        return run(model)[1][key]
+
+    osa = [stat(nn.Sequential(conv(), *(OSA() for _ in range(n))), "max_shortest_path")
+           for n in (1, 2, 3)]
+    assert osa == [2, 3, 4]
+    res = [stat(nn.Sequential(conv(), *(ResidualOnly() for _ in range(n)), conv(k=1)),
+                "max_shortest_path") for n in (1, 2, 4)]
+    assert res == [3, 3, 3]
+    elan = [stat(nn.Sequential(conv(), ELAN(k=k)), "max_shortest_path") for k in (1, 2, 4)]
+    assert elan == [3, 3, 3]
+
+
+class ResidualOnly(nn.Module):
+    """x + c2(c1(x)), no stem or head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = conv(), conv()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.c2(self.c1(x))
+
+
+def test_path_counts_are_exact_big_ints() -> None:
+    """y_k = y_{k-1} + c_k(y_{k-1}): the stem reaches the loss through every subset of c_k."""
+    n = 80
+    model = nn.Sequential(*(Tiny() for _ in range(n)))
+    graph = trace_graph(nn.Sequential(nn.Conv2d(1, 1, 1), model, nn.Conv2d(1, 1, 1)),
+                        torch.rand(2, 1, 2, 2))
+    rows = analyse(graph)
+    assert rows[0].paths == 2 ** n
+    assert rows[0].timestamps == n + 1 and rows[0].shortest == 2 and rows[0].longest == n + 2
+    assert rows[-1].aggregated == n + 1
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.c(x)
+
+
+def test_detach_removes_gradient_edges() -> None:
+    table, _ = run(Residual(stop="identity"))
+    assert table["stem"][1:3] == (4, 4)  # only the long way is left
+    table, summary = run(Residual(stop="computational"))
+    assert table["stem"][1:3] == (2, 2)
+    assert table["c1"][1] is None and table["c2"][1] is None and summary["no_gradient"] == 2
+
+
+def test_linear_nested_outputs_and_model_untouched() -> None:
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(conv(3, 4), nn.BatchNorm2d(4))
+            self.fc = nn.Linear(4, 2)
+            self.aux = conv(k=1)
+
+        def forward(self, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+            y = self.body(x)
+            return {"out": [self.fc(y.mean((2, 3))), self.aux(y)]}
+
+    model = TwoHeads().eval()
+    before = model.body[1].running_mean.clone()
+    graph = trace_graph(model, torch.rand(2, 3, 8, 8))
+    assert graph.names == ["body.0", "fc", "aux"]
+    assert graph.preds[0] == {INPUT} and graph.to_loss == {1, 2}
+    assert graph.kinds[1] == "Linear" and graph.kinds[0] == "Conv2d 3x3/1 g1"
+    assert analyse(graph)[0].sources == 2
+    assert not model.training and torch.equal(model.body[1].running_mean, before)
