@@ -36,11 +36,16 @@ path-length sets as bit masks), never by enumerating paths.
 
 from __future__ import annotations
 
+import argparse
 import copy
-from dataclasses import dataclass
+import csv
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
+import yaml
 from torch import nn
 
 COMPUTATIONAL: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
@@ -225,3 +230,114 @@ def summarise(rows: list[LayerStats], graph: LayerGraph) -> dict[str, Any]:
         "max_longest_path": max((r.longest for r in reached), default=0),
         "no_gradient": len(rows) - len(reached),
     }
+
+
+def analyse_model(model: nn.Module, img: int = 256, batch: int = 2,
+                  ch: int = 3) -> tuple[LayerGraph, list[LayerStats], dict[str, Any]]:
+    """Trace ``model`` on a random [batch, ch, img, img] input; return graph, rows and summary."""
+    graph = trace_graph(model, torch.rand(batch, ch, img, img))
+    rows = analyse(graph)
+    return graph, rows, summarise(rows, graph)
+
+
+def _fmt(value: int | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3e}" if value >= 10**9 else str(value)  # path counts can have 100 digits
+
+
+def format_table(rows: list[LayerStats]) -> str:
+    """Fixed-width text table, one line per computational layer."""
+    header = ("idx", "layer", "kind", "depth", "agg", "short", "long", "stamps", "srcs", "paths")
+    lines = [
+        (str(r.index), r.name, r.kind, str(r.depth), str(r.aggregated), _fmt(r.shortest),
+         _fmt(r.longest), str(r.timestamps), str(r.sources), _fmt(r.paths))
+        for r in rows
+    ]
+    widths = [max(len(row[j]) for row in [header, *lines]) for j in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) if j in (1, 2) else cell.rjust(w) for j, (cell, w) in
+                  enumerate(zip(row, widths)))
+        for row in [header, *lines]
+    )
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """One line such as ``layers 105, depth 53, shortest path max 19 / mean 9.1, longest 53``."""
+    line = (f"layers {summary['layers']}, depth {summary['depth']}, shortest gradient path "
+            f"max {summary['max_shortest_path']} / mean {summary['mean_shortest_path']}, "
+            f"longest gradient path max {summary['max_longest_path']}")
+    if summary["no_gradient"]:
+        line += f", {summary['no_gradient']} layers get no gradient"
+    return line
+
+
+def write_csv(rows: list[LayerStats], path: str | Path) -> None:
+    """One CSV row per layer with every ``LayerStats`` field (empty when no gradient)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(LayerStats)])
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+
+
+def save_plot(rows: list[LayerStats], path: str | Path, title: str = "") -> None:
+    """Line plot of depth and shortest / longest gradient path by layer index."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no global backend switch
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), tight_layout=True)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = [r.index for r in rows]
+    nan = float("nan")
+    ax.plot(x, [r.depth for r in rows], label="depth from input", color="0.6")
+    ax.plot(x, [nan if r.longest is None else r.longest for r in rows], label="longest gradient path")
+    ax.plot(x, [nan if r.shortest is None else r.shortest for r in rows], label="shortest gradient path")
+    ax.set_xlabel("computational layer (forward order)")
+    ax.set_ylabel("computational layers")
+    ax.set_title(title)
+    ax.legend()
+    fig.savefig(path, dpi=120)
+
+
+def load_cfg(path: str | Path, depth: float | None = None) -> dict[str, Any]:
+    """Read a model YAML; ``depth`` overrides its ``depth_multiple`` (block repeats)."""
+    with open(path) as f:
+        cfg = yaml.safe_load(f)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: a model config must be a mapping")
+    if depth is not None:
+        cfg["depth_multiple"] = depth
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Command line: table and summary of a model config's gradient paths."""
+    parser = argparse.ArgumentParser(prog="python -m models.gradpath", description=__doc__.split("\n")[0])
+    parser.add_argument("--cfg", required=True, help="model YAML")
+    parser.add_argument("--img", type=int, default=256, help="input size (multiple of the max stride)")
+    parser.add_argument("--depth", type=float, default=None, help="override the config's depth_multiple")
+    parser.add_argument("--csv", default=None, help="write per-layer rows to this CSV file")
+    parser.add_argument("--plot", default=None, help="save a path-length plot (PNG)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    args = parser.parse_args(argv)
+
+    from models.yolo import Model  # the command needs the builder; the analysis does not
+
+    cfg = load_cfg(args.cfg, args.depth)
+    _, rows, summary = analyse_model(Model(cfg), args.img)
+    if args.csv:
+        write_csv(rows, args.csv)
+    if args.plot:
+        save_plot(rows, args.plot, title=f"{Path(args.cfg).name}: {summary_line(summary)}")
+    result = {"cfg": str(args.cfg), **summary, "rows": [asdict(r) for r in rows]}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_table(rows))
+        print(summary_line(summary))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+
 import torch
 from torch import nn
 
-from models.gradpath import INPUT, analyse, summarise, trace_graph
+from models.gradpath import (INPUT, analyse, analyse_model, format_table, save_plot, summarise,
+                             summary_line, trace_graph, write_csv)
 
 
 def conv(c1: int = 4, c2: int = 4, k: int = 3) -> nn.Conv2d:
@@ -198,3 +201,18 @@ def test_linear_nested_outputs_and_model_untouched() -> None:
     assert graph.kinds[1] == "Linear" and graph.kinds[0] == "Conv2d 3x3/1 g1"
     assert analyse(graph)[0].sources == 2
     assert not model.training and torch.equal(model.body[1].running_mean, before)
+
+
+def test_table_csv_and_plot(tmp_path) -> None:
+    graph, rows, summary = analyse_model(Residual(stop="computational"), img=8, ch=4)
+    table = format_table(rows).splitlines()
+    assert table[0].split() == ["idx", "layer", "kind", "depth", "agg", "short", "long", "stamps",
+                                "srcs", "paths"]
+    assert table[2].split()[:2] == ["1", "c1"] and table[2].split()[-5:-3] == ["-", "-"]
+    assert "2 layers get no gradient" in summary_line(summary)
+    write_csv(rows, tmp_path / "rows.csv")
+    with open(tmp_path / "rows.csv") as f:
+        read = list(csv.DictReader(f))
+    assert [r["name"] for r in read] == graph.names and read[0]["shortest"] == "2"
+    save_plot(rows, tmp_path / "paths.png", title="residual")
+    assert (tmp_path / "paths.png").stat().st_size > 1000
