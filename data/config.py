@@ -1,0 +1,140 @@
+"""Data-set YAML files (YOLOv7 / ultralytics style) loaded into a typed, resolved ``DataConfig``.
+
+A data-set YAML names a root ``path``, per-split sources (``train``, ``val``, ``test``: an image
+folder, a .txt list of image paths, a COCO annotation json, or a list of these), ``nc`` and
+``names`` (a list, or a dict {index: name}). Relative sources resolve against ``path``; a
+relative ``path`` resolves against the YAML's folder, except for built-in generated sets
+(``generator:``), whose ``path`` resolves against the data-set root (``$ELAN_YOLO_DATASETS``
+or ``<repo>/datasets``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from utils.config import ConfigError, from_mapping, read_yaml
+
+DATA_DIR = Path(__file__).resolve().parent
+DATASETS_ENV = "ELAN_YOLO_DATASETS"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataFile:
+    """The keys a data-set YAML may hold, as written (before resolution)."""
+
+    path: str = ""
+    train: str | list[str] | None = None
+    val: str | list[str] | None = None
+    test: str | list[str] | None = None
+    nc: int | None = None
+    names: list[str] | dict | None = None
+    download: str | None = None  # a hint for people (e.g. a script to run); never executed
+    generator: str | None = None  # name of a built-in generator (``shapes``) that creates the set
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """A resolved data set: absolute sources per split, class count and names."""
+
+    root: Path
+    nc: int
+    names: list[str]
+    train: list[Path]
+    val: list[Path]
+    test: list[Path]
+    source: str  # the YAML file this came from, for messages
+
+    def split(self, name: str) -> list[Path]:
+        """Sources of split ``name`` ('train', 'val' or 'test'); ConfigError when it is empty."""
+        if name not in ("train", "val", "test"):
+            raise ConfigError(f"{self.source}: unknown split {name!r} (train, val, test)")
+        sources = getattr(self, name)
+        if not sources:
+            raise ConfigError(f"{self.source}: no {name!r} source")
+        return sources
+
+
+def datasets_root() -> Path:
+    """Folder for downloaded and generated data sets: ``$ELAN_YOLO_DATASETS`` or ``<repo>/datasets``."""
+    env = os.environ.get(DATASETS_ENV)
+    return Path(env).expanduser().resolve() if env else DATA_DIR.parent / "datasets"
+
+
+def _find_yaml(name_or_path: str | Path) -> Path:
+    """A YAML path as given, else one shipped in data/ (``shapes``, ``data/shapes.yaml`` from any folder)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path.resolve()
+    if path.parent in (Path("."), Path("data")):
+        for candidate in (DATA_DIR / path.name, DATA_DIR / f"{path.name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    raise ConfigError(f"{name_or_path}: data-set YAML not found (nor in {DATA_DIR})")
+
+
+def _names(raw: DataFile, source: str) -> list[str]:
+    """Class names as a list; fills ``class0..`` when only ``nc`` is given; checks nc agrees."""
+    if isinstance(raw.names, dict):
+        try:
+            keys = sorted(int(k) for k in raw.names)
+        except ValueError:
+            raise ConfigError(f"{source}: key 'names': dict keys must be class indices") from None
+        if keys != list(range(len(keys))):
+            raise ConfigError(f"{source}: key 'names': indices must be 0..{len(keys) - 1}")
+        by_index = {int(k): v for k, v in raw.names.items()}
+        names = [str(by_index[i]) for i in keys]
+    elif raw.names is not None:
+        names = list(raw.names)
+    elif raw.nc is not None:
+        names = [f"class{i}" for i in range(raw.nc)]
+    else:
+        raise ConfigError(f"{source}: missing key 'names' (or 'nc')")
+    if raw.nc is not None and raw.nc != len(names):
+        raise ConfigError(f"{source}: key 'nc' is {raw.nc} but 'names' has {len(names)} entries")
+    return names
+
+
+def _resolve(value: str | list[str] | None, root: Path) -> list[Path]:
+    values = [] if value is None else [value] if isinstance(value, str) else list(value)
+    return [(root / v).resolve() if not Path(v).expanduser().is_absolute() else Path(v).expanduser() for v in values]
+
+
+def load_data_config(name_or_path: str | Path) -> DataConfig:
+    """Load a data-set YAML (path, or a name of a YAML in data/ such as ``shapes``).
+
+    Built-in generated sets are generated on first use (a few seconds). Raises ConfigError
+    naming the file and key for unknown keys, wrong types or inconsistent ``nc``/``names``.
+    """
+    yaml_path = _find_yaml(name_or_path)
+    source = str(yaml_path)
+    raw = from_mapping(DataFile, read_yaml(yaml_path), source)
+    names = _names(raw, source)
+    if raw.generator is not None:
+        root = (datasets_root() / (raw.path or yaml_path.stem)).resolve()
+        _generate(raw.generator, root, names, source)
+    else:
+        base = Path(raw.path).expanduser() if raw.path else Path(".")
+        root = base if base.is_absolute() else (yaml_path.parent / base).resolve()
+    return DataConfig(
+        root=root,
+        nc=len(names),
+        names=names,
+        train=_resolve(raw.train, root),
+        val=_resolve(raw.val, root),
+        test=_resolve(raw.test, root),
+        source=source,
+    )
+
+
+def _generate(generator: str, root: Path, names: list[str], source: str) -> None:
+    """Run built-in generator ``generator`` into ``root`` unless it is already there."""
+    from data import shapes  # local: the generator is only needed for generated sets
+
+    generators = {"shapes": shapes.ensure_shapes}
+    if generator not in generators:
+        raise ConfigError(f"{source}: key 'generator': unknown {generator!r} (known: {', '.join(generators)})")
+    if generator == "shapes" and names != list(shapes.CLASSES):
+        raise ConfigError(f"{source}: key 'names': the shapes generator draws {list(shapes.CLASSES)}")
+    generators[generator](root)

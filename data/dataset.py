@@ -1,0 +1,153 @@
+"""``DetectionDataset``: images and labels of one split, letterboxed (validation) or augmented (training).
+
+A sample is (image uint8 [3, H, W] RGB, targets float [n, 6] = (0, cls, cx, cy, w, h)
+normalised, path, shapes, index); ``data.loader.collate`` fills column 0 with the image's
+position in the batch. ``shapes`` is ((h0, w0), ((w_gain, h_gain), (pad_w, pad_h))), the letterbox
+applied to the original image, or None for a mosaic sample (no single original image).
+
+Randomness: each sample draws from ``numpy.random.default_rng((seed, epoch, index))``, so a
+sample is the same whatever the number of workers or the order they run in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data.augment import Augmenter
+from data.scan import ScanResult
+from data.transforms import letterbox, normalized_to_pixels, pixels_to_normalized
+from utils.config import Hyp
+
+Shapes = tuple[tuple[int, int], tuple[tuple[float, float], tuple[int, int]]] | None
+
+
+class DetectionDataset(Dataset):
+    """One split of a detection data set.
+
+    Attributes for evaluation and autoanchor (index i = dataset index, as in ``Batch.indices``):
+    ``files[i]``; ``labels[i]`` float32 [n, 5] (cls, cx, cy, w, h) normalised to the original
+    image, non-crowd; ``crowd[i]`` same format, crowd boxes; ``image_ids[i]``; ``category_ids``
+    (class index -> original category id); ``shapes`` float [N, 2] original (width, height), as
+    YOLOv7's ``dataset.shapes``.
+    """
+
+    def __init__(
+        self,
+        scan: ScanResult,
+        img_size: int = 640,
+        batch_size: int = 16,
+        stride: int = 32,
+        hyp: Hyp | None = None,
+        augment: bool = False,
+        rect: bool = False,
+        pad: float = 0.5,
+        cache: str | None = None,
+        single_cls: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if cache not in (None, "ram", "disk"):
+            raise ValueError(f"cache must be None, 'ram' or 'disk', got {cache!r}")
+        self.img_size, self.stride, self.augment, self.rect = img_size, stride, augment, rect
+        self.hyp = hyp or Hyp()
+        self.seed, self.epoch, self.cache = seed, 0, cache
+        self.mosaic = augment and not rect and self.hyp.mosaic > 0
+        order = self._rect_order(scan) if rect else np.arange(len(scan.files))
+        self.files = [scan.files[i] for i in order]
+        self.labels = [scan.labels[i].copy() for i in order]
+        self.crowd = [scan.crowd[i].copy() for i in order]
+        if single_cls:
+            for lab in self.labels + self.crowd:
+                lab[:, 0] = 0
+        self.image_ids = [scan.image_ids[i] for i in order]
+        self.category_ids = list(scan.category_ids)
+        self.shapes = np.array([scan.shapes[i][::-1] for i in order], np.float64).reshape(-1, 2)
+        self.batch_shapes = self._batch_shapes(batch_size, pad) if rect else None
+        self.batch_size = batch_size
+        self._ram: list[np.ndarray | None] = [None] * len(self.files)
+        self.augmenter = Augmenter(self, self.hyp) if augment else None
+        if cache == "ram":
+            for i in range(len(self.files)):
+                self._ram[i] = self.load_image(i)[0]
+
+    @staticmethod
+    def _rect_order(scan: ScanResult) -> np.ndarray:
+        """Indices sorted by aspect ratio (h / w), so each rectangular batch pads little."""
+        return np.argsort([h / w for h, w in scan.shapes], kind="stable")
+
+    def _batch_shapes(self, batch_size: int, pad: float) -> np.ndarray:
+        """int [num_batches, 2] (h, w) letterbox target of each batch: a stride multiple that
+        fits the batch's most extreme aspect ratio at ``img_size`` (YOLOv5/v7 rule)."""
+        aspect = self.shapes[:, 1] / self.shapes[:, 0]  # h / w, already sorted
+        n_batches = int(np.ceil(len(aspect) / batch_size))
+        shapes = np.ones((n_batches, 2))
+        for b in range(n_batches):
+            ar = aspect[b * batch_size:(b + 1) * batch_size]
+            lo, hi = ar.min(), ar.max()
+            shapes[b] = [hi, 1] if hi < 1 else [1, 1 / lo] if lo > 1 else [1, 1]
+        return (np.ceil(shapes * self.img_size / self.stride + pad) * self.stride).astype(int)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random stream of ``epoch`` (the loader calls this; see module docstring)."""
+        self.epoch = epoch
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The random generator of sample ``index`` in the current epoch."""
+        return np.random.default_rng((self.seed, self.epoch, index))
+
+    def _disk_path(self, index: int) -> Path:
+        return Path(self.files[index]).with_suffix(".npy")
+
+    def _read(self, index: int) -> np.ndarray:
+        """Original RGB image [h0, w0, 3] (EXIF orientation applied), from disk cache if enabled."""
+        if self.cache == "disk" and self._disk_path(index).is_file():
+            return np.load(self._disk_path(index), allow_pickle=False)
+        bgr = cv2.imread(self.files[index], cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise FileNotFoundError(f"{self.files[index]}: cannot read image (changed since the label scan?)")
+        img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if self.cache == "disk":
+            np.save(self._disk_path(index), img, allow_pickle=False)
+        return img
+
+    def load_image(self, index: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """RGB image [h, w, 3] resized so its long side is ``img_size``; returns it and (h0, w0)."""
+        h0, w0 = int(self.shapes[index, 1]), int(self.shapes[index, 0])
+        if self._ram[index] is not None:
+            return self._ram[index], (h0, w0)
+        img = self._read(index)
+        h0, w0 = img.shape[:2]
+        r = self.img_size / max(h0, w0)
+        if r != 1:
+            # area averaging is the better downscale; training keeps YOLOv7's faster linear
+            interp = cv2.INTER_LINEAR if self.augment or r > 1 else cv2.INTER_AREA
+            img = cv2.resize(img, (round(w0 * r), round(h0 * r)), interpolation=interp)
+        return img, (h0, w0)
+
+    def letterboxed(self, index: int) -> tuple[np.ndarray, np.ndarray, Shapes]:
+        """Image ``index`` letterboxed to its target shape; labels [n, 5] (cls, xyxy pixels)."""
+        img, (h0, w0) = self.load_image(index)
+        h, w = img.shape[:2]
+        target = tuple(self.batch_shapes[index // self.batch_size]) if self.rect else self.img_size
+        img, (gw, gh), pad = letterbox(img, target, self.stride, auto=False, scaleup=self.augment)
+        gains = (w * gw / w0, h * gh / h0)  # original -> letterboxed, per axis
+        labels = normalized_to_pixels(self.labels[index], w0 * gains[0], h0 * gains[1], *pad)
+        return img, labels, ((h0, w0), (gains, pad))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, Shapes, int]:
+        if self.augmenter is not None:
+            img, labels, shapes = self.augmenter(index, self.rng(index))
+        else:
+            img, pixel_labels, shapes = self.letterboxed(index)
+            labels = pixels_to_normalized(pixel_labels, img.shape[1], img.shape[0])
+        targets = torch.zeros((len(labels), 6))
+        targets[:, 1:] = torch.from_numpy(labels)
+        image = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+        return image, targets, self.files[index], shapes, index

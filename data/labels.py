@@ -1,0 +1,104 @@
+"""Checking one image and one label file: the per-file work of the label scan.
+
+Label rows are ``cls cx cy w h`` (normalised, a box) or ``cls x1 y1 x2 y2 ...`` (a polygon of at
+least 4 points, turned into its bounding box). A row with another column count, a value that is
+not a finite number, a coordinate outside 0..1 or a class id that is not an integer below ``nc``
+makes the whole file unusable: the image is skipped (a partly labelled image would teach the
+model that the unlabelled objects are background). Zero-size and duplicate boxes are repaired
+(dropped) with a note.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MIN_IMAGE_SIDE = 10
+MIN_POLYGON_POINTS = 4  # fewer is indistinguishable from a box row with extra columns
+_EXIF_ORIENTATION = 0x0112
+_EPS = 1e-6  # tolerance for coordinates printed as 1.0000001
+
+
+def verify_image(path: Path) -> tuple[tuple[int, int], str | None]:
+    """Open and verify an image; returns ((height, width) after EXIF rotation, error or None)."""
+    try:
+        if path.stat().st_size == 0:
+            return (0, 0), "empty file"
+        with Image.open(path) as im:
+            im.verify()  # checks structure without decoding every pixel
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # rotated 90 degrees on load
+                w, h = h, w
+            fmt = im.format
+    except Exception as e:  # PIL raises many types for bad files; every one means "skip this image"
+        return (0, 0), f"not a readable image ({type(e).__name__}: {e})"
+    if min(h, w) < MIN_IMAGE_SIDE:
+        return (h, w), f"image is {w}x{h}, smaller than {MIN_IMAGE_SIDE} px"
+    if fmt == "JPEG":
+        with open(path, "rb") as f:
+            f.seek(-2, 2)
+            if f.read() != b"\xff\xd9":
+                return (h, w), "truncated JPEG (no end-of-image marker)"
+    return (h, w), None
+
+
+def _row_to_box(values: list[float], nc: int) -> tuple[list[float] | None, str | None]:
+    """One parsed row -> ([cls, cx, cy, w, h] or None when zero-size, error or None)."""
+    n = len(values)
+    if n != 5 and (n % 2 == 0 or n < 1 + 2 * MIN_POLYGON_POINTS):
+        return None, f"{n} columns (expected 5 for a box, or 1 + 2k for a polygon of k >= {MIN_POLYGON_POINTS} points)"
+    if not np.isfinite(values).all():
+        return None, "value is not a finite number"
+    cls = values[0]
+    if not cls.is_integer() or not 0 <= cls < nc:
+        return None, f"class id {cls:g} is not an integer in 0..{nc - 1}"
+    coords = np.array(values[1:])
+    if coords.min() < -_EPS or coords.max() > 1 + _EPS:
+        return None, "coordinate outside 0..1 (labels must be normalised)"
+    if n == 5:
+        cx, cy, w, h = coords
+        x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+    else:
+        xy = coords.reshape(-1, 2)
+        (x1, y1), (x2, y2) = xy.min(0), xy.max(0)
+    x1, y1, x2, y2 = np.clip([x1, y1, x2, y2], 0, 1)
+    if x2 - x1 <= 0 or y2 - y1 <= 0:
+        return None, None
+    return [cls, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], None
+
+
+def read_label_file(path: Path, nc: int) -> tuple[np.ndarray, list[str], str | None]:
+    """Parse a YOLO label file.
+
+    Returns (labels float32 [n, 5] = cls, cx, cy, w, h normalised and clipped to the image,
+    notes about repairs, error naming ``path:line`` when the file is unusable).
+    """
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        return np.zeros((0, 5), np.float32), [], f"{path}: cannot read label file ({e})"
+    rows, notes = [], []
+    for lineno, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            values = [float(v) for v in parts]
+        except ValueError:
+            return np.zeros((0, 5), np.float32), notes, f"{path}:{lineno}: not a number in {line.strip()!r}"
+        box, error = _row_to_box(values, nc)
+        if error:
+            return np.zeros((0, 5), np.float32), notes, f"{path}:{lineno}: {error}"
+        if box is None:
+            notes.append(f"{path}:{lineno}: zero-size box dropped")
+        else:
+            rows.append(box)
+    labels = np.array(rows, np.float32).reshape(-1, 5)
+    unique, first = np.unique(labels, axis=0, return_index=True)
+    if len(unique) < len(labels):
+        notes.append(f"{path}: {len(labels) - len(unique)} duplicate boxes dropped")
+        labels = labels[np.sort(first)]
+    return labels, notes, None

@@ -1,0 +1,87 @@
+"""Where images and labels are: image folders, .txt lists, YOLO label paths, COCO annotation files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from utils.config import ConfigError
+
+IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp"}
+
+
+def is_coco_json(source: Path) -> bool:
+    """True when ``source`` is a COCO annotation file (a .json) rather than images."""
+    return source.suffix.lower() == ".json"
+
+
+def list_images(source: Path) -> list[Path]:
+    """Image files of a source: a folder (searched recursively), a .txt list, or one image.
+
+    Paths in a .txt list resolve against the list's folder, as in YOLOv7's coco/train2017.txt.
+    Raises ConfigError naming the source when it does not exist or holds no images.
+    """
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif source.is_file() and source.suffix.lower() == ".txt":
+        lines = [line.strip() for line in source.read_text().splitlines()]
+        files = [(source.parent / line).resolve() for line in lines if line and not line.startswith("#")]
+        files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    elif source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
+        files = [source]
+    else:
+        raise ConfigError(f"{source}: image source not found (an image folder, a .txt list or a COCO .json)")
+    if not files:
+        raise ConfigError(f"{source}: no images found")
+    return files
+
+
+def label_path(image: Path) -> Path:
+    """YOLO label file of an image: the last ``images`` folder in its path becomes ``labels``."""
+    parts = list(image.parts)
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            break
+    return Path(*parts).with_suffix(".txt")
+
+
+def default_cache_path(sources: list[Path]) -> Path:
+    """Where the label cache of ``sources`` lives: beside the label folder, the list or the json."""
+    first = sources[0]
+    if first.is_dir():
+        labels = label_path(first / "x.jpg").parent
+        return labels.with_name(labels.name + ".cache.json")
+    return first.with_name(first.stem + ".cache.json")
+
+
+def coco_image_dir(json_path: Path) -> Path:
+    """Image folder of a COCO annotation file ``.../annotations/instances_<split>.json``.
+
+    Looks for ``images/<split>`` and ``<split>`` beside the annotations folder (the layouts of
+    the official download and of ultralytics' coco.yaml), then beside the json itself.
+    """
+    split = json_path.stem.split("_", 1)[-1]
+    candidates = [
+        json_path.parent.parent / "images" / split,
+        json_path.parent.parent / split,
+        json_path.parent / "images" / split,
+        json_path.parent / split,
+        json_path.parent / "images",
+    ]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError(f"{json_path}: image folder not found (looked for {', '.join(map(str, candidates[:2]))})")
+
+
+def read_coco(json_path: Path) -> dict:
+    """Load a COCO annotation file, checking the keys the loader needs; errors name the file."""
+    try:
+        data = json.loads(json_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{json_path}: cannot read COCO json ({e})") from None
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ConfigError(f"{json_path}: missing list {key!r}")
+    return data
