@@ -184,13 +184,24 @@ def class_cost_terms(cls_logits: Tensor, obj_logits: Tensor, eps: float = 1e-6) 
 def unique_anchors(candidates: Candidates) -> Candidates:
     """The distinct anchors among ``candidates`` (sorted by level, then flat index).
 
-    ``target`` keeps one of the proposing targets; OTA does not use it.
+    ``target`` is that of the anchor's first occurrence (OTA does not use it).
     """
     span = int(candidates.flat.max()) + 1 if len(candidates.flat) else 1
     keys, inverse = torch.unique(candidates.flat + candidates.level * span, return_inverse=True)
-    first = torch.zeros(len(keys), dtype=torch.long, device=keys.device)
-    first.scatter_(0, inverse, torch.arange(len(inverse), device=keys.device))
+    order = torch.arange(len(inverse), device=keys.device)
+    first = torch.full((len(keys),), len(inverse), dtype=torch.long, device=keys.device)
+    first.scatter_reduce_(0, inverse, order, reduce="amin")
     return Candidates(*(f[first] for f in candidates))
+
+
+def merge_positives(primary: Candidates, secondary: Candidates) -> Candidates:
+    """Union of two assignments, each anchor once; where both assign an anchor, ``primary`` wins.
+
+    The auxiliary head's (coarse) positives are merged with the lead's (fine) ones this way, so
+    they always contain them, as YOLOv7's coarse-to-fine design intends; OTA on the wider
+    candidate set alone does not guarantee it (a larger pool can push some lead choices out).
+    """
+    return unique_anchors(Candidates(*(torch.cat(pair) for pair in zip(primary, secondary))))
 
 
 def ota_assign(

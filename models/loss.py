@@ -1,0 +1,243 @@
+"""The detection loss: assignment (models/assign.py), then box, objectness and class terms.
+
+One class serves every variant:
+
+- ``ota=True`` (YOLOv7's default): OTA assignment; ``ota=False``: every YOLOv5-rule candidate is
+  a positive (cheaper; what validation uses).
+- With an auxiliary head (``raw`` holds 2 * nl outputs) the lead head learns from centre + 2
+  neighbour candidates and the auxiliary head from centre + 4, both assigned from the lead
+  predictions (dynamic k from the top-20 IoUs), auxiliary terms weighted 0.25. The auxiliary
+  positives are merged with the lead's (``merge_positives``) so they always contain them.
+
+Terms, per level: 1 - CIoU of the positives (mean), BCE objectness of every anchor against the
+detached CIoU of its positive (0 elsewhere), weighted by a per-level balance; BCE classes with
+label smoothing (skipped when nc == 1, as YOLOv7 does). Optional focal modulation (fl_gamma).
+
+Gain scaling happens in one place, ``loss_gains``, called by ``YoloLoss`` with the training
+image size; the hyper-parameters themselves are never modified, so a hyp saved in a checkpoint
+is the one read from the file.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import box_convert, complete_box_iou_loss
+
+from models.assign import (
+    DEFAULT_MAX_CELLS,
+    Candidates,
+    find_candidates,
+    merge_positives,
+    ota_assign,
+    unique_anchors,
+)
+from utils.config import Hyp
+
+AUX_WEIGHT = 0.25  # weight of the auxiliary head's terms (YOLOv7)
+FOCAL_ALPHA = 0.25
+
+
+class LossGains(NamedTuple):
+    box: float
+    obj: float
+    cls: float
+
+
+def loss_gains(hyp: Hyp, nl: int, nc: int, img_size: int) -> LossGains:
+    """hyp's box/obj/cls gains scaled as YOLOv7's train.py does.
+
+    box * 3 / nl, cls * nc / 80 * 3 / nl, obj * (img_size / 640)^2 * 3 / nl: the hyp files are
+    tuned for 3 levels, 80 classes and 640-pixel training images. ``img_size`` is the nominal
+    training size (not the size of a multi-scale batch).
+    """
+    levels = 3.0 / nl
+    return LossGains(hyp.box * levels, hyp.obj * (img_size / 640) ** 2 * levels, hyp.cls * nc / 80 * levels)
+
+
+def level_balance(nl: int) -> list[float]:
+    """Objectness weight per level, finest first (fine levels have many more anchors)."""
+    return [4.0, 1.0, 0.4] if nl == 3 else [4.0, 1.0, 0.25, 0.06, 0.02][:nl]
+
+
+def bce(logits: Tensor, target: Tensor, pos_weight: float = 1.0, gamma: float = 0.0) -> Tensor:
+    """Elementwise BCE with logits; with ``gamma`` > 0 the focal-loss modulation (alpha 0.25)."""
+    weight = torch.tensor(pos_weight, device=logits.device, dtype=logits.dtype)
+    loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight, reduction="none")
+    if gamma > 0:
+        p = logits.sigmoid()
+        p_t = target * p + (1 - target) * (1 - p)
+        alpha = target * FOCAL_ALPHA + (1 - target) * (1 - FOCAL_ALPHA)
+        loss = loss * alpha * (1 - p_t) ** gamma
+    return loss
+
+
+def gather_predictions(levels: list[Tensor], positions: Candidates) -> Tensor:
+    """Rows of the raw outputs at ``positions`` (sorted by level) -> [P, 5 + nc].
+
+    levels: per level [B, na, H, W, 5 + nc].
+    """
+    counts = torch.bincount(positions.level, minlength=len(levels)).tolist()
+    flats = positions.flat.split(counts)
+    return torch.cat([x.reshape(-1, x.shape[-1])[f] for x, f in zip(levels, flats)])
+
+
+def decode_cell_boxes(pred: Tensor, anchors: Tensor) -> Tensor:
+    """Raw (tx, ty, tw, th) [P, 4] -> cxcywh [P, 4] in grid units relative to the cell corner.
+
+    anchors: [P, 2] (w, h) in grid units. xy = 2 sigmoid - 0.5, wh = (2 sigmoid)^2 * anchor.
+    """
+    xy = pred[:, :2].sigmoid() * 2 - 0.5
+    wh = (pred[:, 2:4].sigmoid() * 2) ** 2 * anchors
+    return torch.cat([xy, wh], 1)
+
+
+class YoloLoss:
+    """YOLOv7's loss; see the module docstring.
+
+    Args:
+        head: the detection head (``anchors`` [nl, na, 2] in input pixels, ``stride`` [nl], ``nl``,
+            ``na``, ``nc``); anchors are read at every call, so autoanchor changes take effect.
+        hyp: hyper-parameters (box, obj, cls, cls_pw, obj_pw, anchor_t, fl_gamma, label_smoothing).
+        ota: OTA assignment (default ``hyp.loss_ota``) or plain YOLOv5-rule positives.
+        train_size: nominal training image size, for the objectness gain (see ``loss_gains``).
+        max_cells: memory bound of one OTA cost chunk (entries).
+    """
+
+    def __init__(
+        self,
+        head: nn.Module,
+        hyp: Hyp,
+        ota: bool | None = None,
+        train_size: int = 640,
+        max_cells: int = DEFAULT_MAX_CELLS,
+    ) -> None:
+        self.head = head
+        self.hyp = hyp
+        self.ota = hyp.loss_ota if ota is None else ota
+        self.gains = loss_gains(hyp, head.nl, head.nc, train_size)
+        self.balance = level_balance(head.nl)
+        self.max_cells = max_cells
+        # label smoothing as YOLOv5's smooth_BCE: positives 1 - eps/2, negatives eps/2
+        self.cls_pos, self.cls_neg = 1.0 - 0.5 * hyp.label_smoothing, 0.5 * hyp.label_smoothing
+
+    def __call__(self, raw: list[Tensor], targets: Tensor, img_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Loss of the training-mode output.
+
+        Args:
+            raw: nl (or 2 * nl with an auxiliary head) tensors [B, na, H_l, W_l, 5 + nc].
+            targets: [N, 6] (image index, class, cx, cy, w, h), box normalised to the image.
+            img_size: (H, W) of the input batch in pixels.
+        Returns:
+            (loss, items): loss = (box + obj + cls) * B, a scalar; items = detached [4]
+            (box, obj, cls, box + obj + cls).
+        """
+        lead, aux = raw[: self.head.nl], raw[self.head.nl :]
+        targets = targets.to(device=lead[0].device, dtype=torch.float32)
+        positives, coarse = self.assign(raw, targets, img_size)
+        box, obj, cls = self._terms(lead, positives, targets)
+        if coarse is not None:
+            box_a, obj_a, cls_a = self._terms(aux, coarse, targets)
+            box, obj, cls = box + AUX_WEIGHT * box_a, obj + AUX_WEIGHT * obj_a, cls + AUX_WEIGHT * cls_a
+        box, obj, cls = box * self.gains.box, obj * self.gains.obj, cls * self.gains.cls
+        total = box + obj + cls
+        return total * lead[0].shape[0], torch.stack([box, obj, cls, total]).detach()
+
+    def assign(
+        self, raw: list[Tensor], targets: Tensor, img_size: tuple[int, int]
+    ) -> tuple[Candidates, Candidates | None]:
+        """Positives of the lead head and (with 2 * nl outputs) of the auxiliary head, else None.
+
+        Arguments as for ``__call__``; both from the lead outputs. Each is sorted by level;
+        ``target`` indexes the rows of ``targets``.
+        """
+        nl = self.head.nl
+        if len(raw) not in (nl, 2 * nl):
+            raise ValueError(f"YoloLoss: expected {nl} or {2 * nl} outputs, got {len(raw)}")
+        lead = raw[:nl]
+        self._check_sizes(lead, img_size)
+        targets = targets.to(device=lead[0].device, dtype=torch.float32)
+        topq = 20 if len(raw) > nl else 10
+        positives = self._assign(lead, targets, img_size, 0.5, topq)
+        if len(raw) == nl:
+            return positives, None
+        coarse = self._assign(lead, targets, img_size, 1.0, topq)
+        return positives, merge_positives(positives, coarse) if self.ota else coarse
+
+    def _check_sizes(self, lead: list[Tensor], img_size: tuple[int, int]) -> None:
+        for x, s in zip(lead, self.head.stride.tolist()):
+            if (x.shape[2] * s, x.shape[3] * s) != tuple(img_size):
+                raise ValueError(
+                    f"YoloLoss: output grid {tuple(x.shape[2:4])} at stride {s:g} does not match img_size {tuple(img_size)}"
+                )
+
+    def _grid_anchors(self) -> Tensor:
+        """[nl, na, 2] anchors in grid units of their level."""
+        return self.head.anchors.float() / self.head.stride.float().view(-1, 1, 1)
+
+    def _assign(self, lead: list[Tensor], targets: Tensor, img_size: tuple[int, int], reach: float, topq: int) -> Candidates:
+        """Positive anchors for ``targets`` (sorted by level), from the lead outputs."""
+        grids = [(x.shape[2], x.shape[3]) for x in lead]
+        batch = lead[0].shape[0]
+        candidates = find_candidates(targets, self._grid_anchors(), grids, batch, self.hyp.anchor_t, reach)
+        if not self.ota:
+            return candidates
+        anchors = unique_anchors(candidates)
+        with torch.no_grad():
+            pred = gather_predictions(lead, anchors).float()
+            stride = self.head.stride.float()[anchors.level, None]
+            cell = torch.stack([anchors.gi, anchors.gj], 1)
+            boxes = decode_cell_boxes(pred, self._grid_anchors()[anchors.level, anchors.anchor])
+            boxes = torch.cat([boxes[:, :2] + cell, boxes[:, 2:]], 1) * stride
+            height, width = img_size
+            scale = torch.tensor([width, height, width, height], device=targets.device)
+            return ota_assign(
+                anchors,
+                box_convert(targets[:, 2:6] * scale, "cxcywh", "xyxy"),
+                targets[:, 1].long(),
+                targets[:, 0].long(),
+                box_convert(boxes, "cxcywh", "xyxy"),
+                pred[:, 5:],
+                pred[:, 4],
+                batch,
+                topq,
+                self.max_cells,
+            )
+
+    def _terms(self, levels: list[Tensor], positives: Candidates, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(box, obj, cls) loss of one head's outputs, before gains; each a scalar tensor."""
+        nl, device = len(levels), levels[0].device
+        counts = torch.bincount(positives.level, minlength=nl).float()
+        pred = gather_predictions(levels, positives).float()
+        grid_size = torch.tensor([[x.shape[3], x.shape[2]] for x in levels], device=device, dtype=torch.float32)
+        size = grid_size[positives.level]  # [P, 2] (W_l, H_l)
+        cell = torch.stack([positives.gi, positives.gj], 1)
+        t = targets[positives.target]
+        t_box = torch.cat([t[:, 2:4] * size - cell, t[:, 4:6] * size], 1)
+        p_box = decode_cell_boxes(pred, self._grid_anchors()[positives.level, positives.anchor])
+        box_loss = complete_box_iou_loss(
+            box_convert(p_box, "cxcywh", "xyxy"), box_convert(t_box, "cxcywh", "xyxy"), reduction="none"
+        )
+        per_level = torch.zeros(nl, device=device).index_add(0, positives.level, box_loss)
+        box = (per_level / counts.clamp(min=1)).sum()
+
+        iou = (1.0 - box_loss).detach().clamp(min=0)  # objectness target: CIoU, gr = 1.0
+        obj = torch.zeros((), device=device)
+        split = counts.long().tolist()
+        for level, (x, flat, level_iou) in enumerate(zip(levels, positives.flat.split(split), iou.split(split))):
+            t_obj = torch.zeros(x.shape[:4].numel(), device=device)
+            t_obj[flat] = level_iou
+            logits = x[..., 4].reshape(-1).float()
+            obj = obj + bce(logits, t_obj, self.hyp.obj_pw, self.hyp.fl_gamma).mean() * self.balance[level]
+
+        cls = torch.zeros((), device=device)
+        nc = pred.shape[1] - 5
+        if nc > 1 and len(pred):
+            t_cls = torch.full_like(pred[:, 5:], self.cls_neg)
+            t_cls[torch.arange(len(pred), device=device), t[:, 1].long()] = self.cls_pos
+            row = bce(pred[:, 5:], t_cls, self.hyp.cls_pw, self.hyp.fl_gamma).mean(1)
+            cls = (torch.zeros(nl, device=device).index_add(0, positives.level, row) / counts.clamp(min=1)).sum()
+        return box, obj, cls

@@ -1,0 +1,150 @@
+"""YoloLoss: gains, CIoU against torchvision, finiteness and gradients with 0 / 1 / many targets."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torchvision.ops import complete_box_iou, sigmoid_focal_loss
+
+from models.loss import YoloLoss, bce, level_balance, loss_gains
+from utils.config import Hyp
+
+ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
+
+
+class StandInHead(nn.Module):
+    """The attributes of models.head.Detect that the loss reads (the docs/design.md contract)."""
+
+    def __init__(self, nc: int = 3, anchors: list[list[float]] = ANCHORS, strides=(8, 16, 32)) -> None:
+        super().__init__()
+        self.nl, self.na, self.nc = len(anchors), len(anchors[0]) // 2, nc
+        self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32).view(self.nl, self.na, 2))
+        self.register_buffer("stride", torch.tensor(strides, dtype=torch.float32))
+
+
+def raw_outputs(head: StandInHead, batch: int, size: int, aux: bool = False, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(batch, head.na, size // int(s), size // int(s), 5 + head.nc) for s in head.stride.tolist()]
+    shapes = shapes * (2 if aux else 1)
+    return [torch.randn(s, generator=g).requires_grad_() for s in shapes]
+
+
+def random_targets(n: int, batch: int, nc: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(n, 6, generator=g)
+    t[:, 0] = torch.randint(0, max(1, batch - 1), (n,), generator=g)  # the last image stays empty
+    t[:, 1] = torch.randint(0, nc, (n,), generator=g)
+    t[:, 4:] = t[:, 4:] * 0.5 + 0.05
+    return t
+
+
+def test_loss_gains_follow_yolov7_scaling():
+    hyp = Hyp(box=0.05, obj=0.7, cls=0.3)
+    assert loss_gains(hyp, 3, 80, 640) == pytest.approx((0.05, 0.7, 0.3))
+    # 4 levels, 20 classes, 1280 px: box * 3/4, obj * 4 * 3/4, cls * 20/80 * 3/4
+    assert loss_gains(hyp, 4, 20, 1280) == pytest.approx((0.0375, 2.1, 0.05625))
+    assert level_balance(3) == [4.0, 1.0, 0.4]
+    assert level_balance(4) == [4.0, 1.0, 0.25, 0.06]
+
+
+@pytest.mark.parametrize("ota", [False, True])
+@pytest.mark.parametrize("aux", [False, True])
+@pytest.mark.parametrize("n", [0, 1, 60])
+def test_finite_and_gradients_reach_every_level(ota, aux, n):
+    head = StandInHead()
+    raw = raw_outputs(head, batch=3, size=64, aux=aux)
+    targets = random_targets(n, 3, head.nc) if n != 1 else torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.4]])
+    loss, items = YoloLoss(head, Hyp(), ota=ota)(raw, targets, (64, 64))
+    assert loss.shape == () and torch.isfinite(loss) and torch.isfinite(items).all()
+    assert items.shape == (4,) and not items.requires_grad
+    assert items[3] == pytest.approx(float(items[:3].sum()))
+    assert loss.item() == pytest.approx(items[3].item() * 3, rel=1e-5)  # scaled by the batch size
+    assert (items[0] > 0) == (n > 0) and (items[2] > 0) == (n > 0)
+    loss.backward()
+    for x in raw:
+        assert x.grad is not None and x.grad.abs().sum() > 0
+    if n:  # positives get box gradients somewhere on the lead levels
+        box_grads = sum(float(x.grad[..., :4].abs().sum()) for x in raw[:3])
+        assert box_grads > 0
+
+
+def _single_positive_case(nc: int = 1):
+    """One target in the top-left cell of level 0 whose size fits only anchor 0 of level 0."""
+    head = StandInHead(nc=nc, anchors=[[12, 12, 200, 200], [400, 400, 600, 600]], strides=(8, 16))
+    raw = [torch.zeros(1, 2, 64 // s, 64 // s, 5 + nc) for s in (8, 16)]
+    raw[0][0, 0, 0, 0, :4] = torch.tensor([0.3, -0.2, 0.1, -0.4])
+    targets = torch.tensor([[0, 0, 3.0 / 64, 3.0 / 64, 10.0 / 64, 14.0 / 64]])  # centre (3, 3) px, 10 x 14
+    return head, raw, targets
+
+
+def test_box_term_is_one_minus_torchvision_ciou():
+    head, raw, targets = _single_positive_case()
+    for ota in (False, True):
+        _, items = YoloLoss(head, Hyp(box=1.0), ota=ota)(raw, targets, (64, 64))
+        t = raw[0][0, 0, 0, 0, :4].sigmoid()
+        cx, cy = (2 * t[0] - 0.5) * 8, (2 * t[1] - 0.5) * 8  # cell (0, 0), stride 8
+        w, h = (2 * t[2]) ** 2 * 12, (2 * t[3]) ** 2 * 12
+        pred = torch.tensor([[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]])
+        true = torch.tensor([[3 - 5.0, 3 - 7.0, 3 + 5.0, 3 + 7.0]])
+        # gains: box * 3 / nl with nl = 2 levels
+        assert items[0].item() == pytest.approx(1.5 * (1 - complete_box_iou(pred, true).item()), rel=1e-5)
+
+
+def test_ciou_golden_value():
+    # pred [0, 0, 4, 2], true [1, 0, 5, 4]: intersection 3 x 2, union 8 + 16 - 6
+    pred, true = torch.tensor([[0.0, 0, 4, 2]]), torch.tensor([[1.0, 0, 5, 4]])
+    iou = 6 / 18
+    rho2 = (3 - 2) ** 2 + (2 - 1) ** 2  # centres (2, 1) and (3, 2)
+    c2 = 5**2 + 4**2  # enclosing box [0, 0, 5, 4]
+    v = 4 / math.pi**2 * (math.atan(4 / 4) - math.atan(4 / 2)) ** 2
+    alpha = v / (1 - iou + v)
+    assert complete_box_iou(pred, true).item() == pytest.approx(iou - rho2 / c2 - alpha * v, abs=1e-6)
+
+
+def test_objectness_target_is_detached_ciou():
+    head, raw, targets = _single_positive_case()
+    raw = [x.requires_grad_() for x in raw]
+    loss, _ = YoloLoss(head, Hyp(), ota=False)(raw, targets, (64, 64))
+    loss.backward()
+    # d BCE / d logit = sigmoid(0) - target = 0.5 - CIoU at the positive; 0.5 - 0 elsewhere
+    g_pos, g_neg = raw[0].grad[0, 0, 0, 0, 4], raw[0].grad[0, 1, 3, 3, 4]
+    t = raw[0][0, 0, 0, 0, :4].detach().sigmoid()
+    cx, cy, w, h = (2 * t[0] - 0.5) * 8, (2 * t[1] - 0.5) * 8, (2 * t[2]) ** 2 * 12, (2 * t[3]) ** 2 * 12
+    ciou = complete_box_iou(
+        torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])[None], torch.tensor([[-2.0, -4, 8, 10]])
+    ).item()
+    assert (g_pos / g_neg).item() == pytest.approx((0.5 - ciou) / 0.5, rel=1e-4)
+
+
+def test_focal_bce_equals_torchvision():
+    g = torch.Generator().manual_seed(3)
+    logits, target = torch.randn(50, generator=g), (torch.rand(50, generator=g) > 0.5).float()
+    torch.testing.assert_close(bce(logits, target, 1.0, 1.5), sigmoid_focal_loss(logits, target, 0.25, 1.5))
+
+
+def test_label_smoothing_targets():
+    head, raw, targets = _single_positive_case(nc=2)
+    raw[0][0, 0, 0, 0, 5:] = torch.tensor([4.0, -4.0])
+    plain = YoloLoss(head, Hyp(cls=1.0), ota=False)(raw, targets, (64, 64))[1][2]
+    smooth = YoloLoss(head, Hyp(cls=1.0, label_smoothing=0.2), ota=False)(raw, targets, (64, 64))[1][2]
+    # per-class targets (0.9, 0.1) instead of (1, 0): the confident right answer now costs more
+    logits = torch.tensor([4.0, -4.0])
+    want = bce(logits, torch.tensor([0.9, 0.1])).mean() * 2 / 80 * 3 / 2
+    assert smooth.item() == pytest.approx(want.item(), rel=1e-5) and smooth > plain
+
+
+def test_aux_positives_superset_of_lead():
+    head = StandInHead()
+    raw = raw_outputs(head, batch=2, size=64, aux=True, seed=5)
+    targets = random_targets(12, 2, head.nc, seed=5)
+    for ota in (False, True):
+        lead, aux = YoloLoss(head, Hyp(), ota=ota).assign(raw, targets, (64, 64))
+        as_set = lambda c: set(zip(c.level.tolist(), c.flat.tolist(), c.target.tolist()))  # noqa: E731
+        assert as_set(lead) < as_set(aux)
+
+
+def test_wrong_image_size_is_an_error():
+    head = StandInHead()
+    with pytest.raises(ValueError, match="img_size"):
+        YoloLoss(head, Hyp())(raw_outputs(head, 1, 64), torch.zeros(0, 6), (96, 64))
