@@ -78,13 +78,15 @@ def _worker_init(worker_id: int) -> None:
 class DetectionLoader:
     """Iterable of ``Batch``; each pass is one epoch.
 
-    Epochs count up by themselves (pass k uses epoch start + k); ``set_epoch(e)`` selects the
-    epoch of the next pass (resume, DDP). ``close_mosaic()`` turns mosaic (and so mixup) off for
-    the remaining passes. Workers are not persistent, so both changes reach them.
+    The epoch lives in the sampler (``loader.sampler.epoch``): ``set_epoch(e)`` (or
+    ``loader.sampler.set_epoch(e)``, as with a DistributedSampler) selects the next pass's shuffle
+    and augmentation stream, and each pass advances it by one, so a loop that never calls it still
+    sees new augmentations every epoch. ``close_mosaic()`` turns mosaic (and so mixup) off for the
+    remaining passes. Workers are not persistent, so both changes reach them.
     """
 
     def __init__(self, loader: DataLoader, dataset: DetectionDataset) -> None:
-        self.loader, self.dataset, self.epoch = loader, dataset, 0
+        self.loader, self.dataset = loader, dataset
 
     @property
     def batch_size(self) -> int:
@@ -95,7 +97,7 @@ class DetectionLoader:
         return self.loader.sampler
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.loader.sampler.set_epoch(epoch)
 
     def close_mosaic(self) -> None:
         self.dataset.mosaic = False
@@ -104,10 +106,13 @@ class DetectionLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
-        self.dataset.set_epoch(self.epoch)
-        self.loader.sampler.set_epoch(self.epoch)
-        self.epoch += 1
-        return iter(self.loader)
+        sampler = self.loader.sampler
+        epoch = sampler.epoch
+        self.dataset.set_epoch(epoch)
+        try:
+            yield from self.loader
+        finally:  # also when the consumer stops early
+            sampler.set_epoch(epoch + 1)
 
 
 def build_dataloader(
