@@ -1,0 +1,118 @@
+"""The Batch contract, rectangular validation batches, caches, close-mosaic and determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from data import Batch, build_dataloader
+from data.shapes import ShapesSpec, ensure_shapes
+from data.transforms import normalized_to_pixels
+from utils.boxes import cxcywh_to_xyxy, letterbox_to_original
+from utils.config import Hyp
+
+SMALL = ShapesSpec(splits=(("train", 10), ("val", 7)), min_side=64, max_side=128, min_object=12, max_object=40)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return ensure_shapes(tmp_path_factory.mktemp("loader") / "shapes", SMALL)
+
+
+def _batches(loader) -> list[Batch]:
+    return list(loader)
+
+
+def _same(a: list[Batch], b: list[Batch]) -> bool:
+    return len(a) == len(b) and all(
+        torch.equal(x.images, y.images) and torch.equal(x.targets, y.targets) and torch.equal(x.indices, y.indices)
+        for x, y in zip(a, b)
+    )
+
+
+def test_validation_batches_follow_the_contract_and_map_back(root):
+    loader, ds = build_dataloader(root / "images" / "val", 5, img_size=64, batch_size=3, stride=32, rect=True)
+    batches = _batches(loader)
+    assert len(batches) == 3 and sum(len(b.paths) for b in batches) == 7
+    seen = []
+    for batch in batches:
+        images, targets, paths, shapes, indices = batch  # unpacks as a tuple
+        assert images.dtype == torch.uint8 and images.shape[1] == 3
+        assert images.shape[2] % 32 == 0 and images.shape[3] % 32 == 0
+        assert targets.shape[1] == 6 and indices.dtype == torch.long
+        assert set(targets[:, 0].long().tolist()) <= set(range(len(paths)))
+        for j, i in enumerate(indices.tolist()):
+            seen.append(i)
+            assert paths[j] == ds.files[i]
+            (h0, w0), (gains, pad) = shapes[j]
+            assert (w0, h0) == tuple(ds.shapes[i].astype(int))
+            boxes = cxcywh_to_xyxy(targets[targets[:, 0] == j, 2:]) * torch.tensor([images.shape[3], images.shape[2]] * 2)
+            back = letterbox_to_original(boxes, gains, pad, (h0, w0))
+            expected = normalized_to_pixels(ds.labels[i], w0, h0)[:, 1:]
+            np.testing.assert_allclose(back.numpy(), expected, atol=1e-3)
+    assert sorted(seen) == list(range(7))
+    aspect = ds.shapes[:, 1] / ds.shapes[:, 0]
+    assert (np.diff(aspect) >= 0).all()  # rect sorts by aspect ratio
+
+
+def test_training_batches_are_square_and_normalised(root):
+    loader, _ = build_dataloader(root / "images" / "train", 5, img_size=64, batch_size=4, hyp=Hyp(),
+                                 augment=True, shuffle=True)
+    for batch in loader:
+        assert batch.images.shape[1:] == (3, 64, 64)
+        assert batch.targets.shape[0] > 0 and (batch.targets[:, 2:] >= 0).all() and (batch.targets[:, 2:] <= 1).all()
+        assert all(s is None for s in batch.shapes)  # augmented samples have no letterbox to undo
+
+
+def test_same_seed_same_batches_with_and_without_workers(root):
+    def run(workers: int, seed: int = 3):
+        loader, _ = build_dataloader(root / "images" / "train", 5, img_size=64, batch_size=4, hyp=Hyp(),
+                                     augment=True, shuffle=True, seed=seed, workers=workers)
+        return _batches(loader), _batches(loader)  # two epochs
+
+    (a0, a1), (b0, b1), (w0, w1) = run(0), run(0), run(2)
+    assert _same(a0, b0) and _same(a1, b1)
+    assert _same(a0, w0) and _same(a1, w1)
+    assert not _same(a0, a1)  # the next pass is the next epoch: new order and augmentation
+    assert not _same(a0, run(0, seed=4)[0])
+
+
+def test_set_epoch_replays_an_epoch(root):
+    loader, _ = build_dataloader(root / "images" / "train", 5, img_size=64, batch_size=5, hyp=Hyp(),
+                                 augment=True, shuffle=True)
+    first, second = _batches(loader), _batches(loader)
+    loader.set_epoch(1)
+    assert _same(_batches(loader), second)
+    loader.sampler.set_epoch(0)  # the DistributedSampler way works too
+    assert _same(_batches(loader), first)
+
+
+def test_close_mosaic_gives_single_letterboxed_images(root):
+    still = Hyp(hsv_h=0, hsv_s=0, hsv_v=0, translate=0, scale=0, fliplr=0, mixup=0, mosaic=1.0)
+    train, ds = build_dataloader(root / "images" / "train", 5, img_size=64, batch_size=10, hyp=still, augment=True)
+    _, plain = build_dataloader(root / "images" / "train", 5, img_size=64, batch_size=10)
+    ds.augmenter.albumentations = None
+    mosaic_targets = next(iter(train)).targets
+    train.close_mosaic()
+    batch = next(iter(train))
+    expected = torch.cat([plain[i][1] for i in range(len(plain))])
+    assert not torch.allclose(mosaic_targets[:, 1:].sum(0), expected[:, 1:].sum(0))
+    torch.testing.assert_close(batch.targets[:, 1:], expected[:, 1:], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("cache", ["ram", "disk"])
+def test_image_cache_gives_the_same_batches(root, cache):
+    kwargs = dict(img_size=64, batch_size=4, hyp=Hyp(), augment=True, shuffle=True, seed=1)
+    plain, _ = build_dataloader(root / "images" / "train", 5, **kwargs)
+    cached, _ = build_dataloader(root / "images" / "train", 5, cache=cache, **kwargs)
+    assert _same(_batches(plain), _batches(cached))
+    if cache == "disk":
+        assert len(list((root / "images" / "train").glob("*.npy"))) == 10
+        assert _same(_batches(plain), _batches(cached))  # second pass reads the .npy files
+
+
+def test_single_cls_and_coco_source(root):
+    _, ds = build_dataloader(root / "annotations" / "instances_val.json", 5, img_size=64, single_cls=True)
+    assert all((lab[:, 0] == 0).all() for lab in ds.labels) and ds.category_ids == [1, 2, 3, 4, 5]
+    assert ds.image_ids == list(range(1, 8))

@@ -1,0 +1,192 @@
+"""Data-set YAMLs, YOLO vs COCO loading, corrupt files, the label cache, the shapes generator."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from data import load_data_config, shapes
+from data.labels import read_label_file
+from data.scan import load_or_scan
+from data.shapes import ShapesSpec, ensure_shapes
+from utils.config import ConfigError
+
+SMALL = ShapesSpec(splits=(("train", 8), ("val", 6)), min_side=64, max_side=96, min_object=12, max_object=40)
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory):
+    return ensure_shapes(tmp_path_factory.mktemp("shapes") / "shapes", SMALL)
+
+
+def test_yolo_and_coco_load_identical_labels(shapes_root):
+    yolo, _ = load_or_scan([shapes_root / "images" / "val"], 5, None)
+    coco, _ = load_or_scan([shapes_root / "annotations" / "instances_val.json"], 5, None)
+    assert yolo.files == coco.files and yolo.shapes == coco.shapes and yolo.image_ids == coco.image_ids
+    assert sum(len(x) for x in yolo.labels) > 6
+    for a, b in zip(yolo.labels, coco.labels):
+        np.testing.assert_allclose(a, b, atol=1e-5)  # YOLO txt keeps 6 decimals
+    assert yolo.category_ids == [0, 1, 2, 3, 4] and coco.category_ids == [1, 2, 3, 4, 5]
+
+
+def _write_image(path, h=32, w=48):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((h, w, 3), 90, np.uint8))
+
+
+def test_coco_category_mapping_and_crowd(tmp_path):
+    _write_image(tmp_path / "images" / "val" / "a.jpg", 50, 100)
+    _write_image(tmp_path / "images" / "val" / "b.jpg")
+    ann = {
+        "images": [{"id": 7, "file_name": "a.jpg", "width": 100, "height": 50},
+                   {"id": 9, "file_name": "b.jpg", "width": 48, "height": 32}],
+        "categories": [{"id": 90, "name": "y"}, {"id": 3, "name": "x"}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 90, "bbox": [10, 5, 20, 10], "iscrowd": 0},
+            {"id": 2, "image_id": 7, "category_id": 3, "bbox": [0, 0, 100, 50], "iscrowd": 1},
+            {"id": 3, "image_id": 7, "category_id": 3, "bbox": [50, 10, 0, 10], "iscrowd": 0},  # zero width
+        ],
+    }
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val.json").write_text(json.dumps(ann))
+    result, _ = load_or_scan([tmp_path / "annotations" / "instances_val.json"], 2, None)
+    assert result.category_ids == [3, 90] and result.image_ids == [7, 9]
+    np.testing.assert_allclose(result.labels[0], [[1, 0.2, 0.2, 0.2, 0.2]])  # id 90 -> class 1
+    np.testing.assert_allclose(result.crowd[0], [[0, 0.5, 0.5, 1, 1]])
+    assert len(result.labels[1]) == 0 and result.counts == {"found": 1, "missing": 0, "empty": 1, "corrupt": 0}
+    assert any("annotation 3" in m and "zero-size" in m for m in result.messages)
+    with pytest.raises(ConfigError, match="instances_val.json: 2 categories but the data set has nc=80"):
+        load_or_scan([tmp_path / "annotations" / "instances_val.json"], 80, None)
+
+
+def test_polygon_rows_become_boxes_and_duplicates_are_dropped(tmp_path):
+    path = tmp_path / "x.txt"
+    path.write_text("1 0.1 0.2 0.5 0.2 0.5 0.6 0.1 0.6\n0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n2 0.5 0.5 0 0.1\n")
+    labels, notes, error = read_label_file(path, nc=3)
+    assert error is None
+    np.testing.assert_allclose(labels, [[1, 0.3, 0.4, 0.4, 0.4], [0, 0.5, 0.5, 0.2, 0.2]], atol=1e-6)
+    assert any("duplicate" in n for n in notes) and any(":4: zero-size" in n for n in notes)
+
+
+BAD_LABELS = {
+    "four_cols": ("0 0.5 0.5 0.2\n", "4 columns"),
+    "seven_cols": ("0 0.5 0.5 0.2 0.2 0.9 0.1\n", "7 columns"),
+    "negative": ("0 0.5 -0.5 0.2 0.2\n", "outside 0..1"),
+    "above_one": ("0 1.5 0.5 0.2 0.2\n", "outside 0..1"),
+    "class_id": ("0 0.5 0.5 0.2 0.2\n5 0.5 0.5 0.2 0.2\n", "class id 5"),
+    "nan": ("0 nan 0.5 0.2 0.2\n", "not a finite number"),
+    "text": ("zero 0.5 0.5 0.2 0.2\n", "not a number"),
+}
+
+
+def _corrupt_set(root):
+    """Good images 0-1, one background image, then one broken file of each kind."""
+    images, labels = root / "images", root / "labels"
+    for name in ["good0", "good1", "background", *BAD_LABELS]:
+        _write_image(images / f"{name}.jpg")
+    labels.mkdir()
+    (labels / "good0.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (labels / "good1.txt").write_text("1 0.25 0.25 0.5 0.5\n\n")
+    for name, (text, _) in BAD_LABELS.items():
+        (labels / f"{name}.txt").write_text(text)
+    data = (images / "good0.jpg").read_bytes()
+    (images / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (images / "noeoi.jpg").write_bytes(data[:-2])  # decodes, but the end-of-image marker is gone
+    (images / "zero.jpg").write_bytes(b"")
+    (images / "notimage.jpg").write_text("this is not an image\n")
+    for name in ("truncated", "noeoi", "zero", "notimage"):
+        (labels / f"{name}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    return images
+
+
+def test_corrupt_files_are_reported_and_skipped(tmp_path, caplog):
+    images = _corrupt_set(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        result, cached = load_or_scan([images], 2, tmp_path / "c.json")
+    assert not cached
+    assert sorted(os.path.basename(f) for f in result.files) == ["background.jpg", "good0.jpg", "good1.jpg"]
+    assert result.counts == {"found": 2, "missing": 1, "empty": 0, "corrupt": len(BAD_LABELS) + 4}
+    for name, (_, reason) in BAD_LABELS.items():
+        assert any(f"{name}.txt:" in m and reason in m for m in result.messages), name
+    assert any("truncated.jpg" in m and "truncated" in m.lower() for m in result.messages)
+    assert any("noeoi.jpg" in m and "truncated JPEG" in m for m in result.messages)
+    assert any("zero.jpg" in m and "empty file" in m for m in result.messages)
+    assert any("notimage.jpg" in m and "not a readable image" in m for m in result.messages)
+    assert "class_id.txt:2: class id 5" in caplog.text or "more label messages" in caplog.text
+    assert len(result.labels[0]) == 0  # the background image: no labels, still used
+
+
+def test_cache_is_reused_then_rebuilt_when_a_label_changes(tmp_path):
+    images = _corrupt_set(tmp_path)
+    cache = tmp_path / "labels.cache.json"
+    first, cached = load_or_scan([images], 2, cache)
+    assert not cached and json.loads(cache.read_text())["version"] == 1  # plain json, no pickle
+    again, cached = load_or_scan([images], 2, cache)
+    assert cached and again.files == first.files and again.messages == first.messages
+    label = tmp_path / "labels" / "good0.txt"
+    stat = label.stat()
+    label.write_text("1 0.5 0.5 0.2 0.2\n")  # same size: only the modification time tells
+    os.utime(label, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    changed, cached = load_or_scan([images], 2, cache)
+    assert not cached
+    assert changed.labels[changed.files.index(str(images / "good0.jpg"))][0, 0] == 1
+    _, cached = load_or_scan([images], 3, cache)  # another nc validates differently
+    assert not cached
+
+
+def test_shapes_generation_is_deterministic_and_not_repeated(tmp_path):
+    a = ensure_shapes(tmp_path / "a", SMALL)
+    b = ensure_shapes(tmp_path / "b", SMALL)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert len(files) == 2 * 14 + 3
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    mtime = (a / "images" / "val" / "000001.jpg").stat().st_mtime_ns
+    ensure_shapes(tmp_path / "a", SMALL)
+    assert (a / "images" / "val" / "000001.jpg").stat().st_mtime_ns == mtime
+
+
+def test_shapes_objects_are_large_enough_and_inside():
+    rng = np.random.default_rng(1)
+    spec = ShapesSpec()
+    for _ in range(30):
+        img, classes, boxes = shapes.draw_image(rng, spec)
+        h, w = img.shape[:2]
+        assert spec.min_side <= min(h, w) and max(h, w) <= spec.max_side
+        assert len(classes) >= 1 and set(classes.tolist()) <= set(range(len(shapes.CLASSES)))
+        assert (boxes[:, 2:] - boxes[:, :2]).min() >= 16 * 0.8  # rotated triangles are a bit flatter
+        assert (boxes >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+
+
+def test_load_data_config_names_paths_and_errors(tmp_path):
+    cfg_path = tmp_path / "set.yaml"
+    cfg_path.write_text("path: root\ntrain: images/train\nval: [a.txt, /abs/b]\nnames: {0: cat, 1: dog}\n")
+    cfg = load_data_config(cfg_path)
+    assert cfg.nc == 2 and cfg.names == ["cat", "dog"]
+    assert cfg.train == [tmp_path / "root" / "images" / "train"]
+    assert cfg.val == [tmp_path / "root" / "a.txt", Path("/abs/b")]
+    with pytest.raises(ConfigError, match="no 'test' source"):
+        cfg.split("test")
+    cfg_path.write_text("train: x\nnc: 3\nnames: [a, b]\n")
+    with pytest.raises(ConfigError, match=r"set.yaml: key 'nc' is 3 but 'names' has 2"):
+        load_data_config(cfg_path)
+    cfg_path.write_text("train: x\nnames: [a]\nvall: y\n")
+    with pytest.raises(ConfigError, match=r"set.yaml: unknown key 'vall'"):
+        load_data_config(cfg_path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_data_config(tmp_path / "missing.yaml")
+
+
+def test_builtin_shapes_name_generates_on_first_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("ELAN_YOLO_DATASETS", str(tmp_path))
+    monkeypatch.setattr(shapes, "ensure_shapes", lambda root: ensure_shapes(root, SMALL))
+    for name in ("shapes", "data/shapes.yaml"):
+        cfg = load_data_config(name)
+        assert cfg.root == tmp_path / "shapes" and cfg.names == list(shapes.CLASSES)
+        assert cfg.train == [tmp_path / "shapes" / "images" / "train"]
+        assert len(list(cfg.val[0].glob("*.jpg"))) == 6
