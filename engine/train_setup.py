@@ -1,0 +1,252 @@
+"""Everything a training run is built from, gathered in ``Run``; ``setup`` builds it from options.
+
+Kept apart from the loop (engine/trainer.py) so that the loop reads as the recipe and this
+file as the wiring: options -> model, data, loss, optimizer, EMA, logs, resume state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from engine.ema import ModelEMA
+from engine.optim import accumulation_steps, build_optimizer, lr_lambda, scaled_weight_decay
+from engine.train_data import build_train_loader, build_val_loader, set_dataset_mosaic
+from engine.train_log import METRIC_NAMES, TensorBoardLog, write_results_csv
+from engine.train_options import DEFAULT_CFG, TrainOptions, find_resume_checkpoint, increment_path, load_hyp, resolve_path
+from models.checkpoint_io import model_from_checkpoint, transfer_weights
+from models.loss import YoloLoss
+from models.yolo import Model
+from utils.checkpoint import load_checkpoint, set_rng_state
+from utils.config import ConfigError, Hyp, from_mapping
+from utils.torch_utils import DistInfo, barrier, seed_everything, unwrap
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Run:
+    """The state of one training process (rank). ``save_dir``, ``ema``, ``val_loader`` and ``tb``
+    exist on rank 0 only (None elsewhere)."""
+
+    opt: TrainOptions
+    hyp: Hyp
+    info: DistInfo
+    device: torch.device
+    save_dir: Path | None
+    model: nn.Module  # the training model, DDP-wrapped when distributed
+    ema: ModelEMA | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    lf: Callable[[float], float]
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    loss_fn: YoloLoss
+    train_loader: Any
+    val_loader: Any
+    nc: int
+    names: list[str]
+    batch_size: int  # per process
+    accumulate: int
+    start_epoch: int = 0
+    best_fitness: float = 0.0
+    rows: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    tb: TensorBoardLog | None = None
+    channels_last: bool = False
+
+    @property
+    def bare_model(self) -> Model:
+        return unwrap(self.model)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision on CUDA (bf16 or fp16), nothing on CPU."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Multi-scale resize (--multi-scale: 0.5x..1.5x, stride multiples) and memory format.
+
+        images: float [B, 3, H, W] in 0..1. Targets are normalised, so they need no change.
+        """
+        if self.opt.multi_scale:
+            gs = int(self.bare_model.stride.max())
+            base = self.opt.img_size[0]
+            size = random.randrange(int(base * 0.5), int(base * 1.5) + gs) // gs * gs
+            scale = size / max(images.shape[2:])
+            if scale != 1:
+                new = [math.ceil(x * scale / gs) * gs for x in images.shape[2:]]
+                images = F.interpolate(images, size=new, mode="bilinear", align_corners=False)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def hyp_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.hyp)
+
+    def zero_metrics(self) -> tuple[dict[str, float], torch.Tensor]:
+        """Metrics of an epoch that was not validated (--notest)."""
+        return {n: 0.0 for n in METRIC_NAMES}, torch.zeros(3)
+
+    def plot_train_batch(self, batch: Any, index: int) -> None:
+        """train_batch<index>.jpg and its TensorBoard image (rank 0, first epoch)."""
+        from engine.train_plots import plot_train_batch
+
+        plot_train_batch(self, batch, index)
+
+    def plot_results(self) -> None:
+        """results.png from results.csv."""
+        from engine.train_plots import plot_results
+
+        plot_results(self.save_dir / "results.csv")
+
+
+def validate(run: Run, plots: bool = False) -> tuple[dict[str, float], torch.Tensor]:
+    """Evaluate the EMA model on the val split: (metrics of METRIC_NAMES, val losses [3])."""
+    from engine.train_data import evaluate_for_training
+
+    return evaluate_for_training(run, plots)
+
+
+def set_mosaic(run: Run, epoch: int) -> None:
+    """Turn mosaic off for the last --close-mosaic epochs (and back on before them, for resume)."""
+    set_dataset_mosaic(run.train_loader, epoch, run.opt.epochs, run.opt.close_mosaic)
+
+
+def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
+    """Build every piece of a run from ``opt`` (or from the checkpoint ``--resume`` names)."""
+    ckpt = None
+    if opt.resume:
+        path = find_resume_checkpoint(opt)
+        ckpt = load_checkpoint(path)
+        if ckpt["epoch"] < 0 or "optimizer" not in ckpt:
+            raise ConfigError(f"--resume {path}: this training has finished (the checkpoint is stripped)")
+        opt = dataclasses.replace(TrainOptions.from_dict(ckpt["opt"], str(path)), resume=str(path), device=opt.device)
+        save_dir = path.resolve().parent.parent
+    else:
+        save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
+    if info.world_size > 1 and opt.batch_size % info.world_size:
+        raise ConfigError(f"--batch-size {opt.batch_size} is not a multiple of the {info.world_size} processes")
+    hyp = from_mapping(Hyp, ckpt["hyp"], str(opt.resume)) if ckpt is not None else load_hyp(opt)
+    batch_size = opt.batch_size // info.world_size
+    seed_everything(opt.seed + info.rank, opt.deterministic)
+    if info.is_main:
+        (save_dir / "weights").mkdir(parents=True, exist_ok=True)
+        (save_dir / "hyp.yaml").write_text(yaml.safe_dump(dataclasses.asdict(hyp), sort_keys=False))
+        (save_dir / "opt.yaml").write_text(yaml.safe_dump(opt.to_dict(), sort_keys=False))
+    from engine.train_data import load_data
+
+    data_cfg = load_data(opt, info)
+    nc, names = (1, ["item"]) if opt.single_cls else (data_cfg.nc, list(data_cfg.names))
+    model = _build_model(opt, nc, names, ckpt).to(device)
+    _freeze(model, opt.freeze)
+    train_loader = build_train_loader(opt, hyp, data_cfg, info, batch_size, int(model.stride.max()))
+    val_loader = build_val_loader(opt, data_cfg, batch_size, int(model.stride.max())) if info.is_main else None
+    if ckpt is None and not opt.noautoanchor and info.is_main:
+        from engine.train_data import check_anchors
+
+        check_anchors(model, train_loader, hyp, opt.img_size[0])
+    accumulate = accumulation_steps(opt.batch_size)
+    optimizer = build_optimizer(model, opt.optimizer, hyp, scaled_weight_decay(hyp.weight_decay, opt.batch_size))
+    lf = lr_lambda(opt.epochs, hyp.lrf, opt.linear_lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
+    amp_dtype = _amp_dtype(device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    ema = ModelEMA(model) if info.is_main else None
+    run = Run(
+        opt=opt, hyp=hyp, info=info, device=device, save_dir=save_dir if info.is_main else None, model=model,
+        ema=ema, optimizer=optimizer, scheduler=scheduler, lf=lf, scaler=scaler, amp_dtype=amp_dtype,
+        loss_fn=YoloLoss(model.head, hyp, train_size=opt.img_size[0]), train_loader=train_loader,
+        val_loader=val_loader, nc=nc, names=names, batch_size=batch_size, accumulate=accumulate,
+        channels_last=device.type == "cuda",
+    )
+    if ckpt is not None:
+        _restore(run, ckpt)
+    if run.channels_last:
+        model.to(memory_format=torch.channels_last)
+    run.model = _wrap_ddp(model, opt, info, device)
+    if info.is_main:
+        run.tb = TensorBoardLog(save_dir, run.start_epoch)
+        if ckpt is None:
+            from engine.train_plots import plot_labels
+
+            plot_labels(train_loader, names, save_dir)
+    return run
+
+
+def _build_model(opt: TrainOptions, nc: int, names: list[str], ckpt: dict | None) -> Model:
+    """The model to train: from the resume checkpoint, fine-tuned from --weights, or from scratch."""
+    if ckpt is not None:
+        model = model_from_checkpoint(ckpt, "train_model")
+    elif opt.weights:
+        source = load_checkpoint(resolve_path(opt.weights))
+        model = Model(resolve_path(opt.cfg) if opt.cfg else source["model_cfg"], nc=nc)
+        done, total = transfer_weights(model, source["model"])
+        LOG.info("transferred %d/%d tensors from %s", done, total, opt.weights)
+    else:
+        model = Model(resolve_path(opt.cfg or DEFAULT_CFG), nc=nc)
+    model.names = names
+    return model
+
+
+def _freeze(model: nn.Module, freeze: list[int]) -> None:
+    """--freeze N: the first N layers; --freeze i j k: those layers. Frozen weights get no gradient."""
+    layers = list(range(freeze[0])) if len(freeze) == 1 else freeze
+    prefixes = tuple(f"model.{i}." for i in layers)
+    if not prefixes:
+        return
+    frozen = 0
+    for name, p in model.named_parameters():
+        if name.startswith(prefixes):
+            p.requires_grad_(False)
+            frozen += 1
+    LOG.info("froze %d parameter tensors in layers %s", frozen, layers)
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU supports it (no loss scaling needed), else fp16; None on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _restore(run: Run, ckpt: dict[str, Any]) -> None:
+    """Continue from ``ckpt``: optimizer, schedule position, scaler, EMA, rows, best fitness, RNG."""
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.start_epoch = ckpt["epoch"] + 1
+    run.scheduler.last_epoch = run.start_epoch  # the optimizer already holds this epoch's lr
+    if ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    if run.ema is not None:
+        run.ema.load_state_dict(ckpt["ema"], ckpt["model"])
+    run.best_fitness = ckpt["best_fitness"]
+    run.rows = list(ckpt["metrics"])
+    set_rng_state(ckpt["rng"])
+    if run.info.is_main:
+        write_results_csv(run.rows, run.save_dir / "results.csv")
+    LOG.info("resuming %s from epoch %d", run.opt.resume, run.start_epoch)
+
+
+def _wrap_ddp(model: nn.Module, opt: TrainOptions, info: DistInfo, device: torch.device) -> nn.Module:
+    """DDP (and SyncBN with --sync-bn on CUDA) when launched by torchrun with several processes."""
+    if not info.distributed:
+        return model
+    if opt.sync_bn:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            LOG.warning("--sync-bn needs CUDA; training with per-process BatchNorm")
+    barrier()
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -1,0 +1,233 @@
+"""The training loop: one epoch at a time, validation of the EMA model, checkpoints, resume, DDP.
+
+``train(opt)`` is the whole job behind train.py. Pieces are built in ``engine/train_setup.py``
+(model, data, optimizer, ...); this module runs them. Exact resume rests on three things:
+every epoch reseeds all RNGs from (seed, epoch, rank), so its sampler order and augmentations do
+not depend on what ran before; the learning rate is a function of (epoch, iteration) only;
+and a checkpoint holds the raw and EMA weights, the optimizer, scaler and all rows written so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from engine.optim import apply_warmup, warmup_iterations
+from engine.train_log import epoch_row, progress_header, progress_line, write_results_csv
+from engine.train_options import TrainOptions
+from engine.train_setup import Run, set_mosaic, setup, validate
+from utils.checkpoint import (
+    CHECKPOINT_VERSION,
+    rng_state,
+    save_checkpoint,
+    state_dict_is_finite,
+    strip_checkpoint,
+)
+from utils.torch_utils import (
+    any_flag,
+    broadcast_flag,
+    destroy_process_group,
+    dist_info_from_env,
+    init_process_group,
+    memory_string,
+    seed_everything,
+    select_device,
+)
+
+LOG = logging.getLogger(__name__)
+MAX_BAD_STEPS = 5  # consecutive non-finite losses that stop the run
+N_BATCH_PLOTS = 3  # train_batch0..2.jpg
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged: the loss was NaN/inf for MAX_BAD_STEPS batches in a row."""
+
+
+def train(opt: TrainOptions) -> dict[str, Any]:
+    """Train as ``opt`` says; return the summary (best and final metrics, time, run folder).
+
+    Under torchrun every process calls this; rank 0 logs, evaluates and saves.
+    """
+    opt.check()
+    info = dist_info_from_env()
+    device = select_device(opt.device, info.local_rank)
+    init_process_group(info, device)
+    try:
+        return fit(setup(opt, info, device))
+    finally:
+        destroy_process_group()
+
+
+def fit(run: Run) -> dict[str, Any]:
+    """Run the epochs from ``run.start_epoch``; save, early-stop; strip the final checkpoints."""
+    opt, t0 = run.opt, time.time()
+    epoch = run.start_epoch - 1
+    for epoch in range(run.start_epoch, opt.epochs):
+        train_losses = train_one_epoch(run, epoch)
+        lrs = [g["lr"] for g in run.optimizer.param_groups]
+        run.scheduler.step()
+        stop = False
+        if run.info.is_main:
+            final = epoch == opt.epochs - 1
+            metrics, val_losses = validate(run, plots=final) if (not opt.notest or final) else run.zero_metrics()
+            row = epoch_row(epoch, train_losses, metrics, val_losses, lrs)
+            run.rows.append(row)
+            improved = row["fitness"] > run.best_fitness
+            run.best_fitness = max(run.best_fitness, row["fitness"])
+            if not opt.nosave or final:
+                save_epoch(run, epoch, improved)
+            write_results_csv(run.rows, run.save_dir / "results.csv")
+            if run.tb is not None:
+                run.tb.epoch(row)
+            stop = _patience_exhausted(run, epoch)
+        if broadcast_flag(stop, run.device):
+            LOG.info("early stop: no fitness gain in the last %d epochs", opt.patience)
+            break
+    return finish(run, epoch, time.time() - t0)
+
+
+def _patience_exhausted(run: Run, epoch: int) -> bool:
+    """True when the best fitness is more than ``--patience`` epochs old."""
+    if not run.rows:
+        return False
+    best_epoch = max(run.rows, key=lambda r: r["fitness"])["epoch"]
+    return epoch - best_epoch >= run.opt.patience
+
+
+def train_one_epoch(run: Run, epoch: int) -> torch.Tensor:
+    """One pass over the training set; returns the mean (box, obj, cls, total) loss per batch [4]."""
+    opt, hyp, model = run.opt, run.hyp, run.model
+    seed_everything(opt.seed + 10_000 * epoch + run.info.rank)
+    set_mosaic(run, epoch)
+    sampler = getattr(run.train_loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    model.train()
+    nb = len(run.train_loader)
+    n_warmup = warmup_iterations(hyp, nb)
+    lr_factor = run.lf(epoch)
+    mean_losses = torch.zeros(4, device=run.device)
+    n_good, bad_in_row = 0, 0
+    run.optimizer.zero_grad(set_to_none=True)
+    batches = enumerate(run.train_loader)
+    if run.info.is_main:
+        LOG.info(progress_header())
+        batches = tqdm(batches, total=nb, bar_format="{l_bar}{bar:10}{r_bar}")
+    for i, batch in batches:
+        ni = i + nb * epoch
+        accumulate = apply_warmup(run.optimizer, ni, n_warmup, lr_factor, hyp, run.batch_size) if ni <= n_warmup else run.accumulate
+        images = batch.images.to(run.device, non_blocking=True).float().div_(255)
+        images = run.prepare_images(images)
+        targets = batch.targets.to(run.device)
+        with run.autocast():
+            loss, items = run.loss_fn(model(images), targets, tuple(images.shape[-2:]))
+        if run.info.world_size > 1:
+            loss = loss * run.info.world_size  # DDP averages gradients; YOLOv7's loss is a sum over images
+        if any_flag(not torch.isfinite(loss).item(), run.device):
+            bad_in_row += 1
+            warnings.warn(f"epoch {epoch} batch {i}: non-finite loss {items.tolist()}, step skipped", stacklevel=1)
+            if bad_in_row >= MAX_BAD_STEPS:
+                raise NonFiniteLossError(
+                    f"loss was NaN/inf for {bad_in_row} batches in a row (epoch {epoch}, batch {i}): training "
+                    "diverged; lower lr0 or check the labels. The last saved checkpoint is intact."
+                )
+            continue
+        bad_in_row = 0
+        step_now = (ni + 1) % accumulate == 0 or i == nb - 1
+        sync = contextlib.nullcontext() if step_now or not isinstance(model, DistributedDataParallel) else model.no_sync()
+        with sync:
+            run.scaler.scale(loss).backward()
+        if step_now:
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            run.optimizer.zero_grad(set_to_none=True)
+            if run.ema is not None:
+                run.ema.update(run.bare_model)
+        mean_losses = (mean_losses * n_good + items) / (n_good + 1)
+        n_good += 1
+        if run.info.is_main:
+            size = images.shape[-1]
+            batches.set_description(
+                progress_line(epoch, opt.epochs, memory_string(run.device), mean_losses, len(targets), size)
+            )
+            if epoch == 0 and i < N_BATCH_PLOTS:
+                run.plot_train_batch(batch, i)
+    return mean_losses.cpu()
+
+
+def make_checkpoint(run: Run, epoch: int) -> dict[str, Any]:
+    """The checkpoint dict after ``epoch`` (schema: docs/design.md, "Checkpoint contract")."""
+    bare = run.bare_model
+    return {
+        "model": {k: v.detach().clone() for k, v in run.ema.module.state_dict().items()},
+        "train_model": {k: v.detach().clone() for k, v in bare.state_dict().items()},
+        "model_cfg": bare.yaml,
+        "names": list(run.names),
+        "nc": run.nc,
+        "hyp": run.hyp_dict(),
+        "opt": run.opt.to_dict(),
+        "epoch": epoch,
+        "best_fitness": run.best_fitness,
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "ema": run.ema.state_dict(),
+        "rng": rng_state(),
+        "metrics": list(run.rows),
+        "version": CHECKPOINT_VERSION,
+    }
+
+
+def save_epoch(run: Run, epoch: int, improved: bool) -> None:
+    """Write best.pt (if improved), epoch<N>.pt (every --save-period), then last.pt.
+
+    last.pt goes last: a run killed in between resumes from the previous epoch and rewrites
+    the others identically. Non-finite weights are never written.
+    """
+    ckpt = make_checkpoint(run, epoch)
+    if not (state_dict_is_finite(ckpt["model"]) and state_dict_is_finite(ckpt["train_model"])):
+        raise NonFiniteLossError(f"epoch {epoch}: the weights are NaN/inf; not saving (last.pt keeps epoch {epoch - 1})")
+    weights = run.save_dir / "weights"
+    if improved:
+        save_checkpoint(ckpt, weights / "best.pt")
+    if run.opt.save_period > 0 and (epoch + 1) % run.opt.save_period == 0:
+        save_checkpoint(ckpt, weights / f"epoch{epoch}.pt")
+    save_checkpoint(ckpt, weights / "last.pt")
+
+
+def finish(run: Run, last_epoch: int, seconds: float) -> dict[str, Any]:
+    """Strip the final checkpoints, plot results, close logs; return the run summary (rank 0)."""
+    if not run.info.is_main:
+        return {}
+    weights = run.save_dir / "weights"
+    for name in ("last.pt", "best.pt"):
+        if (weights / name).is_file():
+            strip_checkpoint(weights / name)
+    run.plot_results()
+    if run.tb is not None:
+        run.tb.close()
+    best = max(run.rows, key=lambda r: r["fitness"]) if run.rows else {}
+    final = run.rows[-1] if run.rows else {}
+    summary = {
+        "save_dir": str(run.save_dir),
+        "epochs": last_epoch + 1,
+        "seconds": round(seconds, 1),
+        "best_epoch": int(best.get("epoch", -1)),
+        "mAP50": best.get("metrics/mAP_0.5", 0.0),
+        "mAP50_95": best.get("metrics/mAP_0.5:0.95", 0.0),
+        "fitness": best.get("fitness", 0.0),
+        "final_mAP50": final.get("metrics/mAP_0.5", 0.0),
+        "final_mAP50_95": final.get("metrics/mAP_0.5:0.95", 0.0),
+        "weights": str(weights / ("best.pt" if (weights / "best.pt").is_file() else "last.pt")),
+    }
+    LOG.info("%d epochs in %.1f min; best epoch %d: mAP@.5 %.3f, mAP@.5:.95 %.3f; results in %s",
+             summary["epochs"] - run.start_epoch, seconds / 60, summary["best_epoch"], summary["mAP50"],
+             summary["mAP50_95"], Path(run.save_dir))
+    return summary

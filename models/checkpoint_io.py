@@ -1,0 +1,49 @@
+"""Rebuild a ``Model`` from a checkpoint file (see docs/design.md, "Checkpoint contract")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.yolo import Model
+from utils.checkpoint import load_checkpoint
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], weights_key: str = "model") -> Model:
+    """A float32 ``Model`` built from ``ckpt["model_cfg"]`` with the weights ``ckpt[weights_key]``.
+
+    ``weights_key`` is ``"model"`` (the EMA weights, for inference) or ``"train_model"`` (the raw
+    training weights, for resuming).
+    """
+    model = Model(ckpt["model_cfg"], nc=ckpt["nc"])
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt[weights_key].items()}
+    model.load_state_dict(state)
+    model.names = list(ckpt["names"])
+    return model
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", fuse: bool = False) -> Model:
+    """Load checkpoint ``path`` (``weights_only=True``) into a ``Model`` in eval mode on ``device``.
+
+    ``fuse`` folds BN / RepConv / implicit layers for inference. Raises
+    ``utils.checkpoint.CheckpointError`` naming the file if it is not one of our checkpoints.
+    """
+    model = model_from_checkpoint(load_checkpoint(path))
+    if fuse:
+        model.fuse()
+    return model.to(device).eval()
+
+
+def transfer_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """Copy the tensors of ``state_dict`` whose names and shapes match ``model``'s (fine-tuning).
+
+    Returns (transferred, total in model). A head trained for another class count does not
+    match and keeps its fresh initialisation.
+    """
+    own = model.state_dict()
+    matched = {k: v.to(own[k].dtype) for k, v in state_dict.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(matched, strict=False)
+    return len(matched), len(own)

@@ -1,0 +1,144 @@
+"""The real trainer on CPU: a short run (loss falls, files written, checkpoints load), exact
+resume after a crash, non-finite losses."""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine.optim
+import engine.train_setup
+import engine.trainer
+from engine.train_options import TrainOptions
+from engine.trainer import NonFiniteLossError, train
+from models.checkpoint_io import load_model
+from models.loss import YoloLoss
+from train_helpers import tiny_data, tiny_options
+from utils.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+# No augmentation: the same images every epoch, so the training loss must fall.
+FIXED_IMAGES = ["warmup_epochs=0", "lr0=0.05", "mosaic=0", "mixup=0", "paste_in=0", "loss_ota=false", "hsv_h=0",
+                "hsv_s=0", "hsv_v=0", "fliplr=0", "scale=0", "translate=0"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    tiny_data(root)
+    return root
+
+
+@pytest.fixture
+def small_nominal_batch(monkeypatch):
+    """Nominal batch 8 instead of 64: a seconds-long run on 24 images then makes 3 steps per epoch."""
+    monkeypatch.setattr(engine.optim, "NOMINAL_BATCH", 8)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_short_training(data_root, small_nominal_batch):
+    opt = tiny_options(data_root, name="short", epochs=4, overrides=FIXED_IMAGES)
+    summary = train(opt)
+    run = Path(summary["save_dir"])
+    rows = read_rows(run / "results.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    first, last = (sum(float(r[f"train/{k}_loss"]) for k in ("box", "obj", "cls")) for r in (rows[0], rows[-1]))
+    assert last < 0.97 * first, (first, last)
+    for name in ("hyp.yaml", "opt.yaml", "results.png", "labels.jpg", "train_batch0.jpg"):
+        assert (run / name).is_file(), name
+    assert list(run.glob("events.out.tfevents.*"))
+    ckpt = load_checkpoint(run / "weights" / "last.pt")
+    assert ckpt["epoch"] == -1 and "optimizer" not in ckpt and ckpt["model"]["model.0.conv.weight"].dtype == torch.float16
+    assert TrainOptions.from_dict(ckpt["opt"]) == opt
+    model = load_model(run / "weights" / "last.pt", "cpu")
+    pred, _ = model(torch.rand(1, 3, 64, 64))
+    assert pred.shape == (1, 3 * (8 * 8 + 4 * 4), 10) and torch.isfinite(pred).all()
+    assert model.names == ckpt["names"] and len(model.names) == 5
+
+
+class Crash(Exception):
+    """Stands for a kill right after a checkpoint was written."""
+
+
+def test_resume_is_exact(data_root, small_nominal_batch, monkeypatch):
+    changes = dict(epochs=3, save_period=1, overrides=["warmup_epochs=0.5", "mixup=0", "paste_in=0", "loss_ota=false"])
+    straight = Path(train(tiny_options(data_root, name="straight", **changes))["save_dir"])
+
+    real_save = engine.trainer.save_epoch
+
+    def save_then_crash(run, epoch, improved):
+        real_save(run, epoch, improved)
+        if epoch == 0:
+            raise Crash
+
+    monkeypatch.setattr(engine.trainer, "save_epoch", save_then_crash)
+    with pytest.raises(Crash):
+        train(tiny_options(data_root, name="resumed", **changes))
+    monkeypatch.setattr(engine.trainer, "save_epoch", real_save)
+    resumed_dir = data_root / "runs" / "resumed"
+    assert load_checkpoint(resumed_dir / "weights" / "last.pt")["epoch"] == 0
+    # --resume takes every option from the checkpoint (the device may change)
+    summary = train(TrainOptions(resume=str(resumed_dir / "weights" / "last.pt"), device="cpu"))
+    assert Path(summary["save_dir"]) == resumed_dir
+
+    a = load_checkpoint(straight / "weights" / "epoch2.pt")
+    b = load_checkpoint(resumed_dir / "weights" / "epoch2.pt")
+    for key in ("model", "train_model"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    assert a["ema"] == b["ema"]
+    state_a, state_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.equal(state_a[i]["momentum_buffer"], state_b[i]["momentum_buffer"]) for i in state_a)
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    assert (straight / "results.csv").read_text() == (resumed_dir / "results.csv").read_text()
+
+
+class NaNLoss(YoloLoss):
+    """YoloLoss whose result is NaN on the calls listed in ``bad`` (all calls when None)."""
+
+    bad: set[int] | None = set()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+
+    def __call__(self, raw, targets, img_size):
+        loss, items = super().__call__(raw, targets, img_size)
+        self.calls += 1
+        if self.bad is None or self.calls in self.bad:
+            return loss * float("nan"), items * float("nan")
+        return loss, items
+
+
+def test_nonfinite_loss_skips_step(data_root, monkeypatch):
+    monkeypatch.setattr(NaNLoss, "bad", {2, 3})
+    monkeypatch.setattr(engine.train_setup, "YoloLoss", NaNLoss)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = train(tiny_options(data_root, name="nan_some", epochs=1))
+    assert sum("non-finite loss" in str(w.message) for w in caught) == 2
+    ckpt = load_checkpoint(Path(summary["save_dir"]) / "weights" / "last.pt")
+    assert all(torch.isfinite(v.float()).all() for v in ckpt["model"].values())
+    rows = read_rows(Path(summary["save_dir"]) / "results.csv")
+    assert all(torch.isfinite(torch.tensor(float(rows[0][f"train/{k}_loss"]))) for k in ("box", "obj", "cls"))
+
+
+def test_nonfinite_loss_stops_run(data_root, monkeypatch):
+    monkeypatch.setattr(NaNLoss, "bad", None)
+    monkeypatch.setattr(engine.train_setup, "YoloLoss", NaNLoss)
+    monkeypatch.setattr(engine.trainer, "MAX_BAD_STEPS", 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(NonFiniteLossError, match="2 batches in a row"):
+            train(tiny_options(data_root, name="nan_all", epochs=1))
+    assert not (data_root / "runs" / "nan_all" / "weights" / "last.pt").exists()
