@@ -3,9 +3,9 @@
 A data-set YAML names a root ``path``, per-split sources (``train``, ``val``, ``test``: an image
 folder, a .txt list of image paths, a COCO annotation json, or a list of these), ``nc`` and
 ``names`` (a list, or a dict {index: name}). Relative sources resolve against ``path``; a
-relative ``path`` resolves against the YAML's folder, except for built-in generated sets
-(``generator:``), whose ``path`` resolves against the data-set root (``$ELAN_YOLO_DATASETS``
-or ``<repo>/datasets``).
+relative ``path`` resolves against the YAML's folder, except in the YAMLs shipped in data/
+(``shapes``, ``coco``), where it resolves against the data-set root (``$ELAN_YOLO_DATASETS``
+or ``<repo>/datasets``), so downloads and generated sets land outside the source tree.
 """
 
 from __future__ import annotations
@@ -111,12 +111,11 @@ def load_data_config(name_or_path: str | Path) -> DataConfig:
     source = str(yaml_path)
     raw = from_mapping(DataFile, read_yaml(yaml_path), source)
     names = _names(raw, source)
+    base = Path(raw.path).expanduser() if raw.path else Path(".")
+    shipped = yaml_path.parent == DATA_DIR
+    root = base if base.is_absolute() else ((datasets_root() if shipped else yaml_path.parent) / base).resolve()
     if raw.generator is not None:
-        root = (datasets_root() / (raw.path or yaml_path.stem)).resolve()
         _generate(raw.generator, root, names, source)
-    else:
-        base = Path(raw.path).expanduser() if raw.path else Path(".")
-        root = base if base.is_absolute() else (yaml_path.parent / base).resolve()
     return DataConfig(
         root=root,
         nc=len(names),

@@ -190,3 +190,10 @@ def test_builtin_shapes_name_generates_on_first_use(tmp_path, monkeypatch):
         assert cfg.root == tmp_path / "shapes" and cfg.names == list(shapes.CLASSES)
         assert cfg.train == [tmp_path / "shapes" / "images" / "train"]
         assert len(list(cfg.val[0].glob("*.jpg"))) == 6
+
+
+def test_shipped_coco_yaml_points_into_the_datasets_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("ELAN_YOLO_DATASETS", str(tmp_path))
+    cfg = load_data_config("coco")
+    assert cfg.nc == 80 and cfg.names[0] == "person" and cfg.names[-1] == "toothbrush"
+    assert cfg.val == [tmp_path / "coco" / "annotations" / "instances_val2017.json"]

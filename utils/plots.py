@@ -45,7 +45,7 @@ def draw_boxes(
     for i, (box, cls) in enumerate(zip(np.asarray(boxes, np.float64), classes)):
         colour = class_colour(cls)
         p1, p2 = (int(box[0]), int(box[1])), (int(box[2]), int(box[3]))
-        cv2.rectangle(img, p1, p2, colour, lw, cv2.LINE_AA)
+        cv2.rectangle(img, p1, p2, colour, lw)  # axis-aligned: anti-aliasing would only blur it
         label = names[int(cls)] if names is not None and int(cls) < len(names) else str(int(cls))
         if scores is not None:
             label = f"{label} {scores[i]:.2f}"
@@ -55,7 +55,7 @@ def draw_boxes(
             bg1, bg2, origin = (p1[0], p1[1] - th - 3), (p1[0] + tw, p1[1]), (p1[0], p1[1] - 2)
         else:
             bg1, bg2, origin = p1, (p1[0] + tw, p1[1] + th + 3), (p1[0], p1[1] + th + 1)
-        cv2.rectangle(img, bg1, bg2, colour, -1, cv2.LINE_AA)
+        cv2.rectangle(img, bg1, bg2, colour, -1)
         cv2.putText(img, label, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), max(lw - 1, 1),
                     cv2.LINE_AA)
     return img
