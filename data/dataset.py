@@ -11,6 +11,9 @@ sample is the same whatever the number of workers or the order they run in.
 
 from __future__ import annotations
 
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -23,6 +26,7 @@ from data.scan import ScanResult
 from data.transforms import letterbox, normalized_to_pixels, pixels_to_normalized
 from utils.config import Hyp
 
+LOGGER = logging.getLogger(__name__)
 Shapes = tuple[tuple[int, int], tuple[tuple[float, float], tuple[int, int]]] | None
 
 
@@ -71,8 +75,8 @@ class DetectionDataset(Dataset):
         self._ram: list[np.ndarray | None] = [None] * len(self.files)
         self.augmenter = Augmenter(self, self.hyp) if augment else None
         if cache == "ram":
-            for i in range(len(self.files)):
-                self._ram[i] = self.load_image(i)[0]
+            with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # OpenCV decodes without the GIL
+                self._ram = list(pool.map(lambda i: self.load_image(i)[0], range(len(self.files))))
 
     @staticmethod
     def _rect_order(scan: ScanResult) -> np.ndarray:
@@ -103,18 +107,26 @@ class DetectionDataset(Dataset):
         return np.random.default_rng((self.seed, self.epoch, index))
 
     def _disk_path(self, index: int) -> Path:
-        return Path(self.files[index]).with_suffix(".npy")
+        return Path(self.files[index] + ".npy")  # beside the image; a.jpg and a.png do not collide
 
     def _read(self, index: int) -> np.ndarray:
-        """Original RGB image [h0, w0, 3] (EXIF orientation applied), from disk cache if enabled."""
-        if self.cache == "disk" and self._disk_path(index).is_file():
-            return np.load(self._disk_path(index), allow_pickle=False)
+        """Original RGB image [h0, w0, 3] (EXIF orientation applied), from the disk cache if enabled
+        and not older than the image."""
+        npy = self._disk_path(index)
+        if self.cache == "disk" and npy.is_file() and npy.stat().st_mtime_ns >= Path(self.files[index]).stat().st_mtime_ns:
+            return np.load(npy, allow_pickle=False)
         bgr = cv2.imread(self.files[index], cv2.IMREAD_COLOR)
         if bgr is None:
             raise FileNotFoundError(f"{self.files[index]}: cannot read image (changed since the label scan?)")
         img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         if self.cache == "disk":
-            np.save(self._disk_path(index), img, allow_pickle=False)
+            tmp = npy.with_name(f"{npy.name}.{os.getpid()}.tmp.npy")
+            try:
+                np.save(tmp, img, allow_pickle=False)
+                os.replace(tmp, npy)  # atomic: workers may write the same file
+            except OSError as e:
+                LOGGER.warning("%s: cannot write disk cache (%s); reading images directly", npy, e)
+                self.cache = None
         return img
 
     def load_image(self, index: int) -> tuple[np.ndarray, tuple[int, int]]:

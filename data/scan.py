@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from data.labels import read_label_file, verify_image
-from data.sources import coco_image_dir, is_coco_json, label_path, list_images, read_coco
+from data.sources import IMAGE_SUFFIXES, coco_image_dir, is_coco_json, label_path, list_images, read_coco
 from utils.config import ConfigError
 
 LOGGER = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def _fingerprint(sources: list[Path], nc: int) -> str:
         if is_coco_json(source):
             entries.append(_stat(source))
             image_dir = coco_image_dir(source)
-            entries += [_stat(p) for p in sorted(image_dir.rglob("*")) if p.is_file()]
+            entries += [_stat(p) for p in sorted(image_dir.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
         else:
             for image in list_images(source):
                 entries += [_stat(image), _stat(label_path(image))]

@@ -108,7 +108,7 @@ def test_image_cache_gives_the_same_batches(root, cache):
     cached, _ = build_dataloader(root / "images" / "train", 5, cache=cache, **kwargs)
     assert _same(_batches(plain), _batches(cached))
     if cache == "disk":
-        assert len(list((root / "images" / "train").glob("*.npy"))) == 10
+        assert len(list((root / "images" / "train").glob("*.jpg.npy"))) == 10
         assert _same(_batches(plain), _batches(cached))  # second pass reads the .npy files
 
 
@@ -116,3 +116,22 @@ def test_single_cls_and_coco_source(root):
     _, ds = build_dataloader(root / "annotations" / "instances_val.json", 5, img_size=64, single_cls=True)
     assert all((lab[:, 0] == 0).all() for lab in ds.labels) and ds.category_ids == [1, 2, 3, 4, 5]
     assert ds.image_ids == list(range(1, 8))
+
+
+def test_distributed_sampler_splits_and_follows_the_epoch(root, tmp_path):
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        loader, _ = build_dataloader(root / "images" / "train", 5, img_size=64, batch_size=4, hyp=Hyp(),
+                                     augment=True, shuffle=True, rank=0)
+        assert isinstance(loader.sampler, torch.utils.data.DistributedSampler)
+        first, second = _batches(loader), _batches(loader)
+        assert sorted(torch.cat([b.indices for b in first]).tolist()) == list(range(10))
+        assert not _same(first, second)
+        loader.set_epoch(0)
+        assert _same(_batches(loader), first)
+    finally:
+        dist.destroy_process_group()

@@ -197,3 +197,19 @@ def test_shipped_coco_yaml_points_into_the_datasets_root(tmp_path, monkeypatch):
     cfg = load_data_config("coco")
     assert cfg.nc == 80 and cfg.names[0] == "person" and cfg.names[-1] == "toothbrush"
     assert cfg.val == [tmp_path / "coco" / "annotations" / "instances_val2017.json"]
+
+
+def test_exif_rotation_is_applied_in_scan_and_load(tmp_path):
+    from PIL import Image
+
+    from data import build_dataloader
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 60 wide x 40 tall, shown rotated 90 degrees: 40 wide x 60 tall
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (60, 40), (200, 10, 10)).save(tmp_path / "images" / "r.jpg", exif=exif)
+    result, _ = load_or_scan([tmp_path / "images"], 1, None)
+    assert result.shapes == [(60, 40)]
+    _, ds = build_dataloader(tmp_path / "images", 1, img_size=64, batch_size=1)
+    image, (h0, w0) = ds.load_image(0)
+    assert (h0, w0) == (60, 40) and image.shape[:2] == (64, round(40 * 64 / 60))
