@@ -213,3 +213,16 @@ def test_exif_rotation_is_applied_in_scan_and_load(tmp_path):
     _, ds = build_dataloader(tmp_path / "images", 1, img_size=64, batch_size=1)
     image, (h0, w0) = ds.load_image(0)
     assert (h0, w0) == (60, 40) and image.shape[:2] == (64, round(40 * 64 / 60))
+
+
+def test_txt_list_source_and_missing_source(tmp_path):
+    for name in ("a", "b"):
+        _write_image(tmp_path / "set" / "images" / f"{name}.jpg")
+    (tmp_path / "set" / "labels").mkdir()
+    (tmp_path / "set" / "labels" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (tmp_path / "set" / "train.txt").write_text("# list\n./images/a.jpg\n\nimages/b.jpg\n")
+    result, _ = load_or_scan([tmp_path / "set" / "train.txt"], 1, None)
+    assert [os.path.basename(f) for f in result.files] == ["a.jpg", "b.jpg"]
+    assert result.counts == {"found": 1, "missing": 1, "empty": 0, "corrupt": 0}
+    with pytest.raises(ConfigError, match="nothere: image source not found"):
+        load_or_scan([tmp_path / "nothere"], 1, None)
