@@ -96,9 +96,16 @@ def _names(raw: DataFile, source: str) -> list[str]:
     return names
 
 
-def _resolve(value: str | list[str] | None, root: Path) -> list[Path]:
-    values = [] if value is None else [value] if isinstance(value, str) else list(value)
-    return [(root / v).resolve() if not Path(v).expanduser().is_absolute() else Path(v).expanduser() for v in values]
+def _under(root: Path, path: str | Path) -> Path:
+    """``path`` with ``~`` expanded; a relative one is taken relative to ``root``."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else (root / path).resolve()
+
+
+def _sources(value: str | list[str] | None, root: Path) -> list[Path]:
+    """A split's sources (one path, a list, or none) as absolute paths."""
+    values = [] if value is None else [value] if isinstance(value, str) else value
+    return [_under(root, v) for v in values]
 
 
 def load_data_config(name_or_path: str | Path) -> DataConfig:
@@ -111,18 +118,17 @@ def load_data_config(name_or_path: str | Path) -> DataConfig:
     source = str(yaml_path)
     raw = from_mapping(DataFile, read_yaml(yaml_path), source)
     names = _names(raw, source)
-    base = Path(raw.path).expanduser() if raw.path else Path(".")
     shipped = yaml_path.parent == DATA_DIR
-    root = base if base.is_absolute() else ((datasets_root() if shipped else yaml_path.parent) / base).resolve()
+    root = _under(datasets_root() if shipped else yaml_path.parent, raw.path)
     if raw.generator is not None:
         _generate(raw.generator, root, names, source)
     return DataConfig(
         root=root,
         nc=len(names),
         names=names,
-        train=_resolve(raw.train, root),
-        val=_resolve(raw.val, root),
-        test=_resolve(raw.test, root),
+        train=_sources(raw.train, root),
+        val=_sources(raw.val, root),
+        test=_sources(raw.test, root),
         source=source,
     )
 
