@@ -107,9 +107,7 @@ def train_one_epoch(run: Run, epoch: int) -> torch.Tensor:
     opt, hyp, model = run.opt, run.hyp, run.model
     seed_everything(opt.seed + 10_000 * epoch + run.info.rank)
     set_mosaic(run, epoch)
-    sampler = getattr(run.train_loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
+    run.train_loader.set_epoch(epoch)  # shuffle order and augmentation stream of this epoch
     model.train()
     nb = len(run.train_loader)
     n_warmup = warmup_iterations(hyp, nb)
