@@ -1,0 +1,196 @@
+"""What detect.py does: run a Predictor over a source and write the results.
+
+Output folder (``<project>/<name>``, incremented to ``exp2``, ``exp3``, ... unless exist_ok):
+drawn images under their file names, drawn videos as ``<stem>.mp4``, ``labels/<stem>.txt``
+(YOLO format: class cx cy w h [score], normalised to the original image; video frames as
+``<stem>_<frame>.txt``) and ``detections.json`` (every image with its boxes in original pixels).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engine.predictor import Detections, Predictor
+from engine.sources import Frame, Source
+from engine.train_options import increment_path
+from utils.boxes import xyxy_to_cxcywh
+from utils.plots import class_colour, draw_boxes
+
+
+@dataclass
+class DetectOptions:
+    """detect.py's flags (YOLOv7's names); see detect.py --help."""
+
+    weights: str
+    source: str
+    img_size: int | None = None
+    conf_thres: float = 0.25
+    iou_thres: float = 0.45
+    max_det: int = 300
+    device: str = ""
+    classes: list[int] | None = None
+    agnostic_nms: bool = False
+    augment: bool = False
+    batch_size: int = 8
+    save_txt: bool = False
+    save_conf: bool = False
+    save_json: bool = False
+    nosave: bool = False
+    project: str = "runs/detect"
+    name: str = "exp"
+    exist_ok: bool = False
+    line_thickness: int | None = None
+    hide_labels: bool = False
+    hide_conf: bool = False
+
+
+def summary_line(det: Detections, names: list[str]) -> str:
+    """'2 circles, 1 square' style counts per class (YOLOv7's per-image line), or '(no detections)'."""
+    counts = Counter(int(c) for c in det.classes)
+    if not counts:
+        return "(no detections)"
+    parts = []
+    for cls in sorted(counts):
+        name = names[cls] if cls < len(names) else str(cls)
+        parts.append(f"{counts[cls]} {name}{'s' if counts[cls] > 1 else ''}")
+    return ", ".join(parts)
+
+
+def draw(image_bgr: np.ndarray, det: Detections, names: list[str], opt: DetectOptions) -> np.ndarray:
+    """A copy of the BGR image with the detections drawn (utils.plots works in RGB)."""
+    rgb = np.ascontiguousarray(image_bgr[..., ::-1])
+    if opt.hide_labels:
+        lw = opt.line_thickness or max(round(sum(rgb.shape[:2]) / 2 * 0.003), 1)
+        for box, cls in zip(det.boxes.astype(int), det.classes):
+            cv2.rectangle(rgb, tuple(box[:2]), tuple(box[2:]), class_colour(cls), lw, cv2.LINE_AA)
+    else:
+        rgb = draw_boxes(rgb, det.boxes, det.classes, None if opt.hide_conf else det.scores, names,
+                         opt.line_thickness)
+    return np.ascontiguousarray(rgb[..., ::-1])
+
+
+def label_lines(det: Detections, save_conf: bool) -> list[str]:
+    """YOLO label rows 'cls cx cy w h [score]', normalised to the original image."""
+    h, w = det.shape
+    xywh = xyxy_to_cxcywh(det.boxes) / np.array([w, h, w, h], np.float32)
+    rows = []
+    for cls, box, score in zip(det.classes, xywh, det.scores):
+        values = [f"{v:.6f}" for v in box] + ([f"{score:.6f}"] if save_conf else [])
+        rows.append(" ".join([str(int(cls))] + values))
+    return rows
+
+
+def json_entry(frame: Frame, det: Detections, names: list[str]) -> dict:
+    """One image of detections.json: boxes xyxy in original pixels."""
+    return {
+        "path": frame.path,
+        "frame": frame.index if frame.kind != "image" else None,
+        "height": det.shape[0],
+        "width": det.shape[1],
+        "detections": [
+            {"class": int(c), "name": names[int(c)] if int(c) < len(names) else str(int(c)),
+             "score": round(float(s), 5), "box": [round(float(v), 2) for v in b]}
+            for b, s, c in zip(det.boxes, det.scores, det.classes)
+        ],
+    }
+
+
+class VideoSink:
+    """One cv2.VideoWriter per video or stream, opened on its first frame."""
+
+    def __init__(self, save_dir: Path) -> None:
+        self.save_dir = save_dir
+        self.writers: dict[str, cv2.VideoWriter] = {}
+        self.files: list[Path] = []
+
+    def write(self, frame: Frame, image: np.ndarray) -> None:
+        if frame.path not in self.writers:
+            stem = Path(frame.path).stem if frame.kind == "video" else f"stream{len(self.writers)}"
+            path = self.save_dir / f"{stem}.mp4"
+            h, w = image.shape[:2]
+            self.writers[frame.path] = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"),
+                                                       frame.fps or 30.0, (w, h))
+            self.files.append(path)
+        self.writers[frame.path].write(image)
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.release()
+        self.writers.clear()
+
+
+def frame_label(frame: Frame, number: int, total: int) -> str:
+    """'image 3/10 path' or 'video 1 (frame 5/90) path', the start of the per-image line."""
+    if frame.kind == "image":
+        return f"image {number}/{total} {frame.path}"
+    count = f"/{frame.count}" if frame.count else ""
+    return f"{frame.kind} (frame {frame.index + 1}{count}) {frame.path}"
+
+
+def run_detect(opt: DetectOptions, predictor: Predictor | None = None) -> dict:
+    """Detect on every frame of ``opt.source``; write outputs; return a summary dict
+    (save_dir, images, detections, per-class counts, ms_per_image, skipped, files)."""
+    source = Source(opt.source, opt.batch_size)  # first: a bad source fails before the model loads
+    predictor = predictor or Predictor(opt.weights, opt.device, opt.img_size, opt.conf_thres, opt.iou_thres,
+                                       opt.classes, opt.agnostic_nms, opt.max_det, opt.augment)
+    names = predictor.names
+    save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    if opt.save_txt:
+        (save_dir / "labels").mkdir(exist_ok=True)
+    videos = VideoSink(save_dir)
+    entries, totals, seconds, images = [], Counter(), 0.0, 0
+    try:
+        for batch in source:
+            start = time.perf_counter()
+            results = predictor.predict([f.image for f in batch])
+            elapsed = time.perf_counter() - start
+            seconds += elapsed
+            for frame, det in zip(batch, results):
+                images += 1
+                totals.update(int(c) for c in det.classes)
+                h, w = det.shape
+                print(f"{frame_label(frame, images, len(source.files))}: {w}x{h} {summary_line(det, names)} "
+                      f"({1000 * elapsed / len(batch):.1f} ms)", flush=True)
+                save_outputs(frame, det, names, opt, save_dir, videos)
+                if opt.save_json:
+                    entries.append(json_entry(frame, det, names))
+    finally:
+        videos.close()
+    if opt.save_json:
+        (save_dir / "detections.json").write_text(json.dumps(entries, indent=1))
+    return {
+        "save_dir": str(save_dir),
+        "images": images,
+        "detections": sum(totals.values()),
+        "per_class": {names[c] if c < len(names) else str(c): n for c, n in sorted(totals.items())},
+        "ms_per_image": round(1000 * seconds / max(images, 1), 2),
+        "skipped": source.skipped,
+        "videos": [str(p) for p in videos.files],
+    }
+
+
+def save_outputs(frame: Frame, det: Detections, names: list[str], opt: DetectOptions, save_dir: Path,
+                 videos: VideoSink) -> None:
+    """Drawn image or video frame, and the YOLO label file, of one frame."""
+    stem = Path(frame.path).stem if frame.kind == "image" else f"{Path(frame.path).stem}_{frame.index}"
+    if opt.save_txt:
+        rows = label_lines(det, opt.save_conf)
+        (save_dir / "labels" / f"{stem}.txt").write_text("".join(r + "\n" for r in rows))
+    if opt.nosave:
+        return
+    drawn = draw(frame.image, det, names, opt)
+    if frame.kind == "image":
+        out = save_dir / Path(frame.path).name
+        if not cv2.imwrite(str(out), drawn):
+            print(f"warning: could not write {out}", file=sys.stderr)
+    else:
+        videos.write(frame, drawn)

@@ -1,0 +1,167 @@
+"""The Python inference API: weights (checkpoint, .torchscript or .onnx) in, boxes out.
+
+    predictor = Predictor("runs/train/exp/weights/best.pt", img_size=640)
+    for det in predictor(["a.jpg", image_bgr]):
+        det.boxes    # float32 [n, 4] xyxy, pixels of the original image
+        det.scores   # float32 [n]
+        det.classes  # int64 [n]
+
+Images are letterboxed with the model's stride (rectangular, the smallest padding a batch
+allows), run as one batch, post-processed with utils.nms and mapped back to original pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data import letterbox
+from engine.backends import BackendError, load_backend
+from engine.sources import read_image
+from utils.boxes import letterbox_to_original
+from utils.nms import non_max_suppression
+from utils.torch_utils import select_device
+
+ImageInput = str | Path | np.ndarray
+
+
+@dataclass
+class Detections:
+    """Detections of one image: ``boxes`` float32 [n, 4] xyxy in original pixels, ``scores``
+    float32 [n], ``classes`` int64 [n], sorted by score; ``shape`` (height, width) of the image."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    shape: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def as_array(self) -> np.ndarray:
+        """float32 [n, 6] = (x1, y1, x2, y2, score, class)."""
+        return np.concatenate([self.boxes, self.scores[:, None], self.classes[:, None].astype(np.float32)], 1)
+
+
+def batch_shape(shapes: Sequence[tuple[int, int]], img_size: int, stride: int) -> tuple[int, int]:
+    """The smallest (H, W), multiples of ``stride``, that hold every image of a batch resized so
+    its longer side is ``img_size``. For one image this is YOLOv7's minimal-padding letterbox."""
+    heights, widths = [], []
+    for h, w in shapes:
+        r = img_size / max(h, w)
+        heights.append(round(h * r))
+        widths.append(round(w * r))
+    return -(-max(heights) // stride) * stride, -(-max(widths) // stride) * stride
+
+
+class Predictor:
+    """Detector over a weights file. Thresholds follow YOLOv7's detect.py defaults.
+
+    ``img_size`` (longer side of the network input) defaults to the size the checkpoint was
+    validated at during training, or the size a file was exported at. ``classes`` keeps only
+    those class indices; ``agnostic`` runs NMS across classes;
+    ``augment`` enables test-time augmentation (PyTorch checkpoints only).
+    Raises BackendError naming the file when the weights are unusable.
+    """
+
+    def __init__(self, weights: str | Path, device: str = "", img_size: int | None = None, conf_thres: float = 0.25,
+                 iou_thres: float = 0.45, classes: Sequence[int] | None = None, agnostic: bool = False,
+                 max_det: int = 300, augment: bool = False) -> None:
+        self.device = select_device(device)
+        self.backend = load_backend(weights, self.device)
+        self.meta = self.backend.meta
+        self.names = self.meta.names
+        self.stride = self.meta.stride
+        img_size = img_size or self.meta.default_img_size
+        if img_size % self.stride:
+            img_size = -(-img_size // self.stride) * self.stride  # as YOLOv7's check_img_size
+        self.img_size = img_size
+        self.conf_thres, self.iou_thres, self.max_det = conf_thres, iou_thres, max_det
+        self.classes = list(classes) if classes is not None else None
+        self.agnostic = agnostic
+        if augment and not hasattr(self.backend, "model"):
+            raise BackendError(f"{weights}: --augment needs a PyTorch checkpoint, not an exported file")
+        self.augment = augment
+        if self.meta.nms and agnostic != bool(self.meta.nms_options.get("agnostic", False)):
+            raise BackendError(f"{weights}: NMS inside this ONNX file was exported with "
+                               f"agnostic={self.meta.nms_options.get('agnostic')}; re-export to change it")
+
+    def input_shape(self, shapes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+        """Network input (H, W) for a batch of original (h, w): fixed for static exports."""
+        if self.meta.img_size is not None:
+            return tuple(self.meta.img_size)
+        return batch_shape(shapes, self.img_size, self.stride)
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple]]:
+        """BGR uint8 [h, w, 3] images -> float [B, 3, H, W] RGB in 0..1 on the device, and per image
+        ((w_gain, h_gain), (pad_w, pad_h), (h0, w0)) to undo the letterbox."""
+        target = self.input_shape([im.shape[:2] for im in images])
+        batch, undo = [], []
+        for im in images:
+            boxed, gains, pad = letterbox(im, target, self.stride, auto=False)
+            batch.append(boxed[..., ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
+            undo.append((gains, pad, im.shape[:2]))
+        x = torch.from_numpy(np.ascontiguousarray(np.stack(batch))).to(self.device)
+        return x.float() / 255, undo
+
+    def _detect(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Input batch -> per image [n, 6] (x1, y1, x2, y2, score, class) in input pixels."""
+        if self.meta.nms:
+            return [self._filter(d) for d in self.backend(x, conf_thres=self.conf_thres, iou_thres=self.iou_thres)]
+        out = self.backend(x, augment=self.augment)
+        return non_max_suppression(out, self.conf_thres, self.iou_thres, classes=self.classes,
+                                   agnostic=self.agnostic, max_det=self.max_det)
+
+    def _filter(self, det: torch.Tensor) -> torch.Tensor:
+        """Class filter, order and max_det for detections of an NMS-in-graph export (class-aware
+        NMS, so filtering classes afterwards equals filtering before)."""
+        if self.classes is not None:
+            det = det[torch.isin(det[:, 5], torch.tensor(self.classes, dtype=det.dtype, device=det.device))]
+        return det[det[:, 4].argsort(descending=True)][: self.max_det]
+
+    def _run_fixed_batch(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Split or pad a batch to a static export's batch size."""
+        fixed = self.meta.batch
+        if fixed is None or fixed == len(x):
+            return self._detect(x)
+        results = []
+        for i in range(0, len(x), fixed):
+            chunk = x[i:i + fixed]
+            n = len(chunk)
+            if n < fixed:
+                chunk = torch.cat([chunk, chunk.new_zeros((fixed - n, *chunk.shape[1:]))])
+            results += self._detect(chunk)[:n]
+        return results
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """Detect on BGR uint8 [h, w, 3] images (OpenCV order); one Detections per image."""
+        if not images:
+            return []
+        x, undo = self.preprocess(images)
+        results = []
+        for det, (gains, pad, shape) in zip(self._run_fixed_batch(x), undo):
+            det = det.detach().cpu().float().numpy()
+            boxes = letterbox_to_original(det[:, :4], gains, pad, shape) if len(det) else det[:, :4]
+            results.append(Detections(boxes.astype(np.float32), det[:, 4].astype(np.float32),
+                                      det[:, 5].astype(np.int64), tuple(shape)))
+        return results
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput]) -> list[Detections]:
+        """Detect on one or several images given as paths or BGR uint8 [h, w, 3] arrays."""
+        if isinstance(images, (str, Path, np.ndarray)):
+            images = [images]
+        arrays = []
+        for im in images:
+            if isinstance(im, np.ndarray):
+                arrays.append(im)
+                continue
+            array = read_image(Path(im))
+            if array is None:
+                raise FileNotFoundError(f"{im}: cannot read image")
+            arrays.append(array)
+        return self.predict(arrays)

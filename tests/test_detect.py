@@ -1,0 +1,173 @@
+"""detect.py and the Python inference API (engine.predictor): outputs on a folder and a video,
+boxes in original pixels, --classes, and clear messages for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detect_fixtures import IMG_SIZE, NAMES, run_script, small_model, write_checkpoint, write_images, write_video
+
+import detect
+from data import letterbox
+from engine.predictor import Predictor, batch_shape
+from engine.sources import Source, SourceError
+from utils.boxes import cxcywh_to_xyxy
+from utils.nms import non_max_suppression
+
+SIZES = [(96, 160), (200, 120), (128, 128)]  # (h, w): landscape, portrait, square
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("detect")
+    write_checkpoint(root / "weights.pt")
+    write_images(root / "images", SIZES)
+    (root / "images" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder_run(workdir: Path) -> Path:
+    """detect.py on the folder with every output switched on; returns the run folder."""
+    result = run_script("detect.py", "--weights", str(workdir / "weights.pt"), "--source", str(workdir / "images"),
+                        "--save-txt", "--save-conf", "--save-json", "--project", str(workdir / "runs"), "--json")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "broken.jpg: cannot read image" in result.stderr  # skipped with a message, the rest processed
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["images"] == len(SIZES) and len(summary["skipped"]) == 1
+    for i in range(len(SIZES)):
+        assert f"img{i}.jpg: " in result.stdout  # one line per image
+    return Path(summary["save_dir"])
+
+
+def test_batch_shape_hand_values() -> None:
+    # 96x160 at 128: 77x128 -> padded to 96x128; with a 200x120 image (128x77) the batch needs 128x128
+    assert batch_shape([(96, 160)], 128, 32) == (96, 128)
+    assert batch_shape([(96, 160), (200, 120)], 128, 32) == (128, 128)
+    assert batch_shape([(640, 480)], 640, 32) == (640, 480)
+
+
+def test_predictor_boxes_are_original_pixels(workdir: Path) -> None:
+    """The API equals a by-hand pipeline: letterbox, fused model, NMS, undo gains and padding."""
+    predictor = Predictor(workdir / "weights.pt", device="cpu")
+    assert predictor.img_size == IMG_SIZE and predictor.names == NAMES  # from the checkpoint
+    model = small_model().fuse()
+    for i, (h, w) in enumerate(SIZES):
+        path = workdir / "images" / f"img{i}.jpg"
+        image = cv2.imread(str(path))
+        boxed, (gw, gh), (pw, ph) = letterbox(image, IMG_SIZE, 32)  # minimal padding, as for one image
+        x = torch.from_numpy(np.ascontiguousarray(boxed[..., ::-1].transpose(2, 0, 1)))[None].float() / 255
+        with torch.no_grad():
+            det = non_max_suppression(model(x)[0], 0.25, 0.45)[0].numpy()
+        expected = det[:, :4].copy()
+        expected[:, [0, 2]] = ((expected[:, [0, 2]] - pw) / gw).clip(0, w)
+        expected[:, [1, 3]] = ((expected[:, [1, 3]] - ph) / gh).clip(0, h)
+        got = predictor(str(path))[0]
+        assert len(got) == len(det) > 0 and got.shape == (h, w)
+        np.testing.assert_allclose(got.boxes, expected, atol=1e-3)
+        np.testing.assert_allclose(got.scores, det[:, 4], atol=1e-5)
+        np.testing.assert_array_equal(got.classes, det[:, 5].astype(np.int64))
+
+
+def test_folder_outputs(workdir: Path, folder_run: Path) -> None:
+    entries = json.loads((folder_run / "detections.json").read_text())
+    assert [Path(e["path"]).name for e in entries] == [f"img{i}.jpg" for i in range(len(SIZES))]
+    predictor = Predictor(workdir / "weights.pt", device="cpu")
+    for i, ((h, w), entry) in enumerate(zip(SIZES, entries)):
+        drawn = cv2.imread(str(folder_run / f"img{i}.jpg"))
+        assert drawn is not None and drawn.shape[:2] == (h, w)
+        assert (entry["height"], entry["width"]) == (h, w)
+        boxes = np.array([d["box"] for d in entry["detections"]], np.float32)
+        assert len(boxes) > 0
+        assert (boxes[:, [0, 2]] >= 0).all() and (boxes[:, [0, 2]] <= w).all()
+        assert (boxes[:, [1, 3]] >= 0).all() and (boxes[:, [1, 3]] <= h).all()
+        if (h, w) == (IMG_SIZE, IMG_SIZE):  # same network input in the batch as alone: same boxes
+            single = predictor(str(workdir / "images" / f"img{i}.jpg"))[0]
+            np.testing.assert_allclose(boxes, single.boxes, atol=0.01)
+        rows = np.loadtxt(folder_run / "labels" / f"img{i}.txt", ndmin=2)
+        assert rows.shape == (len(boxes), 6)  # cls cx cy w h score
+        expected = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2 / w, (boxes[:, 1] + boxes[:, 3]) / 2 / h,
+                             (boxes[:, 2] - boxes[:, 0]) / w, (boxes[:, 3] - boxes[:, 1]) / h], 1)
+        np.testing.assert_allclose(rows[:, 1:5], expected, atol=1e-3)
+        assert rows[:, 0].tolist() == [d["class"] for d in entry["detections"]]
+
+
+def test_classes_filter(workdir: Path, folder_run: Path, capsys) -> None:
+    code = detect.main(["--weights", str(workdir / "weights.pt"), "--source", str(workdir / "images"),
+                        "--classes", "0", "--save-json", "--nosave", "--project", str(workdir / "runs"), "--json"])
+    assert code == 0
+    save_dir = Path(json.loads(capsys.readouterr().out.splitlines()[-1])["save_dir"])
+    filtered = json.loads((save_dir / "detections.json").read_text())
+    full = json.loads((folder_run / "detections.json").read_text())
+    kept = [[d for d in e["detections"] if d["class"] == 0] for e in full]
+    assert sum(map(len, kept)) > 0 and sum(len(e["detections"]) for e in full) > sum(map(len, kept))
+    # class-aware NMS: filtering before NMS keeps exactly the class-0 boxes of the full run
+    assert [e["detections"] for e in filtered] == kept
+
+
+def test_video(workdir: Path) -> None:
+    video = write_video(workdir / "clip.avi", frames=4, size=(96, 160))
+    result = run_script("detect.py", "--weights", str(workdir / "weights.pt"), "--source", str(video),
+                        "--save-txt", "--project", str(workdir / "runs"), "--name", "video")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("video (frame ") == 4
+    out = workdir / "runs" / "video"
+    capture = cv2.VideoCapture(str(out / "clip.mp4"))
+    frames = []
+    while (ok := capture.read())[0]:
+        frames.append(ok[1])
+    capture.release()
+    assert len(frames) == 4 and frames[0].shape[:2] == (96, 160)
+    assert sorted(p.name for p in (out / "labels").iterdir()) == [f"clip_{i}.txt" for i in range(4)]
+
+
+def test_sources_list_glob_and_batches(workdir: Path) -> None:
+    listing = workdir / "list.txt"
+    listing.write_text("images/img0.jpg\n# a comment\nimages/img2.jpg\n")
+    assert [len(b) for b in Source(str(listing), batch_size=8)] == [2]
+    messages: list[str] = []
+    batches = list(Source(str(workdir / "images" / "*.jpg"), batch_size=2, on_skip=messages.append))
+    assert [len(b) for b in batches] == [2, 1] and len(messages) == 1 and "broken.jpg" in messages[0]
+    with pytest.raises(SourceError, match="no such file"):
+        Source(str(workdir / "nothing_here"))
+
+
+def test_bad_input_in_a_subprocess_fails_cleanly(workdir: Path) -> None:
+    result = run_script("detect.py", "--weights", str(workdir / "weights.pt"), "--source", str(workdir / "missing.jpg"))
+    assert result.returncode == 2
+    assert "missing.jpg: no such file or folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def _fails_cleanly(argv: list[str], capsys, code: int, message: str) -> None:
+    """detect.main returns ``code`` (no exception escapes) and says ``message`` on stderr."""
+    assert detect.main(argv) == code
+    assert message in capsys.readouterr().err
+
+
+def test_bad_inputs(workdir: Path, capsys) -> None:
+    weights = str(workdir / "weights.pt")
+    broken_video = workdir / "broken.mp4"
+    broken_video.write_bytes(b"\x00" * 64)
+    _fails_cleanly(["--weights", weights, "--source", str(broken_video), "--project", str(workdir / "runs")],
+                   capsys, 2, "broken.mp4: cannot open video")
+    foreign = workdir / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    _fails_cleanly(["--weights", str(foreign), "--source", str(workdir / "images")], capsys, 2,
+                   "not a checkpoint of this project")
+    _fails_cleanly(["--weights", str(workdir / "missing.pt")], capsys, 2, "no such weights file")
+    only_broken = workdir / "only_broken"
+    only_broken.mkdir()
+    (only_broken / "x.png").write_bytes(b"\x89PNG broken")
+    _fails_cleanly(["--weights", weights, "--source", str(only_broken), "--project", str(workdir / "runs")],
+                   capsys, 1, "no image could be read")
+
+
+def test_no_arguments_without_training_says_what_to_do(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)  # no runs/train here
+    _fails_cleanly([], capsys, 2, "Train one first")
