@@ -79,7 +79,7 @@ class TensorBoardLog:
 
 def progress_header() -> str:
     """Column titles of the per-epoch progress bar."""
-    return ("%10s" * 8) % ("Epoch", "gpu_mem", "box", "obj", "cls", "total", "labels", "img_size")
+    return ("%10s" * 8) % ("Epoch", "mem", "box", "obj", "cls", "total", "labels", "img_size")
 
 
 def progress_line(epoch: int, epochs: int, memory: str, mean_losses: torch.Tensor, n_targets: int, img_size: int) -> str:

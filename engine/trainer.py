@@ -57,18 +57,22 @@ def train(opt: TrainOptions) -> dict[str, Any]:
     Under torchrun every process calls this; rank 0 logs, evaluates and saves.
     """
     opt.check()
+    t0 = time.time()
     info = dist_info_from_env()
     device = select_device(opt.device, info.local_rank)
     init_process_group(info, device)
     try:
-        return fit(setup(opt, info, device))
+        return fit(setup(opt, info, device), t0)
     finally:
         destroy_process_group()
 
 
-def fit(run: Run) -> dict[str, Any]:
-    """Run the epochs from ``run.start_epoch``; save, early-stop; strip the final checkpoints."""
-    opt, t0 = run.opt, time.time()
+def fit(run: Run, t0: float | None = None) -> dict[str, Any]:
+    """Run the epochs from ``run.start_epoch``; save, early-stop; strip the final checkpoints.
+
+    ``t0``: when the run started (for the reported time; default now).
+    """
+    opt, t0 = run.opt, time.time() if t0 is None else t0
     epoch = run.start_epoch - 1
     for epoch in range(run.start_epoch, opt.epochs):
         train_losses = train_one_epoch(run, epoch)

@@ -120,7 +120,11 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def memory_string(device: torch.device) -> str:
-    """Reserved accelerator memory, e.g. '3.1G' (for the progress bar); '0G' on CPU."""
+    """Memory for the progress bar: reserved CUDA memory, else this process's peak RSS, e.g. '3.1G'."""
     if device.type == "cuda":
         return f"{torch.cuda.memory_reserved(device) / 1e9:.3g}G"
-    return "0G"
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return "-"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.3g}G"  # ru_maxrss is in KiB on Linux
