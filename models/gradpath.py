@@ -8,7 +8,9 @@ along the reversed edges.
 
 The graph is read from the autograd graph of one training-mode forward pass, so it needs no
 per-block code, works for any forward (data-dependent Python included) and sees exactly the
-edges a gradient can cross: a ``detach()`` (stop-gradient) removes its edge.
+edges a gradient can cross. A ``detach()`` hides its edge from the analysis entirely; use
+``models.paper_blocks.stop_gradient(x)`` instead to cut the gradient but keep the forward edge
+(for depth and aggregation counts).
 
 Definitions (``L`` is the loss, a gradient path of layer ``v`` is a sequence of computational
 layers ``L -> s_1 -> ... -> s_j -> v`` where each layer's output reaches the next one's input
@@ -45,8 +47,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-import yaml
 from torch import nn
+
+from models.paper_blocks import StopGradient
 
 COMPUTATIONAL: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
 INPUT = -1  # stands for the network input in a layer's predecessor set
@@ -58,12 +61,16 @@ class LayerGraph:
 
     ``preds[i]``: indices of the layers (or ``INPUT``) whose outputs reach layer ``i``'s input
     through non-computational edges only; every index is smaller than ``i``.
-    ``to_loss``: layers whose outputs reach a model output through non-computational edges.
+    ``grad_preds[i]``: the subset of ``preds[i]`` joined to layer ``i`` by an edge that carries
+    gradient (no ``stop_gradient`` on it).
+    ``to_loss``: layers whose outputs reach a model output through gradient-carrying
+    non-computational edges.
     """
 
     names: list[str]
     kinds: list[str]
     preds: list[frozenset[int]]
+    grad_preds: list[frozenset[int]]
     to_loss: frozenset[int]
 
 
@@ -104,8 +111,14 @@ def _tensors(obj: Any) -> Iterable[torch.Tensor]:
             yield from _tensors(item)
 
 
-def _frontier(root: Any, stop: dict[Any, int], memo: dict[Any, frozenset[int]]) -> frozenset[int]:
-    """Layers (values of ``stop``) reached from autograd node ``root`` without crossing one.
+def _is_stop(node: Any) -> bool:
+    return getattr(node, "_forward_cls", None) is StopGradient
+
+
+def _frontier(root: Any, stop: dict[Any, int], memo: dict[Any, frozenset[int]],
+              through_stops: bool) -> frozenset[int]:
+    """Layers (values of ``stop``) reached from autograd node ``root`` without crossing one;
+    ``stop_gradient`` nodes are crossed only when ``through_stops``.
 
     Iterative post-order walk: autograd graphs of big models are deeper than Python's
     recursion limit. ``memo`` is shared across calls so every node is expanded once.
@@ -117,6 +130,9 @@ def _frontier(root: Any, stop: dict[Any, int], memo: dict[Any, frozenset[int]]) 
             continue
         if node in stop:
             memo[node] = frozenset((stop[node],))
+            continue
+        if not through_stops and _is_stop(node):
+            memo[node] = frozenset()
             continue
         children = [c for c, _ in node.next_functions if c is not None]
         if expanded:
@@ -131,15 +147,30 @@ def trace_graph(
     model: nn.Module,
     x: torch.Tensor,
     layer_types: tuple[type[nn.Module], ...] = COMPUTATIONAL,
+    meta: bool = True,
 ) -> LayerGraph:
     """Run one training-mode forward of a copy of ``model`` on ``x`` and read its layer graph.
 
     Args:
         model: any module; it is deep-copied so its BatchNorm statistics and mode are untouched.
-        x: example input, e.g. float [B, 3, H, W] (B >= 2 keeps training-mode BatchNorm valid).
+        x: example input, e.g. float [B, 3, H, W] (only its shape matters with ``meta``).
         layer_types: module types that count as computational layers.
+        meta: run on the meta device (shapes only, no arithmetic: fast for big models); if the
+            forward fails there (it reads tensor values, or an op has no meta kernel), the
+            trace is rerun on ``x``'s device.
     """
-    model = copy.deepcopy(model).train()
+    if meta:
+        try:
+            return _trace(model, x, layer_types, torch.device("meta"))
+        except (NotImplementedError, RuntimeError):
+            pass
+    return _trace(model, x, layer_types, x.device)
+
+
+def _trace(model: nn.Module, x: torch.Tensor, layer_types: tuple[type[nn.Module], ...],
+           device: torch.device) -> LayerGraph:
+    """``trace_graph`` on one device."""
+    model = copy.deepcopy(model).train().to(device)
     for p in model.parameters():
         p.requires_grad_(True)  # frozen layers would otherwise hide their gradient paths
     calls: list[tuple[str, str, list[Any], Any]] = []  # name, kind, input nodes, output node
@@ -156,7 +187,7 @@ def trace_graph(
         for name, m in model.named_modules()
         if isinstance(m, layer_types)
     ]
-    leaf = x.detach().clone().requires_grad_(True)
+    leaf = x.detach().to(device).requires_grad_(True)
     inp = leaf.clone()  # a non-leaf node every path to the input goes through
     try:
         with torch.enable_grad():
@@ -166,13 +197,18 @@ def trace_graph(
             h.remove()
     stop = {node: i for i, (_, _, _, node) in enumerate(calls)}
     stop[inp.grad_fn] = INPUT
-    memo: dict[Any, frozenset[int]] = {}
-    preds = [
-        frozenset().union(*(_frontier(n, stop, memo) for n in ins)) for _, _, ins, _ in calls
-    ]
+    fwd_memo: dict[Any, frozenset[int]] = {}
+    grad_memo: dict[Any, frozenset[int]] = {}
+
+    def reach(nodes: list[Any], through_stops: bool) -> frozenset[int]:
+        memo = fwd_memo if through_stops else grad_memo
+        return frozenset().union(*(_frontier(n, stop, memo, through_stops) for n in nodes))
+
+    preds = [reach(ins, True) for _, _, ins, _ in calls]
+    grad_preds = [reach(ins, False) for _, _, ins, _ in calls]
     outs = [t.grad_fn for t in _tensors(out) if t.grad_fn is not None]
-    to_loss = frozenset().union(*(_frontier(n, stop, memo) for n in outs)) - {INPUT}
-    return LayerGraph([c[0] for c in calls], [c[1] for c in calls], preds, to_loss)
+    to_loss = reach(outs, False) - {INPUT}
+    return LayerGraph([c[0] for c in calls], [c[1] for c in calls], preds, grad_preds, to_loss)
 
 
 def analyse(graph: LayerGraph) -> list[LayerStats]:
@@ -186,7 +222,7 @@ def analyse(graph: LayerGraph) -> list[LayerStats]:
     depth = [0] * n
     for i, ps in enumerate(graph.preds):
         depth[i] = 1 + max((depth[p] for p in ps if p != INPUT), default=0)
-        for p in ps:
+        for p in graph.grad_preds[i]:
             if p != INPUT:
                 succ[p].append(i)
     mask = [0] * n
@@ -234,7 +270,10 @@ def summarise(rows: list[LayerStats], graph: LayerGraph) -> dict[str, Any]:
 
 def analyse_model(model: nn.Module, img: int = 256, batch: int = 2,
                   ch: int = 3) -> tuple[LayerGraph, list[LayerStats], dict[str, Any]]:
-    """Trace ``model`` on a random [batch, ch, img, img] input; return graph, rows and summary."""
+    """Trace ``model`` on a [batch, ch, img, img] input; return graph, rows and summary.
+
+    B = 2 keeps training-mode BatchNorm valid if the forward has to run on real numbers.
+    """
     graph = trace_graph(model, torch.rand(batch, ch, img, img))
     rows = analyse(graph)
     return graph, rows, summarise(rows, graph)
@@ -300,23 +339,12 @@ def save_plot(rows: list[LayerStats], path: str | Path, title: str = "") -> None
     fig.savefig(path, dpi=120)
 
 
-def load_cfg(path: str | Path, depth: float | None = None) -> dict[str, Any]:
-    """Read a model YAML; ``depth`` overrides its ``depth_multiple`` (block repeats)."""
-    with open(path) as f:
-        cfg = yaml.safe_load(f)
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: a model config must be a mapping")
-    if depth is not None:
-        cfg["depth_multiple"] = depth
-    return cfg
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command line: table and summary of a model config's gradient paths."""
     parser = argparse.ArgumentParser(prog="python -m models.gradpath", description=__doc__.split("\n")[0])
     parser.add_argument("--cfg", required=True, help="model YAML")
     parser.add_argument("--img", type=int, default=256, help="input size (multiple of the max stride)")
-    parser.add_argument("--depth", type=float, default=None, help="override the config's depth_multiple")
+    parser.add_argument("--scale", default=None, help="entry of the config's scales table (e.g. d4)")
     parser.add_argument("--csv", default=None, help="write per-layer rows to this CSV file")
     parser.add_argument("--plot", default=None, help="save a path-length plot (PNG)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -324,13 +352,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from models.yolo import Model  # the command needs the builder; the analysis does not
 
-    cfg = load_cfg(args.cfg, args.depth)
-    _, rows, summary = analyse_model(Model(cfg), args.img)
+    _, rows, summary = analyse_model(Model(args.cfg, scale=args.scale), args.img)
     if args.csv:
         write_csv(rows, args.csv)
     if args.plot:
         save_plot(rows, args.plot, title=f"{Path(args.cfg).name}: {summary_line(summary)}")
-    result = {"cfg": str(args.cfg), **summary, "rows": [asdict(r) for r in rows]}
+    result = {"cfg": str(args.cfg), "scale": args.scale, **summary, "rows": [asdict(r) for r in rows]}
     if args.json:
         print(json.dumps(result))
     else:

@@ -17,6 +17,7 @@ from models.blocks import (
 from models.csp import Bottleneck, BottleneckCSP, BottleneckCSPB
 from models.elan import EELAN, ELAN, MPConv
 from models.head import Detect
+from models.paper_blocks import OSA, CSPStage, ELANk, ResBlock
 
 Entry = type[Block] | tuple[type[Block], dict[str, Any]]
 
@@ -40,6 +41,10 @@ REGISTRY: dict[str, Entry] = {
     "BottleneckCSPC": (BottleneckCSP, {"fusion": "both"}),
     "CSPFusionFirst": (BottleneckCSP, {"fusion": "first"}),
     "CSPFusionLast": (BottleneckCSP, {"fusion": "last"}),
+    "ResBlock": ResBlock,  # paper_blocks: the gradient-path analysis configs (cfg/gradpath/)
+    "OSA": OSA,
+    "CSPStage": CSPStage,
+    "ELANk": ELANk,
     "Detect": Detect,
     "IDetect": (Detect, {"implicit": True}),
     "IAuxDetect": (Detect, {"implicit": True, "aux": True}),

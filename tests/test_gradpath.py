@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import csv
+import json
+from pathlib import Path
+from typing import Callable
 
+import pytest
 import torch
 from torch import nn
 
-from models.gradpath import (INPUT, analyse, analyse_model, format_table, save_plot, summarise,
-                             summary_line, trace_graph, write_csv)
+from models.gradpath import (INPUT, analyse, analyse_model, format_table, main, save_plot,
+                             summarise, summary_line, trace_graph, write_csv)
+from models.paper_blocks import ResBlock, stop_gradient
 
 
 def conv(c1: int = 4, c2: int = 4, k: int = 3) -> nn.Conv2d:
@@ -27,20 +32,21 @@ def run(model: nn.Module, c: int = 4) -> tuple[dict[str, tuple], dict]:
 
 
 class Residual(nn.Module):
-    """stem -> [c1 -> c2] + identity -> head; ``stop`` detaches one branch."""
+    """stem -> [c1 -> c2] + identity -> head; ``stop`` cuts the gradient of one branch's output
+    with ``cut`` (``stop_gradient`` keeps the forward edge, ``detach`` removes it)."""
 
-    def __init__(self, stop: str | None = None) -> None:
+    def __init__(self, stop: str | None = None, cut: Callable = stop_gradient) -> None:
         super().__init__()
         self.stem, self.c1, self.c2, self.head = conv(), conv(), conv(), conv(k=1)
-        self.stop = stop
+        self.stop, self.cut = stop, cut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         y = self.c2(torch.relu(self.c1(x)))
         if self.stop == "identity":
-            x = x.detach()
+            x = self.cut(x)
         if self.stop == "computational":
-            y = y.detach()
+            y = self.cut(y)
         return self.head(x + y)
 
 
@@ -173,12 +179,17 @@ class Tiny(nn.Module):
         return x + self.c(x)
 
 
-def test_detach_removes_gradient_edges() -> None:
+def test_stop_gradient_removes_gradient_edges_only() -> None:
     table, _ = run(Residual(stop="identity"))
     assert table["stem"][1:3] == (4, 4)  # only the long way is left
+    assert table["head"][0] == 4 and table["head"][3] == 2  # forward edges still counted
     table, summary = run(Residual(stop="computational"))
     assert table["stem"][1:3] == (2, 2)
     assert table["c1"][1] is None and table["c2"][1] is None and summary["no_gradient"] == 2
+    assert table["head"][0] == 4 and summary["depth"] == 4
+    # detach() leaves no autograd edge at all: the analysis cannot see the forward edge either
+    table, summary = run(Residual(stop="computational", cut=torch.Tensor.detach))
+    assert table["head"][0] == 2 and table["head"][3] == 1 and summary["no_gradient"] == 2
 
 
 def test_linear_nested_outputs_and_model_untouched() -> None:
@@ -216,3 +227,60 @@ def test_table_csv_and_plot(tmp_path) -> None:
     assert [r["name"] for r in read] == graph.names and read[0]["shortest"] == "2"
     save_plot(rows, tmp_path / "paths.png", title="residual")
     assert (tmp_path / "paths.png").stat().st_size > 1000
+
+
+def _stop_grad_run(stop: str | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Output and parameter gradients of stem -> ResBlock(stop_grad=stop) -> head."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ResBlock(8, stop_grad=stop), nn.Conv2d(8, 2, 1))
+    x, w = torch.rand(2, 3, 8, 8), torch.randn(2, 2, 8, 8)
+    out = model(x)
+    (out * w).sum().backward()  # linear in the output: the stem's gradient is a sum over paths
+    return out.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_stop_gradient_splits_the_gradient_between_branches() -> None:
+    out_none, g_none = _stop_grad_run(None)
+    out_id, g_id = _stop_grad_run("identity")
+    out_comp, g_comp = _stop_grad_run("computational")
+    assert torch.equal(out_none, out_id) and torch.equal(out_none, out_comp)  # forward unchanged
+    stem = "0.weight"
+    # identity stopped: the stem gets only the gradient through F; computational: only the identity.
+    assert torch.allclose(g_none[stem], g_id[stem] + g_comp[stem], atol=1e-5)
+    assert not torch.allclose(g_id[stem], g_none[stem], atol=1e-3)
+    assert not torch.allclose(g_comp[stem], g_none[stem], atol=1e-3)
+    for name in ("1.cv1.conv.weight", "1.cv2.conv.weight"):  # F's own weights still learn
+        assert torch.allclose(g_id[name], g_none[name]) and torch.allclose(g_comp[name], g_none[name])
+    with pytest.raises(ValueError, match="stop_grad"):
+        ResBlock(8, stop_grad="both")
+
+
+GRADPATH_CFG = Path(__file__).resolve().parents[1] / "cfg" / "gradpath"
+
+
+def _max_shortest(name: str, scale: str) -> int:
+    from models.yolo import Model
+
+    return analyse_model(Model(GRADPATH_CFG / f"{name}.yaml", scale=scale), img=32)[2]["max_shortest_path"]
+
+
+def test_paper_configs_reproduce_the_trends() -> None:
+    """cfg/gradpath: stem + stack + Detect. Hand-derived: residual 3 (block cv1 -> cv2 -> head);
+    OSA N + 2 (one transition per block); ELAN m + 2 for any k; CSP with S stages: 2S + 3
+    (transitions on both sides), 2S + 2 (fusion first), S + 3 (fusion last); identity
+    stopped: 2N + 2 (every block crossed the long way)."""
+    scales = ("d1", "d2", "d4")
+    assert [_max_shortest("res", d) for d in scales] == [3, 3, 3]
+    assert [_max_shortest("osa", d) for d in scales] == [3, 4, 6]
+    assert [_max_shortest("elan", d) for d in scales] == [4, 4, 4]
+    assert [_max_shortest("res_stop_identity", d) for d in scales] == [4, 6, 10]
+    assert [_max_shortest("res_stop_computational", d) for d in scales] == [3, 3, 3]
+    assert [_max_shortest(f"csp_{f}", "d4") for f in ("both", "first", "last")] == [11, 10, 7]
+
+
+def test_command_json(capsys: pytest.CaptureFixture) -> None:
+    main(["--cfg", str(GRADPATH_CFG / "osa-d2.yaml"), "--img", "32", "--json"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["max_shortest_path"] == 4 and result["depth"] == 14
+    assert len(result["rows"]) == result["layers"] == 14
+    assert result["rows"][-1]["shortest"] == 1 and result["rows"][-2]["aggregated"] == 6
