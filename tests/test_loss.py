@@ -8,6 +8,8 @@ from torch import nn
 from torchvision.ops import complete_box_iou, sigmoid_focal_loss
 
 from models.loss import YoloLoss, bce, level_balance, loss_gains
+from models.yolo import Model
+from test_overfit import one_thread, small_config  # noqa: F401 (one_thread is a fixture)
 from utils.config import Hyp
 
 ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
@@ -67,6 +69,20 @@ def test_finite_and_gradients_reach_every_level(ota, aux, n):
     if n:  # positives get box gradients somewhere on the lead levels
         box_grads = sum(float(x.grad[..., :4].abs().sum()) for x in raw[:3])
         assert box_grads > 0
+
+
+@pytest.mark.parametrize("n", [0, 1, 40])
+def test_real_model_gradients_reach_every_head_conv(n, one_thread):
+    model = Model(small_config("IAuxDetect")).train()
+    x = torch.rand(2, 3, 64, 64)
+    targets = random_targets(n, 2, model.nc) if n != 1 else torch.tensor([[1, 0, 0.4, 0.6, 0.2, 0.3]])
+    loss, items = YoloLoss(model.head, Hyp())(model(x), targets, (64, 64))
+    assert torch.isfinite(loss) and torch.isfinite(items).all()
+    loss.backward()
+    convs = list(model.head.m) + list(model.head.m2)
+    assert all(c.weight.grad is not None and c.weight.grad.abs().sum() > 0 for c in convs)
+    first = next(model.parameters())
+    assert first.grad is not None and first.grad.abs().sum() > 0
 
 
 def _single_positive_case(nc: int = 1):
