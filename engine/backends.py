@@ -10,6 +10,7 @@ written by engine/exporter.py, so a file is self-describing.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,9 @@ class TorchScriptBackend:
     def __init__(self, path: Path, device: torch.device) -> None:
         extra = {METADATA_KEY: ""}
         try:
-            self.module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch 2.x marks torch.jit deprecated
+                self.module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
         except (RuntimeError, ValueError) as e:
             raise BackendError(f"{path}: not a TorchScript file ({str(e).strip().splitlines()[0]})") from None
         if not extra[METADATA_KEY]:
