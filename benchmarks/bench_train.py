@@ -60,14 +60,14 @@ def bench_size(cfg: str, img: int, batch: int, iters: int, warmup: int, channels
     hyp = load(Hyp, resolve_path(DEFAULT_HYP))
     data = load_data_config("shapes")
     model = Model(cfg, nc=data.nc).train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     stride = int(model.stride.max())
     loader, _ = build_dataloader(data.train, data.nc, img_size=img, batch_size=batch, stride=stride, hyp=hyp,
                                  augment=True, shuffle=True, workers=workers)
     loss_fn = YoloLoss(model.head, hyp, train_size=img)
     optimizer = build_optimizer(model, "SGD", hyp, hyp.weight_decay)
     ema = ModelEMA(model)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
     forward_gflops = count_flops(model, img) / 1e9
     totals = dict.fromkeys(PHASES, 0.0)
     batches = iter(loader)
@@ -111,13 +111,14 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=3, help="timed steps per size")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per size")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--contiguous", action="store_true", help="NCHW memory format (the trainer uses channels_last)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    result = {"cfg": args.cfg, "threads": torch.get_num_threads(), "channels_last": args.channels_last,
+    channels_last = not args.contiguous
+    result = {"cfg": args.cfg, "threads": torch.get_num_threads(), "channels_last": channels_last,
               "peak": peak_gflops(), "sizes": []}
     for img in args.img:
-        r = bench_size(args.cfg, img, args.batch, args.iters, args.warmup, args.channels_last, args.workers)
+        r = bench_size(args.cfg, img, args.batch, args.iters, args.warmup, channels_last, args.workers)
         result["sizes"].append(r)
         print(f"{args.cfg} @{img}, batch {args.batch}: {r['img_per_s']} img/s, {r['achieved_gflops']} GFLOP/s "
               f"(peak: matmul {result['peak']['matmul_gflops']}, conv {result['peak']['conv3x3_gflops']}); "

@@ -152,6 +152,9 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     nc, names = (1, ["item"]) if opt.single_cls else (data_cfg.nc, list(data_cfg.names))
     model = _build_model(opt, nc, names, ckpt).to(device)
     _freeze(model, opt.freeze)
+    channels_last = device.type in ("cpu", "cuda")  # 1.4x faster training on CPU (oneDNN), faster AMP on CUDA
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     train_loader = build_train_loader(opt, hyp, data_cfg, info, batch_size, int(model.stride.max()))
     val_loader = build_val_loader(opt, data_cfg, batch_size, int(model.stride.max())) if info.is_main else None
     if ckpt is None and not opt.noautoanchor and info.is_main:
@@ -170,12 +173,10 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
         ema=ema, optimizer=optimizer, scheduler=scheduler, lf=lf, scaler=scaler, amp_dtype=amp_dtype,
         loss_fn=YoloLoss(model.head, hyp, train_size=opt.img_size[0]), train_loader=train_loader,
         val_loader=val_loader, nc=nc, names=names, batch_size=batch_size, accumulate=accumulate,
-        channels_last=device.type == "cuda",
+        channels_last=channels_last,
     )
     if ckpt is not None:
         _restore(run, ckpt)
-    if run.channels_last:
-        model.to(memory_format=torch.channels_last)
     run.model = _wrap_ddp(model, opt, info, device)
     if info.is_main:
         run.tb = TensorBoardLog(save_dir, run.start_epoch)
