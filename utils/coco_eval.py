@@ -85,9 +85,22 @@ class Matching:
     image_rank: Tensor  # int64 [D'] position of its image id among the sorted ids
     rank: Tensor  # int64 [D'] rank by score inside its (image, class)
     scores: Tensor  # float64 [D']
-    matched: Tensor  # bool [S, D'] matched a ground truth
-    ignored: Tensor  # bool [S, D'] matched an ignored gt, or unmatched and outside the area range
-    num_gt: Tensor  # int64 [A, K] non-ignored ground truths per area range and class
+    outside: Tensor  # bool [D', A] detection area outside the range (ignored when unmatched)
+    # The matches, one entry per (detection, setting) that found a gt; all other pairs are unmatched.
+    match_det: Tensor  # int64 [E] detection index
+    match_setting: Tensor  # int64 [E] setting a * T + t
+    match_ignored: Tensor  # bool [E] the matched gt is ignored (crowd or outside the area range)
+    num_gt: Tensor  # int64 [K, A] non-ignored ground truths per class and area range
+
+    def dense(self) -> tuple[Tensor, Tensor]:
+        """(matched, ignored): bool [D', S] each, as pycocotools' dtMatches > 0 and dtIgnore."""
+        num_t = len(IOU_THRESHOLDS)
+        matched = torch.zeros(self.outside.shape[0], self.outside.shape[1] * num_t, dtype=torch.bool,
+                              device=self.outside.device)
+        matched[self.match_det, self.match_setting] = True
+        ignored = self.outside.repeat_interleave(num_t, 1) & ~matched
+        ignored[self.match_det, self.match_setting] = self.match_ignored
+        return matched, ignored
 
 
 @dataclass
@@ -112,13 +125,23 @@ class CocoResult:
         return ap50, ap
 
 
+def take(x: Tensor, index: Tensor) -> Tensor:
+    """``x[index]`` along dim 0; index_select is many times faster than advanced indexing on CPU."""
+    return x.index_select(0, index)
+
+
+def take2(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``x[rows, cols]`` for a 2-D ``x`` [N, C] and index tensors [E]: [E]."""
+    return x.reshape(-1).index_select(0, rows * x.shape[1] + cols)
+
+
 def run_starts(sorted_keys: Tensor) -> Tensor:
     """For a sorted key tensor [N], the index of the first element of each element's run [N]."""
     n = sorted_keys.numel()
     new_run = torch.ones(n, dtype=torch.bool, device=sorted_keys.device)
     new_run[1:] = sorted_keys[1:] != sorted_keys[:-1]
     starts = torch.nonzero(new_run).squeeze(1)
-    return starts[new_run.cumsum(0) - 1]
+    return take(starts, new_run.cumsum(0) - 1)
 
 
 def _group_pairs(det_group: Tensor, gt_group_sorted: Tensor) -> tuple[Tensor, Tensor]:
@@ -132,8 +155,8 @@ def _group_pairs(det_group: Tensor, gt_group_sorted: Tensor) -> tuple[Tensor, Te
     counts = hi - lo
     det_idx = torch.repeat_interleave(torch.arange(det_group.numel(), device=det_group.device), counts)
     first_pair = counts.cumsum(0) - counts
-    offset = torch.arange(det_idx.numel(), device=det_group.device) - first_pair[det_idx]
-    return det_idx, lo[det_idx] + offset
+    offset = torch.arange(det_idx.numel(), device=det_group.device) - take(first_pair, det_idx)
+    return det_idx, take(lo, det_idx) + offset
 
 
 def pair_iou(dt_boxes: Tensor, gt_boxes: Tensor, crowd: Tensor) -> Tensor:
@@ -169,68 +192,76 @@ def _overlapping_pairs(
     for start, end in zip(bounds[:-1], bounds[1:]):
         d, g = _group_pairs(det_group[start:end], gt_group)
         d = d + start
-        iou = pair_iou(dt_boxes[d], gt_boxes[g], gt_crowd[g])
-        keep = iou >= min_iou
-        out_d.append(d[keep])
-        out_g.append(g[keep])
-        out_iou.append(iou[keep])
+        iou = pair_iou(take(dt_boxes, d), take(gt_boxes, g), take(gt_crowd, g))
+        keep = torch.nonzero(iou >= min_iou).squeeze(1)
+        out_d.append(take(d, keep))
+        out_g.append(take(g, keep))
+        out_iou.append(take(iou, keep))
     if not out_d:
         empty = torch.zeros(0, dtype=torch.long, device=lo.device)
         return empty, empty, torch.zeros(0, dtype=torch.float64, device=lo.device)
     return torch.cat(out_d), torch.cat(out_g), torch.cat(out_iou)
 
 
+def _iou_key(iou: Tensor, level: Tensor) -> Tensor:
+    """An int64 key ordered like (level, iou) for iou in [0.5, 1] float64 and level in {1, 2}:
+    positive doubles order like their bit patterns, and this range spans 2**52 + 1 of them."""
+    bits = iou.view(torch.int64) - torch.tensor(0.5, dtype=torch.float64).view(torch.int64)
+    return (level << 53) + bits
+
+
 def _greedy_match(
-    pair_det: Tensor, pair_gt: Tensor, pair_iou_: Tensor, det_rank: Tensor, gt_ignore: Tensor, gt_crowd: Tensor, num_det: int
-) -> Tensor:
+    pair_det: Tensor, pair_gt: Tensor, pair_iou_: Tensor, det_rank: Tensor, gt_ignore: Tensor, gt_crowd: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """COCO's greedy matching for every (area range, IoU threshold) setting at once.
 
-    Pairs [P] link detections to sorted gts; det_rank [D] is each detection's score rank in its
-    group; gt_ignore bool [A, G]; gt_crowd bool [G]. Detections of equal rank are in different
-    groups, so one step per rank handles all of them without conflicts. Returns the matched gt
-    index per setting and detection, int64 [A * T, D], -1 where unmatched.
+    Pairs [P] (IoU >= 0.5) link detections to group-sorted gts; det_rank [D] is each detection's
+    score rank in its group; gt_ignore bool [G, A]; gt_crowd bool [G]. Detections of equal rank
+    are in different groups, so one step per rank handles all of them without conflicts.
+    Returns the matches as (det [E], setting [E] = a * T + t, gt [E]).
     """
     device = pair_iou_.device
     num_t = len(IOU_THRESHOLDS)
     thr = torch.tensor(IOU_THRESHOLDS, dtype=torch.float64, device=device).clamp(max=1 - 1e-10)
-    thr = thr.repeat(gt_ignore.shape[0])[:, None]  # [S, 1]
-    ignore = gt_ignore.repeat_interleave(num_t, 0)  # [S, G]
-    num_s = ignore.shape[0]
-    taken = torch.zeros_like(ignore)
-    det_gt = torch.full((num_s, num_det), -1, dtype=torch.long, device=device)
-    if pair_det.numel() == 0:
-        return det_gt
-    rank = det_rank[pair_det]
-    order = torch.argsort(rank * num_det + pair_det)
-    pair_det, pair_gt, pair_iou_, rank = pair_det[order], pair_gt[order], pair_iou_[order], rank[order]
+    thr = thr.repeat(gt_ignore.shape[1])  # [S]
+    # A non-ignored gt (level 2) beats an ignored one (1); then the higher IoU; then the later gt.
+    level_gt = 2 - gt_ignore.repeat_interleave(num_t, 1).long()  # [G, S]
+    num_s = thr.numel()
+    taken = torch.zeros_like(level_gt, dtype=torch.bool)
+    rank = take(det_rank, pair_det)
+    order = torch.argsort(rank * max(det_rank.numel(), 1) + pair_det)
+    pair_det, pair_gt, pair_iou_, rank = (take(x, order) for x in (pair_det, pair_gt, pair_iou_, rank))
+    # Threshold test and preference key of every pair, computed once: -1 below the threshold.
+    key_all = torch.where(pair_iou_[:, None] >= thr, _iou_key(pair_iou_[:, None], take(level_gt, pair_gt)), -1)  # [P, S]
+    free_crowd = gt_crowd[:, None].expand(-1, num_s)
     bounds = [0] + torch.bincount(rank).cumsum(0).tolist()
+    events = []
     for start, end in zip(bounds[:-1], bounds[1:]):
         if start == end:
             continue
-        d, g, iou = pair_det[start:end], pair_gt[start:end], pair_iou_[start:end]
-        local = torch.unique_consecutive(d, return_inverse=True)[1].expand(num_s, -1)
-        n_local = int(local[0, -1]) + 1
-        valid = (iou >= thr) & (~taken[:, g] | gt_crowd[g])
-        # Preference: a non-ignored gt (level 2) over an ignored one (1), then IoU, then the last gt.
-        level = valid.long() * (2 - ignore[:, g].long())
-        best = torch.zeros(num_s, n_local, dtype=torch.long, device=device).scatter_reduce(1, local, level, "amax")
-        cand = valid & (level == best.gather(1, local))
-        iou_c = torch.where(cand, iou.expand(num_s, -1), -1.0)
-        best_iou = torch.full((num_s, n_local), -1.0, dtype=iou.dtype, device=device).scatter_reduce(1, local, iou_c, "amax")
-        cand &= iou_c == best_iou.gather(1, local)
-        pos = torch.where(cand, g.expand(num_s, -1), -1)
-        best_pos = torch.full((num_s, n_local), -1, dtype=torch.long, device=device).scatter_reduce(1, local, pos, "amax")
-        s_idx, p_idx = torch.nonzero(cand & (pos == best_pos.gather(1, local)), as_tuple=True)
-        det_gt[s_idx, d[p_idx]] = g[p_idx]
-        taken[s_idx, g[p_idx]] = True
-    return det_gt
+        d, g = pair_det[start:end], pair_gt[start:end]
+        local = torch.unique_consecutive(d, return_inverse=True)[1][:, None].expand(-1, num_s)
+        n_local = int(local[-1, 0]) + 1
+        key = torch.where(take(taken, g) & ~take(free_crowd, g), -1, key_all[start:end])
+        best = key.new_full((n_local, num_s), -1).scatter_reduce(0, local, key, "amax")
+        cand = (key >= 0) & (key == best.gather(0, local))
+        pos = torch.where(cand, g[:, None], -1)
+        best_pos = pos.new_full((n_local, num_s), -1).scatter_reduce(0, local, pos, "amax")
+        p_idx, s_idx = torch.nonzero(cand & (pos == best_pos.gather(0, local)), as_tuple=True)
+        won_gt = take(g, p_idx)
+        taken.view(-1).index_fill_(0, won_gt * num_s + s_idx, True)
+        events.append((take(d, p_idx), s_idx, won_gt))
+    if not events:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty, empty
+    return tuple(torch.cat(e) for e in zip(*events))
 
 
 def _outside(area: Tensor) -> Tensor:
-    """bool [A, N]: ``area`` [N] lies outside each area range (bounds inclusive)."""
-    lo = area.new_tensor([r[0] for r in AREA_RANGES])[:, None]
-    hi = area.new_tensor([r[1] for r in AREA_RANGES])[:, None]
-    return (area[None] < lo) | (area[None] > hi)
+    """bool [N, A]: ``area`` [N] lies outside each area range (bounds inclusive)."""
+    lo = area.new_tensor([r[0] for r in AREA_RANGES])
+    hi = area.new_tensor([r[1] for r in AREA_RANGES])
+    return (area[:, None] < lo) | (area[:, None] > hi)
 
 
 def match(gt: GroundTruth, dt: Detections, num_classes: int) -> Matching:
@@ -243,90 +274,129 @@ def match(gt: GroundTruth, dt: Detections, num_classes: int) -> Matching:
     f64 = torch.float64
     keep_cls = (dt.category >= 0) & (dt.category < num_classes)
     dt = Detections(*(t[keep_cls] for t in dt))
-    image_ids, inverse = torch.unique(torch.cat([gt.image, dt.image]), return_inverse=True)
+    _, inverse = torch.unique(torch.cat([gt.image, dt.image]), return_inverse=True)
     gt_img, dt_img = inverse[: gt.image.numel()], inverse[gt.image.numel() :]
     gt_key, dt_key = gt_img * num_classes + gt.category, dt_img * num_classes + dt.category
 
     # Detections in (group, -score, file order); the score rank inside each group decides the cut.
     order = torch.sort(-dt.scores.to(f64), stable=True)[1]
-    order = order[torch.sort(dt_key[order], stable=True)[1]]
-    rank = torch.arange(order.numel(), device=device) - run_starts(dt_key[order])
-    kept = rank < MAX_DETS[-1]
-    order, rank = order[kept], rank[kept]
-    d_key, d_boxes, d_scores = dt_key[order], dt.boxes[order].to(f64), dt.scores[order].to(f64)
+    order = take(order, torch.sort(take(dt_key, order), stable=True)[1])
+    rank = torch.arange(order.numel(), device=device) - run_starts(take(dt_key, order))
+    kept = torch.nonzero(rank < MAX_DETS[-1]).squeeze(1)
+    order, rank = take(order, kept), take(rank, kept)
+    d_key, d_boxes, d_scores = take(dt_key, order), take(dt.boxes, order).to(f64), take(dt.scores, order).to(f64)
 
     gt_order = torch.sort(gt_key, stable=True)[1]
-    g_key, g_boxes, g_crowd = gt_key[gt_order], gt.boxes[gt_order].to(f64), gt.crowd[gt_order].bool()
-    g_cat, g_area = gt.category[gt_order], gt.area[gt_order].to(f64)
-    gt_ignore = _outside(g_area) | g_crowd[None]  # [A, G]
+    g_key, g_boxes, g_crowd = take(gt_key, gt_order), take(gt.boxes, gt_order).to(f64), take(gt.crowd, gt_order).bool()
+    g_cat, g_area = take(gt.category, gt_order), take(gt.area, gt_order).to(f64)
+    gt_ignore = _outside(g_area) | g_crowd[:, None]  # [G, A]
 
     pd, pg, piou = _overlapping_pairs(d_key, d_boxes, g_key, g_boxes, g_crowd, min(IOU_THRESHOLDS))
-    det_gt = _greedy_match(pd, pg, piou, rank, gt_ignore, g_crowd, d_key.numel())
-    matched = det_gt >= 0
-    num_t = len(IOU_THRESHOLDS)
-    ignore_s = gt_ignore.repeat_interleave(num_t, 0)
-    det_outside = _outside(d_boxes[:, 2] * d_boxes[:, 3]).repeat_interleave(num_t, 0)
-    ignored = det_outside
-    if g_key.numel():
-        ignored = torch.where(matched, ignore_s.gather(1, det_gt.clamp(min=0)), det_outside)
-
-    num_gt = torch.zeros(len(AREA_RANGES), num_classes, dtype=torch.long, device=device)
-    num_gt.index_add_(1, g_cat, (~gt_ignore).long())
-    return Matching(d_key % num_classes, d_key // num_classes, rank, d_scores, matched, ignored, num_gt)
+    det, setting, g = _greedy_match(pd, pg, piou, rank, gt_ignore, g_crowd)
+    num_gt = torch.zeros(num_classes, len(AREA_RANGES), dtype=torch.long, device=device)
+    num_gt.index_add_(0, g_cat, (~gt_ignore).long())
+    return Matching(
+        category=d_key % num_classes,
+        image_rank=d_key // num_classes,
+        rank=rank,
+        scores=d_scores,
+        outside=_outside(d_boxes[:, 2] * d_boxes[:, 3]),
+        match_det=det,
+        match_setting=setting,
+        match_ignored=take2(gt_ignore, g, setting // len(IOU_THRESHOLDS)),
+        num_gt=num_gt,
+    )
 
 
 def accumulation_order(m: Matching) -> Tensor:
     """Detection order of COCOeval.accumulate: (class, -score, image id, rank in image). [D']"""
     order = torch.argsort(m.image_rank * MAX_DETS[-1] + m.rank)
-    order = order[torch.sort(-m.scores[order], stable=True)[1]]
-    return order[torch.sort(m.category[order], stable=True)[1]]
+    order = take(order, torch.sort(-take(m.scores, order), stable=True)[1])
+    return take(order, torch.sort(take(m.category, order), stable=True)[1])
 
 
 def segment_cumsum(x: Tensor, starts: Tensor) -> Tensor:
-    """Cumulative sum along the last dim of int64 ``x`` [..., N], restarting at each run;
-    starts [N] is the index where each element's run begins (see ``run_starts``)."""
-    total = x.cumsum(-1)
-    before = total.index_select(-1, starts) - x.index_select(-1, starts)
-    return total - before
+    """Inclusive cumulative sum of int64 ``x`` [N] restarting at each run; starts [N] is the
+    index where each element's run begins (see ``run_starts``)."""
+    total = x.cumsum(0)
+    return total - (take(total, starts) - take(x, starts))
+
+
+def _true_positive_curves(m: Matching) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Running counts at each true positive of COCOeval.accumulate's detection order, for each
+    MAX_DETS cut: a list of (class [E'], setting [E'], true positives so far [E'], counted
+    detections = true + false positives so far [E']).
+
+    Works on the sparse matches only: the count of ignored detections up to a position is the
+    count of detections outside the area range, corrected at each match (a match is ignored
+    exactly when its gt is, whatever the detection's area).
+    """
+    device = m.rank.device
+    num_k = m.num_gt.shape[0]
+    num_t = len(IOU_THRESHOLDS)
+    base = accumulation_order(m)
+    num_d = base.numel()
+    base_pos = torch.empty_like(base).index_copy_(0, base, torch.arange(num_d, device=device))
+    # Matches sorted once by (setting, accumulation position) = (setting, class, position).
+    order = torch.argsort(m.match_setting * max(num_d, 1) + take(base_pos, m.match_det))
+    det, setting, ign = take(m.match_det, order), take(m.match_setting, order), take(m.match_ignored, order)
+    ev_rank, ev_pos, k = take(m.rank, det), take(base_pos, det), take(m.category, det)
+    a = setting // num_t
+    ign_minus_out = ign.long() - take2(m.outside, det, a).long()
+    run_key = setting * num_k + k
+    base_rank, base_cat, base_out = take(m.rank, base), take(m.category, base), take(m.outside, base).long()
+    curves = []
+    for max_det in MAX_DETS:
+        kept = torch.nonzero(base_rank < max_det).squeeze(1)  # in accumulation order
+        new_pos = (base_rank < max_det).long().cumsum(0) - 1
+        first = torch.searchsorted(take(base_cat, kept), torch.arange(num_k, device=device))  # [K]
+        out_cum = torch.cat([base_out.new_zeros(1, base_out.shape[1]), take(base_out, kept).cumsum(0)])  # exclusive
+        e = torch.nonzero(ev_rank < max_det).squeeze(1)
+        ek, ea, ekey, eign = take(k, e), take(a, e), take(run_key, e), take(ign, e)
+        pos = take(new_pos, take(ev_pos, e))
+        starts = run_starts(ekey)
+        correction = segment_cumsum(take(ign_minus_out, e), starts)
+        tp_count = segment_cumsum((~eign).long(), starts)
+        ek_first = take(first, ek)
+        ignored = take2(out_cum, pos + 1, ea) - take2(out_cum, ek_first, ea) + correction
+        counted = pos - ek_first + 1 - ignored
+        t = torch.nonzero(~eign).squeeze(1)
+        curves.append((take(ek, t), take(take(setting, e), t), take(tp_count, t), take(counted, t)))
+    return curves
 
 
 def accumulate(m: Matching) -> tuple[Tensor, Tensor]:
-    """COCOeval.accumulate: precision [T, R, K, A, M] and recall [T, K, A, M], float64."""
+    """COCOeval.accumulate: precision [T, R, K, A, M] and recall [T, K, A, M], float64,
+    -1 for classes without (non-ignored) ground truth.
+
+    Precision at recall threshold r is max(pr[i] : rc[i] >= thr[r]) (the envelope read at
+    searchsorted(rc, thr, 'left')). That maximum is reached at a true positive (a false positive
+    lowers pr at equal rc, an ignored detection repeats the previous pr), so only true positives
+    are visited: each gives a max into its recall bucket, then a suffix max runs over buckets.
+    """
     device = m.scores.device
-    num_a, num_k = m.num_gt.shape
-    num_t, num_r = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS)
+    num_k, num_a = m.num_gt.shape
+    num_t = len(IOU_THRESHOLDS)
+    num_s = num_a * num_t
     rec_thr = torch.tensor(RECALL_THRESHOLDS, dtype=torch.float64, device=device)
-    precision = torch.full((num_t, num_r, num_k, num_a, len(MAX_DETS)), -1.0, dtype=torch.float64, device=device)
-    recall = torch.full((num_t, num_k, num_a, len(MAX_DETS)), -1.0, dtype=torch.float64, device=device)
-    base = accumulation_order(m)
-    for mi, max_det in enumerate(MAX_DETS):
-        sel = base[m.rank[base] < max_det]
-        cat = m.category[sel]
-        starts = run_starts(cat)
-        ends = torch.zeros(num_k, dtype=torch.long, device=device).scatter_reduce(
-            0, cat, torch.arange(cat.numel(), device=device), "amax", include_self=False
-        )
-        has_det = torch.bincount(cat, minlength=num_k) > 0
-        for a in range(num_a):
-            rows = slice(a * num_t, (a + 1) * num_t)
-            counted = ~m.ignored[rows][:, sel]
-            hit = m.matched[rows][:, sel]
-            tp = segment_cumsum((hit & counted).long(), starts).double()
-            fp = segment_cumsum((~hit & counted).long(), starts).double()
-            npig = m.num_gt[a]
-            rc = tp / npig[cat].clamp(min=1)
-            pr = tp / (fp + tp + np.spacing(1))
-            # Precision at recall threshold r is max(pr[i] : rc[i] >= thr[r]) (the envelope read
-            # at searchsorted(rc, thr, 'left')): a max per bucket, then a suffix max over buckets.
-            bucket = torch.searchsorted(rec_thr, rc, right=True) - 1
-            q = torch.zeros(num_t, num_k * num_r, dtype=torch.float64, device=device)
-            q.scatter_reduce_(1, cat * num_r + bucket, pr, "amax")
-            q = q.view(num_t, num_k, num_r).flip(-1).cummax(-1).values.flip(-1)
-            last_rc = torch.where(has_det, rc[:, ends] if rc.numel() else 0.0, 0.0)
-            valid = npig > 0
-            precision[:, :, :, a, mi] = torch.where(valid[None, :, None], q, -1.0).permute(0, 2, 1)
-            recall[:, :, a, mi] = torch.where(valid[None], last_rc, -1.0)
-    return precision, recall
+    num_r = rec_thr.numel()
+    num_gt = m.num_gt.repeat_interleave(num_t, 1)  # [K, S]
+    valid = num_gt > 0
+    precision, recall = [], []
+    for k, s, tps, counted in _true_positive_curves(m):
+        found = torch.bincount(k * num_s + s, minlength=num_k * num_s).view(num_k, num_s)
+        recall.append(torch.where(valid, found.double() / num_gt.clamp(min=1), -1.0))
+        rc = tps.double() / take2(num_gt, k, s).clamp(min=1)
+        pr = tps.double() / (counted.double() + np.spacing(1))
+        bucket = torch.searchsorted(rec_thr, rc, right=True) - 1
+        q = torch.zeros(num_k * num_s * num_r, dtype=torch.float64, device=device)
+        q.scatter_reduce_(0, (k * num_s + s) * num_r + bucket, pr, "amax")
+        q = q.view(num_k, num_s, num_r).flip(-1).cummax(-1).values.flip(-1)
+        precision.append(torch.where(valid[..., None], q, -1.0))
+    # [K, S, R] per max-dets -> pycocotools' [T, R, K, A, M] (S = a * T + t).
+    precision_t = torch.stack(precision, -1).view(num_k, num_a, num_t, num_r, len(MAX_DETS)).permute(2, 3, 0, 1, 4)
+    recall_t = torch.stack(recall, -1).view(num_k, num_a, num_t, len(MAX_DETS)).permute(2, 0, 1, 3)
+    return precision_t.contiguous(), recall_t.contiguous()
 
 
 def _mean_valid(x: Tensor) -> Tensor:
