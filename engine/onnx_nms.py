@@ -2,7 +2,7 @@
 ONNX nodes (the standard NonMaxSuppression op, so onnxruntime runs it) appended after it.
 
 The result matches utils.nms.non_max_suppression with multi_label=False: each box competes only
-in its best class (score = obj * best class probability), per-class IoU suppression, boxes
+in its best class (score = obj * best class probability; obj alone for one-class models), per-class IoU suppression, boxes
 kept when score > conf_thres. The graph output ``detections`` is float [K, 7] =
 (batch index, x1, y1, x2, y2, score, class), boxes in input pixels; ``conf_thres`` and
 ``iou_thres`` are graph inputs with defaults, so a caller may override them per run.
@@ -32,7 +32,10 @@ class NmsInputs(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pred = self.model(x)[0]
         boxes = cxcywh_to_xyxy(pred[..., :4])
-        score, cls = (pred[..., 5:] * pred[..., 4:5]).max(-1)
+        if pred.shape[-1] == 6:  # one class: its class output is untrained, the score is obj (as utils.nms)
+            score, cls = pred[..., 4], torch.zeros_like(pred[..., 4], dtype=torch.long)
+        else:
+            score, cls = (pred[..., 5:] * pred[..., 4:5]).max(-1)
         if self.agnostic:
             scores = score.unsqueeze(1)
         else:

@@ -22,13 +22,13 @@ NAMES = ["red", "green", "blue"]
 IMG_SIZE = 128
 
 
-def small_model(seed: int = 0) -> Model:
-    """yolov7-tiny at a quarter width, 3 classes; objectness biased up so an untrained model
+def small_model(seed: int = 0, nc: int = len(NAMES)) -> Model:
+    """yolov7-tiny at a quarter width, ``nc`` classes; objectness biased up so an untrained model
     still gives a few dozen boxes above conf 0.25 (something to compare)."""
     torch.manual_seed(seed)
     cfg = copy.deepcopy(read_yaml(REPO / "cfg" / "yolov7-tiny.yaml"))
     cfg["width_multiple"] = 0.25
-    model = Model(cfg, nc=len(NAMES))
+    model = Model(cfg, nc=nc)
     with torch.no_grad():
         for conv in model.head.m:
             conv.bias.view(model.head.na, -1)[:, 4] += 5.0
@@ -37,7 +37,7 @@ def small_model(seed: int = 0) -> Model:
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.15, 0.25)
-    model.names = list(NAMES)
+    model.names = list(NAMES) if nc == len(NAMES) else [f"class{i}" for i in range(nc)]
     return model.eval()
 
 

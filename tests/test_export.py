@@ -115,6 +115,18 @@ def test_onnx_nms_gives_the_same_detections(dynamic_onnx: dict, model) -> None:
             _assert_close(det[:, :5].numpy(), ref[:, :5])
 
 
+def test_onnx_nms_one_class_scores_by_objectness(tmp_path: Path) -> None:
+    """utils.nms scores a one-class model by obj alone (its class output is untrained); so must the graph."""
+    model = small_model(nc=1).fuse()
+    path = export_onnx(model, tmp_path / "one.onnx", (64, 64), nms=True, exporter="torchscript")
+    x = _rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = non_max_suppression(model(x)[0], 0.25, 0.45)[0]
+    out = torch.from_numpy(ort.InferenceSession(str(path)).run(None, {"images": x.numpy()})[0])
+    assert len(ref) > 0 and len(out) == len(ref) and (out[:, 6] == 0).all()
+    _assert_close(sorted_detections(out[:, 1:])[:, :5].numpy(), sorted_detections(ref)[:, :5])
+
+
 def test_parity_checks_can_fail(model, tmp_path: Path) -> None:
     ref = torch.tensor([[100.0, 0.5]])
     compare("same", ref + torch.tensor([[0.005, 0.0]]), ref)  # within rtol on a 100 px coordinate
