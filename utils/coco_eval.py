@@ -175,7 +175,7 @@ def pair_iou(dt_boxes: Tensor, gt_boxes: Tensor, crowd: Tensor) -> Tensor:
     return torch.where(overlap, inter / torch.where(overlap, union, torch.ones_like(union)), torch.zeros_like(inter))
 
 
-def _overlapping_pairs(
+def overlapping_pairs(
     det_group: Tensor, dt_boxes: Tensor, gt_group: Tensor, gt_boxes: Tensor, gt_crowd: Tensor, min_iou: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Same-group (det, gt) pairs with IoU >= min_iou, built in chunks of detections.
@@ -291,7 +291,7 @@ def match(gt: GroundTruth, dt: Detections, num_classes: int) -> Matching:
     g_cat, g_area = take(gt.category, gt_order), take(gt.area, gt_order).to(f64)
     gt_ignore = _outside(g_area) | g_crowd[:, None]  # [G, A]
 
-    pd, pg, piou = _overlapping_pairs(d_key, d_boxes, g_key, g_boxes, g_crowd, min(IOU_THRESHOLDS))
+    pd, pg, piou = overlapping_pairs(d_key, d_boxes, g_key, g_boxes, g_crowd, min(IOU_THRESHOLDS))
     det, setting, g = _greedy_match(pd, pg, piou, rank, gt_ignore, g_crowd)
     num_gt = torch.zeros(num_classes, len(AREA_RANGES), dtype=torch.long, device=device)
     num_gt.index_add_(0, g_cat, (~gt_ignore).long())
