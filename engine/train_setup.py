@@ -160,7 +160,7 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     if ckpt is None and not opt.noautoanchor and info.is_main:
         from engine.train_data import check_anchors
 
-        check_anchors(model, train_loader, hyp, opt.img_size[0])
+        check_anchors(model, train_loader, hyp, opt.img_size[0], opt.seed)
     accumulate = accumulation_steps(opt.batch_size)
     optimizer = build_optimizer(model, opt.optimizer, hyp, scaled_weight_decay(hyp.weight_decay, opt.batch_size))
     lf = lr_lambda(opt.epochs, hyp.lrf, opt.linear_lr)

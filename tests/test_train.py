@@ -46,7 +46,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_short_training(data_root, small_nominal_batch):
-    opt = tiny_options(data_root, name="short", epochs=4, overrides=FIXED_IMAGES)
+    opt = tiny_options(data_root, name="short", epochs=4, overrides=FIXED_IMAGES, noautoanchor=False)
     summary = train(opt)
     run = Path(summary["save_dir"])
     rows = read_rows(run / "results.csv")
