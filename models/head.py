@@ -35,6 +35,8 @@ class Detect(Block):
             raise ValueError(f"head has {len(ch)} inputs but {nl} anchor levels (aux={aux})")
         self.nc, self.nl, self.na, self.no = nc, nl, len(anchors[0]) // 2, nc + 5
         self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32).view(nl, -1, 2))
+        # mean anchor area per level, kept as numbers so the build also works on the meta device
+        self.anchor_areas = [sum(a[j] * a[j + 1] for j in range(0, len(a), 2)) / self.na for a in anchors]
         self.register_buffer("stride", torch.zeros(nl))
         out = self.na * self.no
         self.m = nn.ModuleList(nn.Conv2d(c, out, 1) for c in ch[:nl])
@@ -93,9 +95,9 @@ class Detect(Block):
         """
         convs = list(self.m) + (list(self.m2) if self.m2 is not None else [])
         for i, conv in enumerate(convs):
-            s = float(self.stride[i % self.nl])
+            s = self.stride[i % self.nl]  # a tensor op, not float(): the build also runs on meta
             b = conv.bias.view(self.na, -1)
-            b[:, 4] += math.log(8 / (640 / s) ** 2)
+            b[:, 4] += torch.log(8 / (640 / s) ** 2)
             if class_freq is None:
                 b[:, 5:] += math.log(0.6 / (self.nc - 0.99))
             else:

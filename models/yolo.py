@@ -67,13 +67,14 @@ class Model(nn.Module):
                 m.eps, m.momentum = 1e-3, 0.03
 
     @torch.no_grad()
-    def _init_stride(self, ch: int, size: int = 256) -> None:
+    def _init_stride(self, ch: int, size: int = 128) -> None:
         """Strides from a dry forward (eval mode: running statistics stay untouched); anchors
         reordered to match them."""
         was_training = self.training
         self.eval()
         try:
-            feats = self._body(torch.zeros(1, ch, size, size), check=True)
+            device = next(self.parameters()).device
+            feats = self._body(torch.zeros(1, ch, size, size, device=device), check=True)
         finally:
             self.train(was_training)
         head = self.head
@@ -82,9 +83,10 @@ class Model(nn.Module):
             raise ConfigError(f"{row_location(self._config, len(self.model) - 1)}: auxiliary inputs have "
                               f"strides {strides[head.nl:]}, lead inputs {strides[:head.nl]}")
         head.stride.copy_(torch.tensor(strides[:head.nl]))
-        area = head.anchors.prod(-1).mean(-1)
-        if (area[-1] - area[0]).sign() != (head.stride[-1] - head.stride[0]).sign():
+        area = head.anchor_areas
+        if (area[-1] > area[0]) != (strides[head.nl - 1] > strides[0]):
             head.anchors.copy_(head.anchors.flip(0))
+            head.anchor_areas = area[::-1]
 
     def _inputs(self, f: int | list[int], x: torch.Tensor, outs: list) -> torch.Tensor | list[torch.Tensor]:
         if isinstance(f, list):
