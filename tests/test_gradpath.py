@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -284,3 +285,24 @@ def test_command_json(capsys: pytest.CaptureFixture) -> None:
     assert result["max_shortest_path"] == 4 and result["depth"] == 14
     assert len(result["rows"]) == result["layers"] == 14
     assert result["rows"][-1]["shortest"] == 1 and result["rows"][-2]["aggregated"] == 6
+
+
+SHARED = Path(os.environ.get("ELAN_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+OFFICIAL_TINY = SHARED / "reference" / "yolov7" / "cfg" / "training" / "yolov7-tiny.yaml"
+
+
+@pytest.mark.skipif(not OFFICIAL_TINY.is_file(), reason="official YOLOv7 reference configs absent")
+def test_compact_and_official_configs_have_the_same_gradient_paths() -> None:
+    """Our one-row-per-ELAN yolov7-tiny and the official unrolled file: same layer graph."""
+    from models.yolo import Model
+
+    def stats(cfg: Path) -> tuple[list[tuple], dict, int]:
+        model = Model(cfg)
+        _, rows, summary = analyse_model(model, img=64)
+        per_layer = sorted((r.depth, r.aggregated, r.shortest, r.longest, r.timestamps, r.sources,
+                            r.paths) for r in rows)
+        return per_layer, summary, sum(isinstance(m, nn.Conv2d) for m in model.modules())
+
+    ours, official = stats(GRADPATH_CFG.parent / "yolov7-tiny.yaml"), stats(OFFICIAL_TINY)
+    assert ours == official
+    assert ours[1]["layers"] == ours[2] and ours[1]["no_gradient"] == 0  # every conv is reached
