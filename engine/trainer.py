@@ -20,6 +20,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from data import Batch
+
 from engine.optim import apply_warmup, warmup_iterations
 from engine.train_log import epoch_row, progress_header, progress_line, write_results_csv
 from engine.train_options import TrainOptions
@@ -108,14 +110,13 @@ def _patience_exhausted(run: Run, epoch: int) -> bool:
 
 def train_one_epoch(run: Run, epoch: int) -> torch.Tensor:
     """One pass over the training set; returns the mean (box, obj, cls, total) loss per batch [4]."""
-    opt, hyp, model = run.opt, run.hyp, run.model
+    opt, hyp = run.opt, run.hyp
     seed_everything(opt.seed + 10_000 * epoch + run.info.rank)
     set_mosaic(run, epoch)
     run.train_loader.set_epoch(epoch)  # shuffle order and augmentation stream of this epoch
-    model.train()
+    run.model.train()
     nb = len(run.train_loader)
     n_warmup = warmup_iterations(hyp, nb)
-    lr_factor = run.lf(epoch)
     mean_losses = torch.zeros(4, device=run.device)
     n_good, bad_in_row = 0, 0
     run.optimizer.zero_grad(set_to_none=True)
@@ -124,18 +125,14 @@ def train_one_epoch(run: Run, epoch: int) -> torch.Tensor:
         LOG.info(progress_header())
         batches = tqdm(batches, total=nb, bar_format="{l_bar}{bar:10}{r_bar}")
     for i, batch in batches:
-        ni = i + nb * epoch
-        accumulate = apply_warmup(run.optimizer, ni, n_warmup, lr_factor, hyp, run.batch_size) if ni <= n_warmup else run.accumulate
-        images = batch.images.to(run.device, non_blocking=True).float().div_(255)
-        images = run.prepare_images(images)
-        targets = batch.targets.to(run.device)
-        with run.autocast():
-            loss, items = run.loss_fn(model(images), targets, tuple(images.shape[-2:]))
-        if run.info.world_size > 1:
-            loss = loss * run.info.world_size  # DDP averages gradients; YOLOv7's loss is a sum over images
-        if any_flag(not torch.isfinite(loss).item(), run.device):
+        ni = i + nb * epoch  # iterations since the start of training: warmup and accumulation key on it
+        accumulate = run.accumulate
+        if n_warmup and ni <= n_warmup:
+            accumulate = apply_warmup(run.optimizer, ni, n_warmup, run.lf(epoch), hyp, run.batch_size)
+        items = train_step(run, batch, step=(ni + 1) % accumulate == 0 or i == nb - 1)
+        if items is None:
             bad_in_row += 1
-            warnings.warn(f"epoch {epoch} batch {i}: non-finite loss {items.tolist()}, step skipped", stacklevel=1)
+            warnings.warn(f"epoch {epoch} batch {i}: non-finite loss, step skipped", stacklevel=1)
             if bad_in_row >= MAX_BAD_STEPS:
                 raise NonFiniteLossError(
                     f"loss was NaN/inf for {bad_in_row} batches in a row (epoch {epoch}, batch {i}): training "
@@ -143,26 +140,41 @@ def train_one_epoch(run: Run, epoch: int) -> torch.Tensor:
                 )
             continue
         bad_in_row = 0
-        step_now = (ni + 1) % accumulate == 0 or i == nb - 1
-        sync = contextlib.nullcontext() if step_now or not isinstance(model, DistributedDataParallel) else model.no_sync()
-        with sync:
-            run.scaler.scale(loss).backward()
-        if step_now:
-            run.scaler.step(run.optimizer)
-            run.scaler.update()
-            run.optimizer.zero_grad(set_to_none=True)
-            if run.ema is not None:
-                run.ema.update(run.bare_model)
         mean_losses = (mean_losses * n_good + items) / (n_good + 1)
         n_good += 1
         if run.info.is_main:
-            size = images.shape[-1]
-            batches.set_description(
-                progress_line(epoch, opt.epochs, memory_string(run.device), mean_losses, len(targets), size)
-            )
+            batches.set_description(progress_line(
+                epoch, opt.epochs, memory_string(run.device), mean_losses, len(batch.targets), batch.images.shape[-1]
+            ))
             if epoch == 0 and i < N_BATCH_PLOTS:
                 run.plot_train_batch(batch, i)
     return mean_losses.cpu()
+
+
+def train_step(run: Run, batch: Batch, step: bool) -> torch.Tensor | None:
+    """Forward, loss and backward of one batch; optimizer step and EMA update when ``step``.
+
+    Returns the detached loss items [4] (box, obj, cls, total), or None when the loss is not
+    finite on any process (then nothing is backpropagated, so every DDP process skips alike).
+    """
+    model = run.model
+    images = run.prepare_images(batch.images.to(run.device, non_blocking=True).float().div_(255))
+    with run.autocast():
+        loss, items = run.loss_fn(model(images), batch.targets.to(run.device), tuple(images.shape[-2:]))
+    if run.info.world_size > 1:
+        loss = loss * run.info.world_size  # DDP averages gradients; YOLOv7's loss is a sum over images
+    if any_flag(not torch.isfinite(loss).item(), run.device):
+        return None
+    skip_sync = not step and isinstance(model, DistributedDataParallel)  # accumulate locally, reduce once
+    with model.no_sync() if skip_sync else contextlib.nullcontext():
+        run.scaler.scale(loss).backward()
+    if step:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.optimizer.zero_grad(set_to_none=True)
+        if run.ema is not None:
+            run.ema.update(run.bare_model)
+    return items
 
 
 def make_checkpoint(run: Run, epoch: int) -> dict[str, Any]:
