@@ -175,13 +175,14 @@ def augmented_forward(forward, x: torch.Tensor, stride: int,
     preds = []
     for scale, flip in zip(scales, flips):
         xi = x.flip(3) if flip else x
+        sh, sw = int(h * scale), int(w * scale)
         if scale != 1.0:
-            sh, sw = int(h * scale), int(w * scale)
             xi = F.interpolate(xi, size=(sh, sw), mode="bilinear", align_corners=False)
             ph, pw = -sh % stride, -sw % stride
             xi = F.pad(xi, (0, pw, 0, ph), value=0.447)  # YOLOv7's grey padding of scaled images
         y = forward(xi).clone()
-        y[..., :4] /= scale
+        y[..., 0:4:2] /= sw / w  # the exact gains of the rounded size, per axis
+        y[..., 1:4:2] /= sh / h
         if flip:
             y[..., 0] = w - y[..., 0]
         preds.append(y)

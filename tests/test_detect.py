@@ -14,6 +14,7 @@ from detect_fixtures import IMG_SIZE, NAMES, run_script, small_model, write_chec
 
 import detect
 from data import letterbox
+from engine.backends import augmented_forward
 from engine.predictor import Predictor, batch_shape
 from engine.sources import Source, SourceError
 from utils.boxes import cxcywh_to_xyxy
@@ -73,6 +74,9 @@ def test_predictor_boxes_are_original_pixels(workdir: Path) -> None:
         np.testing.assert_allclose(got.boxes, expected, atol=1e-3)
         np.testing.assert_allclose(got.scores, det[:, 4], atol=1e-5)
         np.testing.assert_array_equal(got.classes, det[:, 5].astype(np.int64))
+    augmented = Predictor(workdir / "weights.pt", device="cpu", augment=True)(str(path))[0]  # last image
+    assert len(augmented) > 0 and (augmented.boxes >= 0).all()
+    assert (augmented.boxes[:, [0, 2]] <= w).all() and (augmented.boxes[:, [1, 3]] <= h).all()
 
 
 def test_folder_outputs(workdir: Path, folder_run: Path) -> None:
@@ -171,3 +175,25 @@ def test_bad_inputs(workdir: Path, capsys) -> None:
 def test_no_arguments_without_training_says_what_to_do(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)  # no runs/train here
     _fails_cleanly([], capsys, 2, "Train one first")
+
+
+def _bright_centroid_box(t: torch.Tensor) -> torch.Tensor:
+    """A stand-in model: one 'box' centred on the centroid of the brightness of each
+    image above the grey 0.447 of background and padding, in pixel-centre coordinates; [B, 1, 6]."""
+    b, _, h, w = t.shape
+    weight = (t[:, 0] - 0.447).clamp(min=0)
+    total = weight.sum((1, 2))
+    cx = (weight.sum(1) * (torch.arange(w) + 0.5)).sum(1) / total
+    cy = (weight.sum(2) * (torch.arange(h) + 0.5)).sum(1) / total
+    return torch.stack([cx, cy, torch.full_like(cx, 10.0), torch.full_like(cx, 10.0),
+                        torch.ones_like(cx), torch.ones_like(cx)], 1)[:, None]
+
+
+def test_augmented_forward_maps_scaled_and_flipped_passes_back() -> None:
+    x = torch.full((1, 3, 96, 128), 0.447)  # background = padding grey: only the square weighs
+    x[:, :, 40:44, 20:24] = 1.0  # a 4x4 bright square centred at (22, 42)
+    out = augmented_forward(_bright_centroid_box, x, stride=32)
+    assert out.shape == (1, 3, 6)  # one row per pass: scale 1, 0.83 flipped, 0.67
+    np.testing.assert_allclose(out[0, :, 0].numpy(), 22.0, atol=0.3)  # the flip is undone
+    np.testing.assert_allclose(out[0, :, 1].numpy(), 42.0, atol=0.3)
+    np.testing.assert_allclose(out[0, 1:, 2].numpy(), [10 * 128 / 106, 10 * 128 / 85], rtol=1e-5)  # widths de-scaled
