@@ -6,13 +6,14 @@ of labels that fit at least one anchor. Below 0.98, new anchors come from k-mean
 sizes (whitened), refined by a genetic search that maximises the mean fit of each label's best
 anchor; they replace the head's anchors when their BPR is higher.
 
-Inputs are label sizes in pixels at the training image size (the caller scales the data set's
-normalised labels), so this module never reads a data set.
+Inputs are label sizes in pixels at the training image size (``label_sizes`` computes them
+from a data set's normalised labels and image shapes), so this module never reads a data set:
+``check_anchors(model.head, label_sizes(ds.labels, ds.shapes, img_size), hyp.anchor_t)``.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +31,25 @@ class AnchorCheck(NamedTuple):
     anchors_per_label: float  # mean number of anchors each label fits
     new_bpr: float | None
     replaced: bool
+
+
+def label_sizes(
+    labels: Sequence[np.ndarray], shapes: np.ndarray, img_size: int, jitter: float = 0.1, seed: int = 0
+) -> np.ndarray:
+    """Label sizes [N, 2] (w, h pixels) as training sees them.
+
+    labels: per image [n, 5] (class, cx, cy, w, h) normalised; shapes: [images, 2] original
+    (w, h) pixels. Each image is resized so its long side is ``img_size`` and scaled by a
+    random factor in [1 - jitter, 1 + jitter] (as the scale augmentation does).
+    """
+    shapes = np.asarray(shapes, dtype=np.float64).reshape(-1, 2)
+    if len(shapes) != len(labels):
+        raise ValueError(f"label_sizes: {len(labels)} label arrays for {len(shapes)} image shapes")
+    rng = np.random.default_rng(seed)
+    size = img_size * shapes / shapes.max(1, keepdims=True)
+    size = size * rng.uniform(1 - jitter, 1 + jitter, (len(shapes), 1))
+    parts = [np.asarray(lab, dtype=np.float64).reshape(-1, 5)[:, 3:5] * s for lab, s in zip(labels, size)]
+    return np.concatenate(parts) if parts else np.zeros((0, 2))
 
 
 def fit_ratio(wh: np.ndarray, anchors: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.autoanchor import best_possible_recall, check_anchors, fit_ratio, kmean_anchors
+from models.autoanchor import best_possible_recall, check_anchors, fit_ratio, kmean_anchors, label_sizes
 from models.yolo import Model
 from test_overfit import small_config
 
@@ -52,6 +52,16 @@ def test_check_anchors_replaces_only_when_needed():
     assert best_possible_recall(new.view(-1, 2).numpy(), wh, 4.0)[0] == 1.0
     key = next(k for k in model.state_dict() if k.endswith("anchors"))
     assert torch.equal(model.state_dict()[key], new)  # saved with the model
+
+
+def test_label_sizes_scale_to_the_training_size():
+    labels = [np.array([[0, 0.5, 0.5, 0.5, 0.25]]), np.zeros((0, 5)), np.array([[1, 0.5, 0.5, 0.1, 0.2], [0, 0.2, 0.2, 1.0, 1.0]])]
+    shapes = np.array([[1280, 640], [100, 100], [320, 640]])  # (w, h): long side -> 640
+    wh = label_sizes(labels, shapes, 640, jitter=0.0)
+    np.testing.assert_allclose(wh, [[320, 80], [32, 128], [320, 640]])
+    jittered = label_sizes(labels, shapes, 640, jitter=0.1)
+    ratio = jittered / wh
+    assert ((ratio >= 0.9) & (ratio <= 1.1)).all() and np.ptp(ratio[1:]) < 1e-12  # one factor per image
 
 
 def test_too_few_labels_is_an_error():
