@@ -209,35 +209,47 @@ class YoloLoss:
 
     def _terms(self, levels: list[Tensor], positives: Candidates, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(box, obj, cls) loss of one head's outputs, before gains; each a scalar tensor."""
-        nl, device = len(levels), levels[0].device
-        counts = torch.bincount(positives.level, minlength=nl).float()
+        counts = torch.bincount(positives.level, minlength=len(levels))
         pred = gather_predictions(levels, positives).float()
-        grid_size = torch.tensor([[x.shape[3], x.shape[2]] for x in levels], device=device, dtype=torch.float32)
+        t = targets[positives.target]
+        box_loss = self._box_loss(levels, positives, pred[:, :4], t[:, 2:6])
+        box = _sum_of_level_means(box_loss, positives.level, counts)
+        iou = (1.0 - box_loss).detach().clamp(min=0)  # objectness target: CIoU, gr = 1.0
+        obj = self._objectness(levels, positives.flat.split(counts.tolist()), iou.split(counts.tolist()))
+        cls = torch.zeros((), device=pred.device)
+        if pred.shape[1] > 6:  # more than one class; YOLOv7 has no class term for nc == 1
+            t_cls = torch.full_like(pred[:, 5:], self.cls_neg)
+            t_cls[torch.arange(len(pred), device=pred.device), t[:, 1].long()] = self.cls_pos
+            row = bce(pred[:, 5:], t_cls, self.hyp.cls_pw, self.hyp.fl_gamma).mean(1)
+            cls = _sum_of_level_means(row, positives.level, counts)
+        return box, obj, cls
+
+    def _box_loss(self, levels: list[Tensor], positives: Candidates, pred: Tensor, target: Tensor) -> Tensor:
+        """1 - CIoU [P] of raw box predictions [P, 4] against normalised cxcywh targets [P, 4].
+
+        Both boxes are compared in grid units relative to the positive's cell corner.
+        """
+        grid_size = torch.tensor([[x.shape[3], x.shape[2]] for x in levels], device=pred.device, dtype=torch.float32)
         size = grid_size[positives.level]  # [P, 2] (W_l, H_l)
         cell = torch.stack([positives.gi, positives.gj], 1)
-        t = targets[positives.target]
-        t_box = torch.cat([t[:, 2:4] * size - cell, t[:, 4:6] * size], 1)
+        t_box = torch.cat([target[:, :2] * size - cell, target[:, 2:] * size], 1)
         p_box = decode_cell_boxes(pred, self._grid_anchors()[positives.level, positives.anchor])
-        box_loss = complete_box_iou_loss(
+        return complete_box_iou_loss(
             box_convert(p_box, "cxcywh", "xyxy"), box_convert(t_box, "cxcywh", "xyxy"), reduction="none"
         )
-        per_level = torch.zeros(nl, device=device).index_add(0, positives.level, box_loss)
-        box = (per_level / counts.clamp(min=1)).sum()
 
-        iou = (1.0 - box_loss).detach().clamp(min=0)  # objectness target: CIoU, gr = 1.0
-        obj = torch.zeros((), device=device)
-        split = counts.long().tolist()
-        for level, (x, flat, level_iou) in enumerate(zip(levels, positives.flat.split(split), iou.split(split))):
-            t_obj = torch.zeros(x.shape[:4].numel(), device=device)
-            t_obj[flat] = level_iou
+    def _objectness(self, levels: list[Tensor], flats: tuple[Tensor, ...], ious: tuple[Tensor, ...]) -> Tensor:
+        """Balanced sum over levels of the mean objectness BCE; target = IoU at positives, else 0."""
+        obj = torch.zeros((), device=levels[0].device)
+        for balance, x, flat, iou in zip(self.balance, levels, flats, ious):
             logits = x[..., 4].reshape(-1).float()
-            obj = obj + bce(logits, t_obj, self.hyp.obj_pw, self.hyp.fl_gamma).mean() * self.balance[level]
+            target = torch.zeros_like(logits)
+            target[flat] = iou
+            obj = obj + bce(logits, target, self.hyp.obj_pw, self.hyp.fl_gamma).mean() * balance
+        return obj
 
-        cls = torch.zeros((), device=device)
-        nc = pred.shape[1] - 5
-        if nc > 1 and len(pred):
-            t_cls = torch.full_like(pred[:, 5:], self.cls_neg)
-            t_cls[torch.arange(len(pred), device=device), t[:, 1].long()] = self.cls_pos
-            row = bce(pred[:, 5:], t_cls, self.hyp.cls_pw, self.hyp.fl_gamma).mean(1)
-            cls = (torch.zeros(nl, device=device).index_add(0, positives.level, row) / counts.clamp(min=1)).sum()
-        return box, obj, cls
+
+def _sum_of_level_means(values: Tensor, level: Tensor, counts: Tensor) -> Tensor:
+    """Sum over levels of the mean of ``values`` [P] at that level (levels without any: 0)."""
+    sums = torch.zeros(len(counts), device=values.device).index_add(0, level, values)
+    return (sums / counts.clamp(min=1)).sum()

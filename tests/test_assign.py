@@ -185,3 +185,15 @@ def test_ota_no_targets_or_candidates():
     targets, cands, boxes, preds, cls, obj = _random_problem(4, 2, 0)
     got = ota_assign(cands, boxes, targets[:, 1].long(), targets[:, 0].long(), preds, cls, obj, 2)
     assert len(got.flat) == 0
+
+
+def test_chunks_cover_the_block_within_the_bound():
+    from models.assign import _chunks
+
+    for batch, rows, cols, cap in [(16, 300, 5000, 1 << 21), (16, 10, 300, 1 << 21), (2, 1000, 50000, 1 << 20)]:
+        covered = set()
+        for img, row in _chunks(batch, rows, cols, cap):
+            images, targets = range(batch)[img], range(rows)[row]
+            assert len(images) * len(targets) * cols <= max(cap, cols)
+            covered |= {(i, r) for i in images for r in targets}
+        assert covered == {(i, r) for i in range(batch) for r in range(rows)}
