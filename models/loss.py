@@ -158,7 +158,7 @@ class YoloLoss:
         if len(raw) not in (nl, 2 * nl):
             raise ValueError(f"YoloLoss: expected {nl} or {2 * nl} outputs, got {len(raw)}")
         lead = raw[:nl]
-        self._check_sizes(lead, img_size)
+        self._check_inputs(lead, targets, img_size)
         targets = targets.to(device=lead[0].device, dtype=torch.float32)
         topq = 20 if len(raw) > nl else 10
         positives = self._assign(lead, targets, img_size, 0.5, topq)
@@ -167,12 +167,20 @@ class YoloLoss:
         coarse = self._assign(lead, targets, img_size, 1.0, topq)
         return positives, merge_positives(positives, coarse) if self.ota else coarse
 
-    def _check_sizes(self, lead: list[Tensor], img_size: tuple[int, int]) -> None:
+    def _check_inputs(self, lead: list[Tensor], targets: Tensor, img_size: tuple[int, int]) -> None:
         for x, s in zip(lead, self.head.stride.tolist()):
             if (x.shape[2] * s, x.shape[3] * s) != tuple(img_size):
                 raise ValueError(
                     f"YoloLoss: output grid {tuple(x.shape[2:4])} at stride {s:g} does not match img_size {tuple(img_size)}"
                 )
+        if targets.ndim != 2 or targets.shape[1] != 6:
+            raise ValueError(f"YoloLoss: targets must be [N, 6] (image, class, cx, cy, w, h), got {tuple(targets.shape)}")
+        if len(targets):
+            image, cls = targets[:, 0], targets[:, 1]
+            if image.min() < 0 or image.max() >= lead[0].shape[0]:
+                raise ValueError(f"YoloLoss: target image index outside 0..{lead[0].shape[0] - 1}")
+            if cls.min() < 0 or cls.max() >= self.head.nc:
+                raise ValueError(f"YoloLoss: target class outside 0..{self.head.nc - 1}")
 
     def _grid_anchors(self) -> Tensor:
         """[nl, na, 2] anchors in grid units of their level."""

@@ -160,7 +160,17 @@ def test_aux_positives_superset_of_lead():
         assert as_set(lead) < as_set(aux)
 
 
-def test_wrong_image_size_is_an_error():
+def test_bad_inputs_are_errors():
     head = StandInHead()
+    loss = YoloLoss(head, Hyp())
+    raw = raw_outputs(head, 2, 64)
     with pytest.raises(ValueError, match="img_size"):
-        YoloLoss(head, Hyp())(raw_outputs(head, 1, 64), torch.zeros(0, 6), (96, 64))
+        loss(raw, torch.zeros(0, 6), (96, 64))
+    with pytest.raises(ValueError, match=r"\[N, 6\]"):
+        loss(raw, torch.zeros(3, 5), (64, 64))
+    with pytest.raises(ValueError, match="image index"):
+        loss(raw, torch.tensor([[2, 0, 0.5, 0.5, 0.1, 0.1]]), (64, 64))
+    with pytest.raises(ValueError, match="class"):
+        loss(raw, torch.tensor([[1, 3, 0.5, 0.5, 0.1, 0.1]]), (64, 64))
+    with pytest.raises(ValueError, match="outputs"):
+        loss(raw[:2], torch.zeros(0, 6), (64, 64))
