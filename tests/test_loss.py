@@ -85,6 +85,16 @@ def test_real_model_gradients_reach_every_head_conv(n, one_thread):
     assert first.grad is not None and first.grad.abs().sum() > 0
 
 
+def test_four_level_aux_head():
+    anchors = ANCHORS + [[436, 615, 739, 380, 925, 792]]
+    head = StandInHead(anchors=anchors, strides=(8, 16, 32, 64))
+    raw = raw_outputs(head, batch=2, size=128, aux=True)
+    loss, items = YoloLoss(head, Hyp())(raw, random_targets(30, 2, head.nc), (128, 128))
+    assert len(raw) == 8 and torch.isfinite(loss) and (items[:3] > 0).all()
+    loss.backward()
+    assert all(x.grad.abs().sum() > 0 for x in raw)
+
+
 def _single_positive_case(nc: int = 1):
     """One target in the top-left cell of level 0 whose size fits only anchor 0 of level 0."""
     head = StandInHead(nc=nc, anchors=[[12, 12, 200, 200], [400, 400, 600, 600]], strides=(8, 16))
