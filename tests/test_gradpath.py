@@ -275,12 +275,12 @@ def test_paper_configs_reproduce_the_trends() -> None:
     OSA N + 2 (one transition per block); ELAN m + 2 for any k; CSP with S stages: 2S + 3
     (transitions on both sides), 2S + 2 (fusion first), S + 3 (fusion last); identity
     stopped: 2N + 2 (every block crossed the long way)."""
-    scales = ("d1", "d2", "d4")
-    assert [_max_shortest("res", d) for d in scales] == [3, 3, 3]
-    assert [_max_shortest("osa", d) for d in scales] == [3, 4, 6]
-    assert [_max_shortest("elan", d) for d in scales] == [4, 4, 4]
-    assert [_max_shortest("res_stop_identity", d) for d in scales] == [4, 6, 10]
-    assert [_max_shortest("res_stop_computational", d) for d in scales] == [3, 3, 3]
+    scales = ("d1", "d4")
+    assert [_max_shortest("res", d) for d in scales] == [3, 3]
+    assert [_max_shortest("osa", d) for d in scales] == [3, 6]
+    assert [_max_shortest("elan", d) for d in scales] == [4, 4]
+    assert [_max_shortest("res_stop_identity", d) for d in scales] == [4, 10]
+    assert [_max_shortest("res_stop_computational", d) for d in scales] == [3, 3]
     assert [_max_shortest(f"csp_{f}", "d4") for f in ("both", "first", "last")] == [11, 10, 7]
 
 
@@ -311,3 +311,18 @@ def test_compact_and_official_configs_have_the_same_gradient_paths() -> None:
     ours, official = stats(GRADPATH_CFG.parent / "yolov7-tiny.yaml"), stats(OFFICIAL_TINY)
     assert ours == official
     assert ours[1]["layers"] == ours[2] and ours[1]["no_gradient"] == 0  # every conv is reached
+
+
+def test_value_dependent_forward_is_traced_on_real_tensors() -> None:
+    """Python that reads tensor values cannot run on the meta device: the trace falls back."""
+    class Gate(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = conv(3, 4), conv()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.a(x)
+            return self.b(y) if bool(y.abs().sum() >= 0) else y
+
+    graph = trace_graph(Gate(), torch.rand(2, 3, 8, 8))
+    assert graph.names == ["a", "b"] and graph.preds == [{INPUT}, {0}] and graph.to_loss == {1}
