@@ -8,11 +8,12 @@ loss falls only ~5x in 300 steps, as every candidate anchor, up to 4x off in siz
 
 import pytest
 import torch
-from torchvision.ops import batched_nms, box_convert, box_iou
+from torchvision.ops import box_convert, box_iou
 
 from models.loss import YoloLoss
 from models.yolo import Model
 from utils.config import Hyp
+from utils.nms import non_max_suppression
 
 SIZE = 128
 ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
@@ -54,15 +55,6 @@ def scene(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return img.clamp(0, 1), torch.tensor(labels)
 
 
-def detect(pred: torch.Tensor, conf: float = 0.3, iou: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decoded [N, 5 + nc] of one image -> (xyxy boxes [n, 4], classes [n]) after class-aware NMS."""
-    score, cls = (pred[:, 4:5] * pred[:, 5:]).max(1)
-    keep = score > conf
-    boxes = box_convert(pred[keep, :4], "cxcywh", "xyxy")
-    kept = batched_nms(boxes, score[keep], cls[keep], iou)
-    return boxes[kept], cls[keep][kept]
-
-
 @pytest.fixture
 def one_thread():
     """Tiny tensors: on a shared CPU, intra-op threads cost more in waiting than they gain."""
@@ -95,8 +87,8 @@ def test_small_model_learns_four_images(head, one_thread):
     model.eval()
     with torch.no_grad():
         pred, _ = model(x)
-    for i, t in enumerate(labels):
-        boxes, cls = detect(pred[i])
+    for i, (t, det) in enumerate(zip(labels, non_max_suppression(pred, conf_thres=0.3, iou_thres=0.5))):
+        boxes, cls = det[:, :4], det[:, 5].long()
         true = box_convert(t[:, 1:] * SIZE, "cxcywh", "xyxy")
         iou = box_iou(true, boxes) * (t[:, :1].long() == cls[None])  # same class only
         assert len(boxes) and (iou.max(1).values > 0.5).all(), f"image {i}: {iou}"
