@@ -35,8 +35,9 @@ class StopGradient(torch.autograd.Function):
 
 def stop_gradient(x: torch.Tensor) -> torch.Tensor:
     """``x`` unchanged, but no gradient flows back through it. Unlike ``detach()`` the edge stays
-    in the autograd graph, so ``models.gradpath`` still counts it for depth and aggregation."""
-    return StopGradient.apply(x)
+    in the autograd graph, so ``models.gradpath`` still counts it for depth and aggregation.
+    Without autograd (inference, export) it is skipped: there is no gradient to stop."""
+    return StopGradient.apply(x) if torch.is_grad_enabled() else x
 
 
 class ResBlock(Block):
