@@ -17,7 +17,6 @@ from data import letterbox
 from engine.backends import augmented_forward
 from engine.predictor import Predictor, batch_shape
 from engine.sources import Source, SourceError
-from utils.boxes import cxcywh_to_xyxy
 from utils.nms import non_max_suppression
 
 SIZES = [(96, 160), (200, 120), (128, 128)]  # (h, w): landscape, portrait, square
