@@ -160,14 +160,17 @@ def test_label_smoothing_targets():
     assert smooth.item() == pytest.approx(want.item(), rel=1e-5) and smooth > plain
 
 
+def _positive_set(c) -> set[tuple[int, int, int]]:
+    return set(zip(c.level.tolist(), c.flat.tolist(), c.target.tolist()))
+
+
 def test_aux_positives_superset_of_lead():
     head = StandInHead()
     raw = raw_outputs(head, batch=2, size=64, aux=True, seed=5)
     targets = random_targets(12, 2, head.nc, seed=5)
     for ota in (False, True):
         lead, aux = YoloLoss(head, Hyp(), ota=ota).assign(raw, targets, (64, 64))
-        as_set = lambda c: set(zip(c.level.tolist(), c.flat.tolist(), c.target.tolist()))  # noqa: E731
-        assert as_set(lead) < as_set(aux)
+        assert _positive_set(lead) < _positive_set(aux)
 
 
 def test_bad_inputs_are_errors():
