@@ -1,89 +1,77 @@
-"""Evaluate a detector: ``python val.py --weights W.pt --data D.yaml`` (YOLOv7 test.py flags), or
-score any detector's COCO results file: ``python val.py --gt GT.json --dt DT.json [--json]``."""
+"""Evaluate a detector with YOLOv7 test.py's flags, or score any detector's COCO results file:
+
+    python val.py --weights runs/train/exp/weights/best.pt --data shapes --img-size 320
+    python val.py --weights best.pt --data coco.yaml --save-json     # also runs pycocotools
+    python val.py --gt instances_val2017.json --dt results.json --json  # fast pycocotools drop-in
+
+The work happens in engine.val_run (which uses engine.evaluator, the evaluation the trainer
+calls each epoch); this file only parses the command line.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 
-from utils.coco_eval import STAT_NAMES, coco_evaluate
-from utils.coco_json import CocoJsonError, load_detections, load_ground_truth
-
-_STAT_LABELS = (
-    "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]",
-    "Average Precision  (AP) @[ IoU=0.50      | area=   all | maxDets=100 ]",
-    "Average Precision  (AP) @[ IoU=0.75      | area=   all | maxDets=100 ]",
-    "Average Precision  (AP) @[ IoU=0.50:0.95 | area= small | maxDets=100 ]",
-    "Average Precision  (AP) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ]",
-    "Average Precision  (AP) @[ IoU=0.50:0.95 | area= large | maxDets=100 ]",
-    "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=  1 ]",
-    "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets= 10 ]",
-    "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]",
-    "Average Recall     (AR) @[ IoU=0.50:0.95 | area= small | maxDets=100 ]",
-    "Average Recall     (AR) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ]",
-    "Average Recall     (AR) @[ IoU=0.50:0.95 | area= large | maxDets=100 ]",
-)
-
-
-def format_stats(stats: dict[str, float], other: dict[str, float] | None = None, other_name: str = "") -> str:
-    """pycocotools' summary lines; with ``other``, a second column (e.g. pycocotools' own)."""
-    head = f" {'':71} {'ours':>7}" + (f" {other_name:>11}" if other else "")
-    lines = [head] if other else []
-    for name, label in zip(STAT_NAMES, _STAT_LABELS):
-        line = f" {label} = {stats[name]:0.3f}" if not other else f" {label} {stats[name]:7.4f} {other[name]:11.4f}"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def evaluate_files(gt_path: str, dt_path: str, device: str) -> tuple[dict[str, float], float]:
-    """The 12 COCO numbers for a results file against a ground-truth file, and seconds taken
-    by the metric itself (reading json excluded)."""
-    ref = load_ground_truth(gt_path, device)
-    dt = load_detections(dt_path, ref, device)
-    start = time.perf_counter()
-    result = coco_evaluate(ref.gt, dt, len(ref.category_ids))
-    stats = result.as_dict()
-    return stats, time.perf_counter() - start
+from engine.val_report import format_stats
+from engine.val_run import ValOptions, evaluate_files, run_val
+from utils.checkpoint import CheckpointError
+from utils.coco_json import CocoJsonError
+from utils.config import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line; defaults come from ValOptions."""
+    d = ValOptions()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gt", help="COCO ground-truth json (with --dt: evaluate a results file, no model)")
+    p.add_argument("--weights", default=d.weights, help="checkpoint (.pt) to evaluate")
+    p.add_argument("--data", default=d.data, help="data-set YAML or built-in name (default: shapes)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--img-size", "--img", type=int, default=d.img_size, help="inference size (pixels)")
+    p.add_argument("--conf-thres", type=float, default=d.conf_thres, help="object confidence threshold")
+    p.add_argument("--iou-thres", type=float, default=d.iou_thres, help="IoU threshold for NMS")
+    p.add_argument("--task", default=d.task, choices=["val", "test", "speed"])
+    p.add_argument("--device", default=d.device, help="'' (cuda if available, else cpu), cpu, 0, ...")
+    p.add_argument("--single-cls", action="store_true", help="treat every class as one")
+    p.add_argument("--augment", action="store_true", help="test-time augmentation (flips and scales)")
+    p.add_argument("--verbose", action="store_true", help="per-class table")
+    p.add_argument("--save-txt", action="store_true", help="save detections as YOLO label files")
+    p.add_argument("--save-conf", action="store_true", help="add the score to --save-txt labels")
+    p.add_argument("--save-json", action="store_true", help="save a COCO results json (and check it with pycocotools)")
+    p.add_argument("--project", default=d.project)
+    p.add_argument("--name", default=d.name)
+    p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
+    p.add_argument("--workers", type=int, default=d.workers, help="data-loader workers")
+    p.add_argument("--gt", help="COCO ground-truth json (with --dt: score a results file, no model)")
     p.add_argument("--dt", help="COCO results json to score against --gt")
-    p.add_argument("--device", default="", help="cuda device (0, 0,1, ...) or cpu; default cuda if available")
     p.add_argument("--json", action="store_true", help="print one JSON object with the numbers as the last line")
     return p
 
 
-def _resolve_device(name: str) -> str:
-    import torch
-
-    if not name:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return "cpu" if name == "cpu" else f"cuda:{name.split(',')[0]}" if name[0].isdigit() else name
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    device = _resolve_device(args.device)
-    if args.gt or args.dt:
-        if not (args.gt and args.dt):
-            print("val.py: --gt and --dt go together", file=sys.stderr)
-            return 2
-        try:
-            stats, seconds = evaluate_files(args.gt, args.dt, device)
-        except CocoJsonError as e:
-            print(f"val.py: {e}", file=sys.stderr)
-            return 2
-        print(format_stats(stats))
-        print(f"COCO metric: {seconds:.3f} s on {device}")
-        if args.json:
-            print(json.dumps(stats))
-        return 0
-    print("val.py: give --gt/--dt (model evaluation is not implemented yet)", file=sys.stderr)
-    return 2
+    try:
+        if args.gt or args.dt:
+            if not (args.gt and args.dt):
+                print("val.py: --gt and --dt go together", file=sys.stderr)
+                return 2
+            stats, seconds = evaluate_files(args.gt, args.dt, args.device)
+            print(format_stats(stats))
+            print(f"COCO metric: {seconds:.3f} s")
+            result = stats
+        else:
+            if not args.weights:
+                print("val.py: give --weights (a checkpoint) or --gt/--dt (json files)", file=sys.stderr)
+                return 2
+            fields = {k: v for k, v in vars(args).items() if k not in ("gt", "dt", "json")}
+            result = run_val(ValOptions(**fields))
+    except (CocoJsonError, ConfigError, CheckpointError, FileNotFoundError) as e:
+        print(f"val.py: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    return 0
 
 
 if __name__ == "__main__":

@@ -272,6 +272,9 @@ def match(gt: GroundTruth, dt: Detections, num_classes: int) -> Matching:
     """
     device = gt.boxes.device
     f64 = torch.float64
+    if gt.category.numel() and not (0 <= int(gt.category.min()) and int(gt.category.max()) < num_classes):
+        raise ValueError(f"ground-truth classes must lie in [0, {num_classes}), got "
+                         f"{int(gt.category.min())}..{int(gt.category.max())}")
     keep_cls = (dt.category >= 0) & (dt.category < num_classes)
     dt = Detections(*(t[keep_cls] for t in dt))
     _, inverse = torch.unique(torch.cat([gt.image, dt.image]), return_inverse=True)

@@ -1,0 +1,187 @@
+"""The evaluation val.py runs and the trainer calls after each epoch.
+
+``evaluate(model, loader, ...)`` runs the model over a validation loader, post-processes on the
+model's device, maps detections back to original-image pixels and scores them with the COCO
+metric (utils/coco_eval.py, equal to pycocotools) plus YOLO's P / R / F1 and confusion matrix.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from engine.tta import tta_forward
+from utils.coco_eval import CocoResult, Detections, GroundTruth, accumulate, match, summarize
+from utils.detection_metrics import F1Result, best_f1, confusion_matrix
+from utils.nms import non_max_suppression
+
+# Keys the trainer logs (engine/train_log.py METRIC_NAMES); COCO's 12 numbers are added under
+# their STAT_NAMES.
+TRAIN_METRICS = ("precision", "recall", "mAP_0.5", "mAP_0.5:0.95")
+
+# on_batch(batch, detections) with detections per image [n, 6] (x1, y1, x2, y2, score, class)
+# in original-image pixels; val.py uses it to save labels and to plot the first batches.
+BatchHook = Callable[[object, list[Tensor], list[Tensor]], None]
+
+
+@dataclass
+class EvalResult:
+    """What one evaluation produced; ``metrics`` is what the trainer logs."""
+
+    metrics: dict[str, float]  # TRAIN_METRICS (-1 turned into 0) and COCO's 12 STAT_NAMES
+    losses: Tensor  # [3] mean validation loss per batch (box, obj, cls); zeros without loss_fn
+    coco: CocoResult
+    f1: F1Result
+    confusion: Tensor  # int64 [K + 1, K + 1], rows predicted, columns true, K = background
+    num_images: int
+    num_labels: Tensor  # int64 [K] non-crowd ground truths per class
+    speed_ms: tuple[float, float, float]  # per image: pre-process, inference, NMS
+    gt: GroundTruth  # original pixels, xywh; image = dataset image id
+    detections: Detections  # same conventions, classes contiguous
+
+
+def _sync(device: torch.device) -> float:
+    """Wall time after the device's queued work finished (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _to_original(dets: list[Tensor], shapes: list) -> list[Tensor]:
+    """Map per-image [n, 6] xyxy input-pixel detections to original-image pixels, clipped.
+    ``shapes`` per image: ((h0, w0), ((w_gain, h_gain), (pad_w, pad_h)))."""
+    out = []
+    for d, ((h0, w0), ((gw, gh), (pw, ph))) in zip(dets, shapes):
+        d = d.clone()
+        d[:, [0, 2]] = ((d[:, [0, 2]] - pw) / gw).clamp(0, w0)
+        d[:, [1, 3]] = ((d[:, [1, 3]] - ph) / gh).clamp(0, h0)
+        out.append(d)
+    return out
+
+
+def dataset_ground_truth(dataset, indices: list[int], image_keys: list[int], device: torch.device) -> GroundTruth:
+    """Ground truth of dataset images ``indices`` in original pixels (xywh, area w*h), crowd
+    boxes included and flagged; ``image_keys`` name the images (same order)."""
+    rows, crowd, image = [], [], []
+    for i, key in zip(indices, image_keys):
+        w0, h0 = dataset.shapes[i]
+        for labels, is_crowd in ((dataset.labels[i], False), (dataset.crowd[i], True)):
+            lab = np.asarray(labels, np.float64).reshape(-1, 5)
+            xywh = np.stack([(lab[:, 1] - lab[:, 3] / 2) * w0, (lab[:, 2] - lab[:, 4] / 2) * h0,
+                             lab[:, 3] * w0, lab[:, 4] * h0], 1)
+            rows.append(np.concatenate([lab[:, :1], xywh], 1))
+            crowd += [is_crowd] * len(lab)
+            image += [key] * len(lab)
+    table = torch.from_numpy(np.concatenate(rows) if rows else np.zeros((0, 5))).to(device)
+    boxes = table[:, 1:]
+    return GroundTruth(torch.tensor(image, dtype=torch.long, device=device), table[:, 0].long(), boxes,
+                       boxes[:, 2] * boxes[:, 3], torch.tensor(crowd, dtype=torch.bool, device=device))
+
+
+def image_keys(dataset, indices: list[int]) -> list[int]:
+    """The dataset's image ids when they are unique (so ties break as pycocotools breaks them
+    on the saved json), else the dataset indices."""
+    ids = [int(dataset.image_ids[i]) for i in indices]
+    return ids if len(set(ids)) == len(ids) else list(indices)
+
+
+def _detections(dets: list[Tensor], keys: list[int], device: torch.device) -> Detections:
+    """Concatenate per-image [n, 6] xyxy detections into COCO-convention Detections (xywh)."""
+    d = torch.cat(dets) if dets else torch.zeros(0, 6, device=device)
+    image = torch.repeat_interleave(torch.tensor(keys, dtype=torch.long, device=device),
+                                    torch.tensor([len(x) for x in dets], device=device))
+    box = d[:, :4].double()
+    return Detections(image, d[:, 5].long(), torch.cat([box[:, :2], box[:, 2:] - box[:, :2]], 1), d[:, 4].double())
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader,
+    loss_fn: Callable | None = None,
+    conf_thres: float = 0.001,
+    iou_thres: float = 0.65,
+    max_det: int = 300,
+    single_cls: bool = False,
+    augment: bool = False,
+    on_batch: BatchHook | None = None,
+) -> EvalResult:
+    """Evaluate ``model`` (eval-mode output ``(pred, raw)``) on ``loader`` (yields ``Batch``,
+    letterboxed with ``shapes``; its ``dataset`` holds labels, crowd boxes, image ids).
+
+    ``loss_fn(raw, targets, img_size) -> (loss, items[4])`` adds the mean validation loss
+    (skipped with ``augment``, whose outputs are not one training forward). NMS is multi-label,
+    as in YOLOv7's test.py. ``augment``: flip + scale test-time augmentation. With
+    ``single_cls`` every detection is class 0. The metric runs on the model's device.
+    """
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    nc = 1 if single_cls else int(model.nc)
+    losses = torch.zeros(3, device=device)
+    times = np.zeros(3)
+    all_dets, indices = [], []
+    for batch in loader:
+        t0 = _sync(device)
+        images = batch.images.to(device, non_blocking=True).to(dtype) / 255
+        targets = batch.targets.to(device)
+        t1 = _sync(device)
+        if augment:
+            pred = tta_forward(model, images)
+        else:
+            pred, raw = model(images)
+            if loss_fn is not None:
+                losses += loss_fn([r.float() for r in raw], targets, tuple(images.shape[2:]))[1][:3]
+        t2 = _sync(device)
+        dets = non_max_suppression(pred.float(), conf_thres, iou_thres, multi_label=True, max_det=max_det)
+        times += (t1 - t0, t2 - t1, _sync(device) - t2)
+        if single_cls:
+            for d in dets:
+                d[:, 5] = 0
+        original = _to_original(dets, batch.shapes)
+        if on_batch is not None:
+            on_batch(batch, dets, original)
+        all_dets += original
+        indices += batch.indices.tolist()
+    if was_training:
+        model.train()
+
+    dataset = loader.dataset
+    keys = image_keys(dataset, indices)
+    gt = dataset_ground_truth(dataset, indices, keys, device)
+    if single_cls:  # also when the loader kept the classes
+        gt = gt._replace(category=torch.zeros_like(gt.category))
+    dt = _detections(all_dets, keys, device)
+    matching = match(gt, dt, nc)
+    precision, recall = accumulate(matching)
+    coco = CocoResult(precision, recall, summarize(precision, recall))
+    f1 = best_f1(matching)
+    stats = coco.as_dict()
+    has_gt = f1.has_gt
+    metrics = {
+        "precision": float(f1.precision[has_gt].mean()) if has_gt.any() else 0.0,
+        "recall": float(f1.recall[has_gt].mean()) if has_gt.any() else 0.0,
+        "mAP_0.5": max(stats["AP50"], 0.0),
+        "mAP_0.5:0.95": max(stats["AP"], 0.0),
+    }
+    metrics.update(stats)
+    num_labels = torch.bincount(gt.category[~gt.crowd], minlength=nc)[:nc]
+    n = max(len(indices), 1)
+    return EvalResult(
+        metrics=metrics,
+        losses=losses.cpu() / max(len(loader), 1),
+        coco=coco,
+        f1=f1,
+        confusion=confusion_matrix(gt, dt, nc),
+        num_images=len(indices),
+        num_labels=num_labels,
+        speed_ms=tuple(float(t) * 1e3 / n for t in times),
+        gt=gt,
+        detections=dt,
+    )

@@ -1,0 +1,145 @@
+"""val.py's work: evaluate a checkpoint on a data set split and report, as YOLOv7's test.py does;
+or score a COCO results file against a ground-truth file."""
+
+from __future__ import annotations
+
+import logging
+import time
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from data import build_dataloader, load_data_config
+from data.sources import is_coco_json
+from engine.evaluator import EvalResult, evaluate, image_keys
+from engine.train_options import increment_path
+from engine.val_report import (
+    format_stats,
+    pycocotools_stats,
+    results_table,
+    save_coco_json,
+    save_plots,
+    write_label_files,
+)
+from models.checkpoint_io import load_model
+from utils.coco_eval import coco_evaluate
+from utils.coco_json import load_detections, load_ground_truth
+from utils.plots import plot_images
+from utils.torch_utils import select_device
+
+LOG = logging.getLogger("val")
+# Batches drawn as test_batch{i}_labels.jpg / _pred.jpg.
+PLOTTED_BATCHES = 3
+
+
+@dataclass
+class ValOptions:
+    """val.py's command line (YOLOv7 test.py flags)."""
+
+    weights: str = ""
+    data: str = "shapes"
+    batch_size: int = 32
+    img_size: int = 640
+    conf_thres: float = 0.001
+    iou_thres: float = 0.65
+    task: str = "val"  # val, test or speed
+    device: str = ""
+    single_cls: bool = False
+    augment: bool = False
+    verbose: bool = False
+    save_txt: bool = False
+    save_conf: bool = False
+    save_json: bool = False
+    project: str = "runs/val"
+    name: str = "exp"
+    exist_ok: bool = False
+    workers: int = 0
+    plots: bool = True
+
+
+def _plot_hook(save_dir: Path, names: list[str], opt: ValOptions):
+    """An ``on_batch`` hook that draws the first batches and writes --save-txt label files."""
+    state = {"batch": 0}
+
+    def hook(batch, dets_input, dets_original) -> None:
+        i = state["batch"]
+        state["batch"] += 1
+        if opt.save_txt:
+            write_label_files(dets_original, batch.paths, batch.shapes, save_dir / "labels", opt.save_conf)
+        if opt.plots and i < PLOTTED_BATCHES:
+            plot_images(batch.images, batch.targets, batch.paths, names, save_dir / f"test_batch{i}_labels.jpg")
+            rows = [torch.cat([torch.full((len(d), 1), j, dtype=d.dtype, device=d.device), d[:, 5:6],
+                               (d[:, :2] + d[:, 2:4]) / 2, d[:, 2:4] - d[:, :2], d[:, 4:5]], 1)
+                    for j, d in enumerate(dets_input)]
+            preds = torch.cat(rows).cpu() if rows else torch.zeros(0, 7)
+            plot_images(batch.images, preds, batch.paths, names, save_dir / f"test_batch{i}_pred.jpg")
+
+    return hook
+
+
+def run_val(opt: ValOptions) -> dict:
+    """Evaluate ``opt.weights`` on ``opt.data``'s split; print the table and speed, write plots
+    (and labels / json when asked) under project/name. Returns the numbers for --json."""
+    device = select_device(opt.device)
+    if opt.task == "speed":  # YOLOv7's speed task: deployment thresholds, nothing saved
+        opt = dataclasses.replace(opt, conf_thres=0.25, iou_thres=0.45, save_json=False, plots=False)
+    split = "test" if opt.task == "test" else "val"
+    model = load_model(opt.weights, device, fuse=True)
+    data = load_data_config(opt.data)
+    stride = int(model.stride.max())
+    sources = data.split(split)
+    loader, dataset = build_dataloader(sources, data.nc, img_size=opt.img_size, batch_size=opt.batch_size,
+                                       stride=stride, rect=True, workers=opt.workers, single_cls=opt.single_cls)
+    names = ["item"] if opt.single_cls else list(getattr(model, "names", None) or data.names)
+    save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    result = evaluate(model, loader, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres, single_cls=opt.single_cls,
+                      augment=opt.augment, on_batch=_plot_hook(save_dir, names, opt))
+    seconds = time.perf_counter() - start
+    print(results_table(result, names, per_class=opt.verbose or (len(names) < 50 and len(names) > 1)))
+    pre, inf, nms = result.speed_ms
+    print(f"Speed: {pre:.1f}/{inf:.1f}/{nms:.1f} ms pre-process/inference/NMS per {opt.img_size}x{opt.img_size} "
+          f"image at batch-size {opt.batch_size} on {device}")
+    print(format_stats(result.metrics))
+    if opt.plots:
+        save_plots(result, names, save_dir)
+    summary = {k: result.metrics[k] for k in result.metrics}
+    summary.update(speed_ms=list(result.speed_ms), seconds=seconds, images=result.num_images,
+                   save_dir=str(save_dir), device=str(device))
+    if opt.save_json:
+        summary.update(_save_json(result, dataset, sources, opt, save_dir))
+    print(f"Results saved to {save_dir}")
+    return summary
+
+
+def _save_json(result: EvalResult, dataset, sources: list[Path], opt: ValOptions, save_dir: Path) -> dict:
+    """Write the COCO results json; on a COCO-json data set also score it with pycocotools."""
+    indices = list(range(len(dataset)))
+    keys = image_keys(dataset, indices)
+    key_to_id = {k: int(dataset.image_ids[i]) for k, i in zip(keys, indices)}
+    path = save_coco_json(result, key_to_id, dataset.category_ids,
+                          save_dir / f"{Path(opt.weights).stem}_predictions.json")
+    print(f"COCO results json: {path}")
+    out = {"json": str(path)}
+    annotations = [s for s in sources if is_coco_json(Path(s))]
+    if len(annotations) == 1 and result.detections.scores.numel():
+        theirs = pycocotools_stats(annotations[0], path, list(key_to_id.values()))
+        # Ours used box areas (the loader keeps boxes only); pycocotools the files' segment areas,
+        # so the small / medium / large columns may differ slightly.
+        print(format_stats(result.metrics, theirs, "pycocotools"))
+        out["pycocotools"] = theirs
+    return out
+
+
+def evaluate_files(gt_path: str, dt_path: str, device: str) -> tuple[dict[str, float], float]:
+    """The 12 COCO numbers for a results file against a ground-truth file, and the seconds the
+    metric itself took (reading json excluded)."""
+    dev = select_device(device)
+    ref = load_ground_truth(gt_path, dev)
+    dt = load_detections(dt_path, ref, dev)
+    start = time.perf_counter()
+    stats = coco_evaluate(ref.gt, dt, len(ref.category_ids)).as_dict()
+    return stats, time.perf_counter() - start
