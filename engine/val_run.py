@@ -23,7 +23,7 @@ from engine.val_report import (
     save_plots,
     write_label_files,
 )
-from models.checkpoint_io import load_model
+from models import load_model
 from utils.coco_eval import coco_evaluate
 from utils.coco_json import load_detections, load_ground_truth
 from utils.plots import plot_images
