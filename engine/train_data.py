@@ -10,6 +10,7 @@ import torch
 
 from data import DataConfig, DetectionLoader, build_dataloader, load_data_config
 from engine.train_options import TrainOptions
+from models.loss import YoloLoss
 from models.yolo import Model
 from utils.config import Hyp
 from utils.torch_utils import DistInfo, barrier
@@ -81,7 +82,22 @@ def check_anchors(model: Model, loader: DetectionLoader, hyp: Hyp, img_size: int
                  result.bpr, result.anchors_per_label)
 
 
-def evaluate_for_training(run: Any, plots: bool) -> tuple[dict[str, float], Any]:
-    """Validate ``run.ema.module`` with val.py's evaluation: (metrics, val losses [3])."""
-    # Stand-in until engine/evaluator.py lands: zero metrics and losses, so fitness never improves.
-    return {"precision": 0.0, "recall": 0.0, "mAP_0.5": 0.0, "mAP_0.5:0.95": 0.0}, torch.zeros(3)
+def evaluate_for_training(run: Any, plots: bool) -> tuple[dict[str, float], torch.Tensor]:
+    """Validate ``run.ema.module`` with val.py's evaluation: (metrics of METRIC_NAMES, val losses [3]).
+
+    The validation loss uses the plain (non-OTA) assignment, as val.py does. With ``plots``
+    (final epoch) val.py's pictures go to the run folder and the first predictions to TensorBoard.
+    """
+    from engine.evaluator import TRAIN_METRICS, evaluate
+    from engine.val_report import save_plots
+    from engine.val_run import ValOptions, _plot_hook
+
+    model = run.ema.module
+    if run.val_loss_fn is None:
+        run.val_loss_fn = YoloLoss(model.head, run.hyp, ota=False, train_size=run.opt.img_size[0])
+    hook = _plot_hook(run.save_dir, run.names, ValOptions(plots=True)) if plots else None
+    result = evaluate(model, run.val_loader, loss_fn=run.val_loss_fn, single_cls=run.opt.single_cls, on_batch=hook)
+    if plots:
+        save_plots(result, run.names, run.save_dir)
+        run.log_image("val_predictions", run.save_dir / "test_batch0_pred.jpg")
+    return {k: result.metrics[k] for k in TRAIN_METRICS}, result.losses

@@ -56,3 +56,10 @@ def plot_labels(loader: Any, names: list[str], save_dir: Path) -> None:
     from utils.plots import plot_labels as draw
 
     draw(loader.dataset.labels, names, save_dir / "labels.jpg")
+
+
+def read_rgb(path: Path) -> Any:
+    """An image file as RGB uint8 [H, W, 3] (for TensorBoard)."""
+    import cv2
+
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)

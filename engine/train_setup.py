@@ -65,6 +65,7 @@ class Run:
     rows: list[dict[str, float]] = dataclasses.field(default_factory=list)
     tb: TensorBoardLog | None = None
     channels_last: bool = False
+    val_loss_fn: YoloLoss | None = None  # built on first validation (rank 0)
 
     @property
     def bare_model(self) -> Model:
@@ -105,6 +106,13 @@ class Run:
         from engine.train_plots import plot_train_batch
 
         plot_train_batch(self, batch, index)
+
+    def log_image(self, tag: str, path: Path) -> None:
+        """Add the picture at ``path`` (if written) to TensorBoard at the current epoch."""
+        from engine.train_plots import read_rgb
+
+        if self.tb is not None and path.is_file():
+            self.tb.image(tag, read_rgb(path), len(self.rows))
 
     def plot_results(self) -> None:
         """results.png from results.csv."""

@@ -7,14 +7,17 @@ import csv
 import warnings
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 
 import engine.optim
 import engine.train_setup
 import engine.trainer
+from engine.predictor import Predictor
 from engine.train_options import TrainOptions
 from engine.trainer import NonFiniteLossError, train
+from engine.val_run import ValOptions, run_val
 from models.checkpoint_io import load_model
 from models.loss import YoloLoss
 from train_helpers import tiny_data, tiny_options
@@ -53,7 +56,9 @@ def test_short_training(data_root, small_nominal_batch):
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
     first, last = (sum(float(r[f"train/{k}_loss"]) for k in ("box", "obj", "cls")) for r in (rows[0], rows[-1]))
     assert last < 0.97 * first, (first, last)
-    for name in ("hyp.yaml", "opt.yaml", "results.png", "labels.jpg", "train_batch0.jpg"):
+    assert all(float(r["val/box_loss"]) > 0 and 0 <= float(r["metrics/mAP_0.5"]) <= 1 for r in rows)
+    for name in ("hyp.yaml", "opt.yaml", "results.png", "labels.jpg", "train_batch0.jpg", "test_batch0_pred.jpg",
+                 "confusion_matrix.png", "PR_curve.png"):
         assert (run / name).is_file(), name
     assert list(run.glob("events.out.tfevents.*"))
     ckpt = load_checkpoint(run / "weights" / "last.pt")
@@ -63,6 +68,13 @@ def test_short_training(data_root, small_nominal_batch):
     pred, _ = model(torch.rand(1, 3, 64, 64))
     assert pred.shape == (1, 3 * (8 * 8 + 4 * 4), 10) and torch.isfinite(pred).all()
     assert model.names == ckpt["names"] and len(model.names) == 5
+    # the checkpoint works in val.py and detect.py
+    val = run_val(ValOptions(weights=str(run / "weights" / "last.pt"), data=opt.data, img_size=64, device="cpu",
+                             project=str(data_root / "val"), plots=False))
+    assert 0 <= val["mAP_0.5"] <= 1
+    image = next((data_root / "shapes_tiny" / "images" / "val").glob("*.jpg"))
+    detections = Predictor(run / "weights" / "last.pt", device="cpu", conf_thres=0.0)(image)
+    assert len(detections) == 1 and detections[0].shape == cv2.imread(str(image)).shape[:2]
 
 
 class Crash(Exception):
