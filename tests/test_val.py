@@ -136,3 +136,14 @@ def test_val_errors(setup, capsys) -> None:
     assert val.main(["--weights", str(setup["root"] / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
     assert val.main(["--gt", "x.json"]) == 2
+
+
+def test_val_speed_task_uses_deployment_thresholds(setup, capsys) -> None:
+    project = setup["root"] / "runs_speed"
+    rc = val.main(["--weights", str(setup["weights"]), "--data", str(setup["data"]), "--img", str(IMG),
+                   "--task", "speed", "--device", "cpu", "--project", str(project), "--save-json", "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # conf 0.25 instead of 0.001: fewer detections, no json and no plots written.
+    assert "json" not in summary and not list(Path(summary["save_dir"]).glob("*.png"))
+    assert len(summary["speed_ms"]) == 3 and summary["images"] == 8

@@ -3,7 +3,7 @@
 Everything runs on the device of the input tensors, batched over all images, IoU thresholds and
 area ranges at once. The only Python loops are over a detection's score rank inside its
 (image, class) group (at most ``MAX_DETS[-1]`` steps: the greedy matching is sequential by
-nature) and over the small (area range, max-detections) grid.
+nature), over the three max-detection cuts, and over chunks of (detection, gt) pairs.
 
 pycocotools details reproduced here, because each one changes the numbers:
 - per (image, class) the detections are sorted by score with a stable sort (ties keep file
@@ -91,16 +91,6 @@ class Matching:
     match_setting: Tensor  # int64 [E] setting a * T + t
     match_ignored: Tensor  # bool [E] the matched gt is ignored (crowd or outside the area range)
     num_gt: Tensor  # int64 [K, A] non-ignored ground truths per class and area range
-
-    def dense(self) -> tuple[Tensor, Tensor]:
-        """(matched, ignored): bool [D', S] each, as pycocotools' dtMatches > 0 and dtIgnore."""
-        num_t = len(IOU_THRESHOLDS)
-        matched = torch.zeros(self.outside.shape[0], self.outside.shape[1] * num_t, dtype=torch.bool,
-                              device=self.outside.device)
-        matched[self.match_det, self.match_setting] = True
-        ignored = self.outside.repeat_interleave(num_t, 1) & ~matched
-        ignored[self.match_det, self.match_setting] = self.match_ignored
-        return matched, ignored
 
 
 @dataclass
