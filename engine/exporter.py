@@ -141,7 +141,9 @@ def export_torchscript(model: nn.Module, path: Path, img_size: tuple[int, int], 
         traced = torch.jit.trace(PredOnly(model).eval(), x, strict=False, check_trace=False)  # checked below
     meta = metadata(model, img_size, batch, dynamic=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(traced, str(path), _extra_files={METADATA_KEY: meta.to_json()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
+        torch.jit.save(traced, str(path), _extra_files={METADATA_KEY: meta.to_json()})
     return path
 
 
@@ -177,12 +179,23 @@ def check_detections(name: str, dets: list[torch.Tensor], refs: list[torch.Tenso
     return worst
 
 
+def check_threshold(pred: torch.Tensor, count: int = 100) -> float:
+    """A score threshold (<= 0.001) that ~``count`` boxes per image pass: [B, N, 5 + nc] -> float.
+
+    Scores as utils.nms computes them (obj * class, obj alone with one class). Untrained models
+    score ~1e-5, so a fixed 0.001 would compare empty outputs.
+    """
+    scores = pred[..., 4] if pred.shape[-1] == 6 else (pred[..., 5:] * pred[..., 4:5]).amax(-1)
+    kth = scores.topk(min(count, scores.shape[1]), dim=1).values[:, -1].min()
+    return min(0.001, float(kth) * 0.999)
+
+
 def check_export(path: Path, model: nn.Module, x: torch.Tensor, nms_options: dict | None = None) -> tuple[str, float]:
     """Run the exported file on ``x`` through engine.backends and compare it with ``model``.
 
     Raw outputs must agree within RTOL; an NMS graph must give the same detections as
-    utils.nms on the PyTorch outputs, checked at conf 0.001 so that an untrained model still
-    produces boxes to compare. Returns (a description of the check passed, max abs diff).
+    utils.nms on the PyTorch outputs, at a threshold low enough for boxes to compare even from
+    an untrained model (see check_threshold). Returns (a description of the check passed, max abs diff).
     """
     from engine.backends import load_backend  # the reader of exported files, as detect.py uses it
 
@@ -192,13 +205,13 @@ def check_export(path: Path, model: nn.Module, x: torch.Tensor, nms_options: dic
     if nms_options is None:
         diff = compare(path.name, backend(x), ref)
         return f"raw outputs equal PyTorch within rtol {RTOL} (max abs diff {diff:.2e})", diff
-    conf, iou = 0.001, nms_options["iou_thres"]
+    conf, iou = check_threshold(ref), nms_options["iou_thres"]
     refs = non_max_suppression(ref, conf, iou, agnostic=nms_options["agnostic"], max_det=nms_options["max_det"])
     # the graph caps boxes per class; like Predictor, keep the best max_det of each image
     dets = [d[d[:, 4].argsort(descending=True)][: nms_options["max_det"]] for d in backend(x, conf, iou)]
     diff = check_detections(path.name, dets, refs)
     count = sum(len(r) for r in refs)
-    return f"same {count} detections as PyTorch + utils.nms at conf {conf} (max abs diff {diff:.2e})", diff
+    return f"same {count} detections as PyTorch + utils.nms at conf {conf:.3g} (max abs diff {diff:.2e})", diff
 
 
 def export_model(model: nn.Module, stem: Path, formats: list[str], img_size: tuple[int, int], batch: int = 1,
