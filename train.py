@@ -16,8 +16,8 @@ import logging
 import sys
 
 from engine.train_options import TrainOptions
-from utils.config import ConfigError
 from utils.checkpoint import CheckpointError
+from utils.config import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:

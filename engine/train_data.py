@@ -66,7 +66,7 @@ def label_sizes(dataset, img_size: int, seed: int = 0) -> np.ndarray:
     shapes = np.asarray(dataset.shapes, dtype=np.float64)  # [N, 2] original (w, h)
     sizes = img_size * shapes / shapes.max(1, keepdims=True)
     jitter = np.random.default_rng(seed).uniform(0.9, 1.1, size=(len(shapes), 1))
-    parts = [np.asarray(labels, dtype=np.float64)[:, 3:5] * s for labels, s in zip(dataset.labels, sizes * jitter)]
+    parts = [np.asarray(labels, dtype=np.float64)[:, 3:5] * s for labels, s in zip(dataset.labels, sizes * jitter, strict=True)]
     return np.concatenate(parts, 0) if parts else np.zeros((0, 2))
 
 

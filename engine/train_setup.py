@@ -25,7 +25,14 @@ from engine.ema import ModelEMA
 from engine.optim import accumulation_steps, build_optimizer, lr_lambda, scaled_weight_decay
 from engine.train_data import build_train_loader, build_val_loader, set_dataset_mosaic
 from engine.train_log import METRIC_NAMES, TensorBoardLog, write_results_csv
-from engine.train_options import DEFAULT_CFG, TrainOptions, find_resume_checkpoint, increment_path, load_hyp, resolve_path
+from engine.train_options import (
+    DEFAULT_CFG,
+    TrainOptions,
+    find_resume_checkpoint,
+    increment_path,
+    load_hyp,
+    resolve_path,
+)
 from models.checkpoint_io import model_from_checkpoint, transfer_weights
 from models.loss import YoloLoss
 from models.yolo import Model

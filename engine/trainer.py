@@ -21,7 +21,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from data import Batch
-
 from engine.optim import apply_warmup, warmup_iterations
 from engine.train_log import epoch_row, progress_header, progress_line, write_results_csv
 from engine.train_options import TrainOptions

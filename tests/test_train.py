@@ -4,24 +4,27 @@ resume after a crash, non-finite losses."""
 from __future__ import annotations
 
 import csv
+import logging
 import warnings
 from pathlib import Path
 
 import cv2
 import pytest
 import torch
+from train_helpers import TINY_MODEL, tiny_data, tiny_options
 
 import engine.optim
 import engine.train_setup
 import engine.trainer
+from data.shapes import CLASSES
 from engine.predictor import Predictor
 from engine.train_options import TrainOptions
 from engine.trainer import NonFiniteLossError, train
 from engine.val_run import ValOptions, run_val
 from models.checkpoint_io import load_model
 from models.loss import YoloLoss
-from train_helpers import tiny_data, tiny_options
-from utils.checkpoint import load_checkpoint
+from models.yolo import Model
+from utils.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -154,3 +157,23 @@ def test_nonfinite_loss_stops_run(data_root, monkeypatch):
         with pytest.raises(NonFiniteLossError, match="2 batches in a row"):
             train(tiny_options(data_root, name="nan_all", epochs=1))
     assert not (data_root / "runs" / "nan_all" / "weights" / "last.pt").exists()
+
+
+def test_finetune_transfers_and_freezes(data_root, tmp_path, caplog):
+    """--weights copies the tensors that fit (not the head of another class count); --freeze keeps layers."""
+    source = Model(TINY_MODEL)
+    path = save_checkpoint({"model": source.state_dict(), "model_cfg": source.yaml, "names": list(CLASSES), "nc": 5,
+                            "epoch": -1, "version": CHECKPOINT_VERSION}, tmp_path / "source.pt")
+    caplog.set_level(logging.INFO)
+    summary = train(tiny_options(data_root, name="finetune", cfg="", weights=str(path), single_cls=True, epochs=1,
+                                 freeze=[4]))
+    target = Model(TINY_MODEL, nc=1).state_dict()
+    fitting = sum(v.shape == target[k].shape for k, v in source.state_dict().items())
+    assert fitting == len(target) - 6  # the head's 1x1 convs and ImplicitM vectors depend on nc
+    assert any(f"transferred {fitting}/{len(target)} tensors" in r.message for r in caplog.records)
+    tuned = load_checkpoint(Path(summary["save_dir"]) / "weights" / "last.pt")
+    assert tuned["nc"] == 1 and tuned["names"] == ["item"]
+    for i in range(4):
+        key = f"model.{i}.conv.weight"
+        assert torch.equal(tuned["model"][key].float(), source.state_dict()[key].half().float()), key
+    assert tuned["model"]["model.4.m.0.weight"].shape[0] == 3 * (5 + 1)

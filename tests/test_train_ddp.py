@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from train_helpers import tiny_data
+
 from utils.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
