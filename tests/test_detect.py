@@ -171,6 +171,12 @@ def test_bad_inputs(workdir: Path, capsys) -> None:
                    capsys, 1, "no image could be read")
 
 
+@pytest.mark.skipif(Path("/dev/video0").exists(), reason="a real webcam would be opened")
+def test_webcam_that_is_not_there(workdir: Path, capsys) -> None:
+    _fails_cleanly(["--weights", str(workdir / "weights.pt"), "--source", "0", "--project", str(workdir / "runs")],
+                   capsys, 2, "0: cannot open video or stream")
+
+
 def test_no_arguments_without_training_says_what_to_do(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)  # no runs/train here
     _fails_cleanly([], capsys, 2, "Train one first")

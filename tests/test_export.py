@@ -14,7 +14,7 @@ from detect_fixtures import IMG_SIZE, run_script, small_model, write_checkpoint,
 
 import detect
 from engine.exporter import (
-    ExportError, check_detections, compare, export_model, export_onnx, sorted_detections,
+    ExportError, check_detections, check_threshold, compare, export_model, export_onnx, sorted_detections,
 )
 from utils.nms import non_max_suppression
 
@@ -125,6 +125,15 @@ def test_onnx_nms_one_class_scores_by_objectness(tmp_path: Path) -> None:
     out = torch.from_numpy(ort.InferenceSession(str(path)).run(None, {"images": x.numpy()})[0])
     assert len(ref) > 0 and len(out) == len(ref) and (out[:, 6] == 0).all()
     _assert_close(sorted_detections(out[:, 1:])[:, :5].numpy(), sorted_detections(ref)[:, :5])
+
+
+def test_check_threshold_lets_boxes_through() -> None:
+    pred = torch.zeros(1, 200, 7)
+    pred[0, :, 4] = torch.linspace(1e-4, 2e-4, 200)  # obj of an untrained model
+    pred[0, :, 5] = 0.1  # class scores: best is 0.1
+    conf = check_threshold(pred, count=50)
+    assert ((pred[0, :, 4] * 0.1) > conf).sum() == 50
+    assert check_threshold(torch.ones(1, 10, 7)) == 0.001  # confident outputs keep the usual 0.001
 
 
 def test_parity_checks_can_fail(model, tmp_path: Path) -> None:
