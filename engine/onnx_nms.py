@@ -2,8 +2,8 @@
 ONNX nodes (the standard NonMaxSuppression op, so onnxruntime runs it) appended after it.
 
 The result matches utils.nms.non_max_suppression with multi_label=False: each box competes only
-in its best class (score = obj * best class probability; obj alone for one-class models), per-class IoU suppression, boxes
-kept when score > conf_thres. The graph output ``detections`` is float [K, 7] =
+in its best class (score = obj * best class probability; obj alone for one-class models),
+per-class IoU suppression, boxes kept when score > conf_thres. The graph output ``detections`` is float [K, 7] =
 (batch index, x1, y1, x2, y2, score, class), boxes in input pixels; ``conf_thres`` and
 ``iou_thres`` are graph inputs with defaults, so a caller may override them per run.
 """
