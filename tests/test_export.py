@@ -10,12 +10,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from detect_fixtures import IMG_SIZE, run_script, small_model, write_checkpoint, write_images
+from detect_fixtures import IMG_SIZE, make_image, run_script, small_model, write_checkpoint, write_images
 
 import detect
 from engine.exporter import (
     ExportError, check_detections, check_threshold, compare, export_model, export_onnx, sorted_detections,
 )
+from engine.predictor import Predictor
 from utils.nms import non_max_suppression
 
 RTOL = 1e-4
@@ -134,6 +135,17 @@ def test_check_threshold_lets_boxes_through() -> None:
     conf = check_threshold(pred, count=50)
     assert ((pred[0, :, 4] * 0.1) > conf).sum() == 50
     assert check_threshold(torch.ones(1, 10, 7)) == 0.001  # confident outputs keep the usual 0.001
+
+
+def test_static_batch_export_splits_and_pads_batches(exported: dict, model, tmp_path: Path) -> None:
+    """A batch-2 static file serves a batch of 3 (split 2 + 1, the last padded) like the checkpoint."""
+    path = export_onnx(model, tmp_path / "b2.onnx", (IMG_SIZE, IMG_SIZE), batch=2, exporter="torchscript")
+    images = [make_image(i, IMG_SIZE, IMG_SIZE) for i in range(3)]  # square: same input as the checkpoint's
+    ref = Predictor(exported["weights"], device="cpu").predict(images)
+    got = Predictor(path, device="cpu").predict(images)
+    assert [len(d) for d in got] == [len(d) for d in ref] and sum(map(len, ref)) > 0
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a.as_array(), b.as_array(), rtol=RTOL, atol=1e-3)
 
 
 def test_parity_checks_can_fail(model, tmp_path: Path) -> None:
