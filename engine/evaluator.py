@@ -110,6 +110,7 @@ def evaluate(
     single_cls: bool = False,
     augment: bool = False,
     on_batch: BatchHook | None = None,
+    ground_truth: GroundTruth | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` (eval-mode output ``(pred, raw)``) on ``loader`` (yields ``Batch``,
     letterboxed with ``shapes``; its ``dataset`` holds labels, crowd boxes, image ids).
@@ -118,6 +119,9 @@ def evaluate(
     (skipped with ``augment``, whose outputs are not one training forward). NMS is multi-label,
     as in YOLOv7's test.py. ``augment``: flip + scale test-time augmentation. With
     ``single_cls`` every detection is class 0. The metric runs on the model's device.
+    ``ground_truth``: score against these boxes instead of the dataset's labels (val.py passes
+    a COCO json's own boxes and segment areas, so the numbers equal pycocotools on that file);
+    its ``image`` must hold the dataset's image ids; only the evaluated images are kept.
     """
     was_training = model.training
     model.eval()
@@ -154,7 +158,13 @@ def evaluate(
 
     dataset = loader.dataset
     keys = image_keys(dataset, indices)
-    gt = dataset_ground_truth(dataset, indices, keys, device)
+    if ground_truth is None:
+        gt = dataset_ground_truth(dataset, indices, keys, device)
+    else:
+        if keys == list(indices):
+            raise ValueError("ground_truth needs unique dataset image ids")
+        inside = torch.isin(ground_truth.image, torch.tensor(keys, device=ground_truth.image.device))
+        gt = GroundTruth(*(t[inside].to(device) for t in ground_truth))
     if single_cls:  # also when the loader kept the classes
         gt = gt._replace(category=torch.zeros_like(gt.category))
     dt = _detections(all_dets, keys, device)

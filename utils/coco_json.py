@@ -122,9 +122,11 @@ def load_detections(path: str | Path, ref: CocoGroundTruth, device: torch.device
 
 
 def detections_to_json(dt: Detections, category_ids: list[int], decimals: int = 3) -> list[dict]:
-    """COCO results list from detections (class index -> original category id)."""
+    """COCO results list from detections (class index -> original category id). Boxes are
+    rounded to ``decimals``; scores are not, since rounding them creates ties that reorder
+    detections (an untrained model's scores differ in the 6th digit)."""
     boxes = dt.boxes.double().cpu().round(decimals=decimals).tolist()
-    scores = dt.scores.double().cpu().round(decimals=5).tolist()
+    scores = dt.scores.double().cpu().tolist()
     return [
         {"image_id": int(i), "category_id": category_ids[c], "bbox": b, "score": s}
         for i, c, b, s in zip(dt.image.tolist(), dt.category.tolist(), boxes, scores)
