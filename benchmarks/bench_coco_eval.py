@@ -38,7 +38,7 @@ def make_dataset(images: int, dets: int, classes: int, seed: int) -> tuple[dict,
         xy = rng.uniform(0, 1, (n_gt, 2)) * (640 - wh)
         gts = np.concatenate([xy, wh], 1)
         g_cls = rng.integers(1, classes + 1, n_gt)
-        for box, c in zip(gts, g_cls):
+        for box, c in zip(gts, g_cls, strict=True):
             anns.append({"id": len(anns) + 1, "image_id": img, "category_id": int(c), "bbox": box.tolist(),
                          "area": float(box[2] * box[3]), "iscrowd": int(rng.random() < 0.03)})
         src = rng.integers(0, n_gt, dets)
@@ -47,7 +47,7 @@ def make_dataset(images: int, dets: int, classes: int, seed: int) -> tuple[dict,
         boxes[:, 2:] *= np.exp(rng.normal(0, 0.15, (dets, 2)))
         cls = np.where(rng.random(dets) < 0.7, g_cls[src], rng.integers(1, classes + 1, dets))
         scores = rng.random(dets)
-        for box, c, s in zip(boxes, cls, scores):
+        for box, c, s in zip(boxes, cls, scores, strict=True):
             results.append({"image_id": img, "category_id": int(c), "bbox": box.tolist(), "score": float(s)})
     gt = {
         "images": [{"id": i, "width": 640, "height": 640} for i in range(1, images + 1)],

@@ -56,7 +56,7 @@ def _to_original(dets: list[Tensor], shapes: list) -> list[Tensor]:
     """Map per-image [n, 6] xyxy input-pixel detections to original-image pixels, clipped.
     ``shapes`` per image: ((h0, w0), ((w_gain, h_gain), (pad_w, pad_h)))."""
     out = []
-    for d, ((h0, w0), ((gw, gh), (pw, ph))) in zip(dets, shapes):
+    for d, ((h0, w0), ((gw, gh), (pw, ph))) in zip(dets, shapes, strict=True):
         d = d.clone()
         d[:, [0, 2]] = ((d[:, [0, 2]] - pw) / gw).clamp(0, w0)
         d[:, [1, 3]] = ((d[:, [1, 3]] - ph) / gh).clamp(0, h0)
@@ -68,7 +68,7 @@ def dataset_ground_truth(dataset, indices: list[int], image_keys: list[int], dev
     """Ground truth of dataset images ``indices`` in original pixels (xywh, area w*h), crowd
     boxes included and flagged; ``image_keys`` name the images (same order)."""
     rows, crowd, image = [], [], []
-    for i, key in zip(indices, image_keys):
+    for i, key in zip(indices, image_keys, strict=True):
         w0, h0 = dataset.shapes[i]
         for labels, is_crowd in ((dataset.labels[i], False), (dataset.crowd[i], True)):
             lab = np.asarray(labels, np.float64).reshape(-1, 5)

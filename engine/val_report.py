@@ -37,9 +37,9 @@ _STAT_LABELS = (
 def format_stats(stats: dict[str, float], other: dict[str, float] | None = None, other_name: str = "") -> str:
     """pycocotools' 12 summary lines; with ``other``, two columns: ours and ``other_name``'s."""
     if other is None:
-        return "\n".join(f" {label} = {stats[k]:0.3f}" for k, label in zip(STAT_NAMES, _STAT_LABELS))
+        return "\n".join(f" {label} = {stats[k]:0.3f}" for k, label in zip(STAT_NAMES, _STAT_LABELS, strict=True))
     lines = [f" {'':71} {'ours':>8} {other_name:>12}"]
-    lines += [f" {label} {stats[k]:8.4f} {other[k]:12.4f}" for k, label in zip(STAT_NAMES, _STAT_LABELS)]
+    lines += [f" {label} {stats[k]:8.4f} {other[k]:12.4f}" for k, label in zip(STAT_NAMES, _STAT_LABELS, strict=True)]
     return "\n".join(lines)
 
 
@@ -81,13 +81,13 @@ def write_label_files(dets: Sequence[Tensor], paths: Sequence[str], shapes: Sequ
     """One YOLO label file per image: ``class cx cy w h [conf]``, normalised to the original image.
     ``dets`` per image [n, 6] xyxy original pixels; ``shapes`` the batch's ((h0, w0), ...)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for d, path, ((h0, w0), _) in zip(dets, paths, shapes):
+    for d, path, ((h0, w0), _) in zip(dets, paths, shapes, strict=True):
         d = d.double().cpu()
         gain = torch.tensor([w0, h0, w0, h0], dtype=torch.float64)
         xyxy = d[:, :4] / gain
         cxcywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1)
         with open(folder / f"{Path(path).stem}.txt", "w") as f:
-            for box, score, cls in zip(cxcywh.tolist(), d[:, 4].tolist(), d[:, 5].long().tolist()):
+            for box, score, cls in zip(cxcywh.tolist(), d[:, 4].tolist(), d[:, 5].long().tolist(), strict=True):
                 values = [cls, *box] + ([score] if save_conf else [])
                 f.write(("%g " * len(values)).rstrip() % tuple(values) + "\n")
 
@@ -115,4 +115,4 @@ def pycocotools_stats(annotation_file: Path, results_file: Path, image_ids: Sequ
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return dict(zip(STAT_NAMES, (float(v) for v in ev.stats[:12])))
+    return dict(zip(STAT_NAMES, (float(v) for v in ev.stats[:12]), strict=True))

@@ -3,9 +3,9 @@ or score a COCO results file against a ground-truth file."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,7 +133,7 @@ def _save_json(result: EvalResult, dataset, sources: list[Path], opt: ValOptions
     """Write the COCO results json; on a COCO-json data set also score it with pycocotools."""
     indices = list(range(len(dataset)))
     keys = image_keys(dataset, indices)
-    key_to_id = {k: int(dataset.image_ids[i]) for k, i in zip(keys, indices)}
+    key_to_id = {k: int(dataset.image_ids[i]) for k, i in zip(keys, indices, strict=True)}
     path = save_coco_json(result, key_to_id, dataset.category_ids,
                           save_dir / f"{Path(opt.weights).stem}_predictions.json")
     print(f"COCO results json: {path}")

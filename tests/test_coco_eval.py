@@ -63,7 +63,7 @@ def make_case(seed: int) -> tuple[dict, list[dict]]:
         g_cat = rng.choice(cat_ids, len(gts))
         if no_gt_cat is not None:
             g_cat[g_cat == no_gt_cat] = cat_ids[0]
-        for box, c in zip(gts, g_cat):
+        for box, c in zip(gts, g_cat, strict=True):
             crowd = int(rng.random() < 0.1)
             area = float(box[2] * box[3])
             u = rng.random()
@@ -85,7 +85,7 @@ def make_case(seed: int) -> tuple[dict, list[dict]]:
         scores = rng.random(len(d_box))
         if rng.random() < 0.5:
             scores = np.round(scores, 1)  # many ties
-        for box, c, s in zip(d_box, d_cat, scores):
+        for box, c, s in zip(d_box, d_cat, scores, strict=True):
             if c == no_det_cat:
                 continue
             dets.append({"image_id": img, "category_id": int(c), "bbox": box.tolist(), "score": float(s)})

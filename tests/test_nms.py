@@ -39,7 +39,7 @@ def test_score_is_obj_times_cls_and_thresholds() -> None:
     assert out[0, 4].item() == pytest_approx(0.45) and out[0, 5].item() == 1.0
     multi = non_max_suppression(pred, conf_thres=0.15, multi_label=True)[0]
     # Box 1 gives class 0 (0.2) and class 1 (0.45); box 2 gives nothing above 0.15 (0.15 is not >).
-    assert sorted(zip(multi[:, 5].tolist(), multi[:, 4].tolist())) == [(0.0, pytest_approx(0.2)), (1.0, pytest_approx(0.45))]
+    assert sorted(zip(multi[:, 5].tolist(), multi[:, 4].tolist(), strict=True)) == [(0.0, pytest_approx(0.2)), (1.0, pytest_approx(0.45))]
     only0 = non_max_suppression(pred, conf_thres=0.15, multi_label=True, classes=[0])[0]
     assert only0[:, 5].tolist() == [0.0]
 
@@ -88,7 +88,7 @@ def test_matches_per_class_reference_on_random_batch() -> None:
     pred = torch.cat([xy, wh, probs], 2)
     ours = non_max_suppression(pred, conf_thres=0.2, iou_thres=0.5, max_det=1000)
     ref = _reference(pred, 0.2, 0.5)
-    for o, r in zip(ours, ref):
+    for o, r in zip(ours, ref, strict=True):
         assert o.shape == r.shape and o.shape[0] > 10
         assert torch.allclose(o, r)
         # No two kept boxes of one class overlap more than the threshold.

@@ -29,11 +29,14 @@ pycocotools does so that IoUs that sit exactly on a threshold compare the same w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from utils.grouped_ops import group_pairs, run_starts, segment_cumsum, take, take2
 
 # The exact float64 values pycocotools uses (np.linspace, not torch.linspace: the last bits differ).
 IOU_THRESHOLDS: tuple[float, ...] = tuple(np.linspace(0.5, 0.95, 10).tolist())
@@ -103,7 +106,7 @@ class CocoResult:
 
     def as_dict(self) -> dict[str, float]:
         """The 12 summary numbers keyed by STAT_NAMES."""
-        return dict(zip(STAT_NAMES, self.stats.tolist()))
+        return dict(zip(STAT_NAMES, self.stats.tolist(), strict=True))
 
     def per_class_ap(self) -> tuple[Tensor, Tensor]:
         """(AP@.5, AP@.5:.95) per class, area all, 100 dets: two [K] tensors, -1 without gt."""
@@ -113,40 +116,6 @@ class CocoResult:
         ap50 = torch.where(valid, p[0].mean(0), minus)
         ap = torch.where(valid, p.mean((0, 1)), minus)
         return ap50, ap
-
-
-def take(x: Tensor, index: Tensor) -> Tensor:
-    """``x[index]`` along dim 0; index_select is many times faster than advanced indexing on CPU."""
-    return x.index_select(0, index)
-
-
-def take2(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """``x[rows, cols]`` for a 2-D ``x`` [N, C] and index tensors [E]: [E]."""
-    return x.reshape(-1).index_select(0, rows * x.shape[1] + cols)
-
-
-def run_starts(sorted_keys: Tensor) -> Tensor:
-    """For a sorted key tensor [N], the index of the first element of each element's run [N]."""
-    n = sorted_keys.numel()
-    new_run = torch.ones(n, dtype=torch.bool, device=sorted_keys.device)
-    new_run[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    starts = torch.nonzero(new_run).squeeze(1)
-    return take(starts, new_run.cumsum(0) - 1)
-
-
-def _group_pairs(det_group: Tensor, gt_group_sorted: Tensor) -> tuple[Tensor, Tensor]:
-    """All (detection, gt) index pairs that share a group id.
-
-    det_group: int64 [D]; gt_group_sorted: int64 [G], ascending. Returns (det_idx, gt_idx), each
-    [P], gt_idx indexing the sorted gts and ascending per detection.
-    """
-    lo = torch.searchsorted(gt_group_sorted, det_group, right=False)
-    hi = torch.searchsorted(gt_group_sorted, det_group, right=True)
-    counts = hi - lo
-    det_idx = torch.repeat_interleave(torch.arange(det_group.numel(), device=det_group.device), counts)
-    first_pair = counts.cumsum(0) - counts
-    offset = torch.arange(det_idx.numel(), device=det_group.device) - take(first_pair, det_idx)
-    return det_idx, take(lo, det_idx) + offset
 
 
 def pair_iou(dt_boxes: Tensor, gt_boxes: Tensor, crowd: Tensor) -> Tensor:
@@ -179,8 +148,8 @@ def overlapping_pairs(
     cuts = torch.searchsorted(pairs_before, torch.arange(0, int(pairs_before[-1]) + 1, _PAIR_CHUNK, device=lo.device))
     bounds = sorted(set(cuts.tolist()) | {0, det_group.numel()})
     out_d, out_g, out_iou = [], [], []
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        d, g = _group_pairs(det_group[start:end], gt_group)
+    for start, end in pairwise(bounds):
+        d, g = group_pairs(det_group[start:end], gt_group)
         d = d + start
         iou = pair_iou(take(dt_boxes, d), take(gt_boxes, g), take(gt_crowd, g))
         keep = torch.nonzero(iou >= min_iou).squeeze(1)
@@ -226,7 +195,7 @@ def _greedy_match(
     free_crowd = gt_crowd[:, None].expand(-1, num_s)
     bounds = [0] + torch.bincount(rank).cumsum(0).tolist()
     events = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
+    for start, end in pairwise(bounds):
         if start == end:
             continue
         d, g = pair_det[start:end], pair_gt[start:end]
@@ -244,7 +213,7 @@ def _greedy_match(
     if not events:
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return empty, empty, empty
-    return tuple(torch.cat(e) for e in zip(*events))
+    return tuple(torch.cat(e) for e in zip(*events, strict=True))
 
 
 def _outside(area: Tensor) -> Tensor:
@@ -306,13 +275,6 @@ def accumulation_order(m: Matching) -> Tensor:
     order = torch.argsort(m.image_rank * MAX_DETS[-1] + m.rank)
     order = take(order, torch.sort(-take(m.scores, order), stable=True)[1])
     return take(order, torch.sort(take(m.category, order), stable=True)[1])
-
-
-def segment_cumsum(x: Tensor, starts: Tensor) -> Tensor:
-    """Inclusive cumulative sum of int64 ``x`` [N] restarting at each run; starts [N] is the
-    index where each element's run begins (see ``run_starts``)."""
-    total = x.cumsum(0)
-    return total - (take(total, starts) - take(x, starts))
 
 
 def _true_positive_curves(m: Matching) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:

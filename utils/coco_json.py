@@ -129,5 +129,5 @@ def detections_to_json(dt: Detections, category_ids: list[int], decimals: int = 
     scores = dt.scores.double().cpu().tolist()
     return [
         {"image_id": int(i), "category_id": category_ids[c], "bbox": b, "score": s}
-        for i, c, b, s in zip(dt.image.tolist(), dt.category.tolist(), boxes, scores)
+        for i, c, b, s in zip(dt.image.tolist(), dt.category.tolist(), boxes, scores, strict=True)
     ]

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from utils.coco_eval import Detections, GroundTruth, Matching, overlapping_pairs, take
+from utils.coco_eval import Detections, GroundTruth, Matching, overlapping_pairs
+from utils.grouped_ops import take
 
 CONF_STEPS = 1000
 

@@ -77,7 +77,7 @@ def plot_confusion_matrix(matrix: np.ndarray, names: Sequence[str], path: str | 
         ticks = np.arange(k1)
         ax.set_xticks(ticks, labels, rotation=90, fontsize=8)
         ax.set_yticks(ticks, labels, fontsize=8)
-        for r, c in zip(*np.nonzero(share >= 0.005)):
+        for r, c in zip(*np.nonzero(share >= 0.005), strict=True):
             ax.text(c, r, f"{share[r, c]:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if share[r, c] > 0.5 else "black")
     ax.set(xlabel="True", ylabel="Predicted")

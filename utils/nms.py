@@ -59,7 +59,7 @@ def non_max_suppression(
         img, boxes, scores, cls = img[keep], boxes[keep], scores[keep], cls[keep]
     counts = torch.bincount(img, minlength=pred.shape[0]).tolist()
     out = []
-    for i, (b, s, c) in enumerate(zip(boxes.split(counts), scores.split(counts), cls.split(counts))):
+    for b, s, c in zip(boxes.split(counts), scores.split(counts), cls.split(counts), strict=True):
         if s.numel() > max_nms:
             top = s.topk(max_nms).indices
             b, s, c = b[top], s[top], c[top]
