@@ -1,10 +1,10 @@
 """Cost of the loss (assignment + terms) next to the model it trains.
 
     python benchmarks/bench_loss.py [--cfg yolov7-tiny.yaml] [--batch 16] [--img 640]
-                                    [--targets 10 300] [--repeats 3] [--json]
+                                    [--targets 10 300] [--repeats 3] [--threads N] [--json]
 
 For each targets-per-image count and each assignment (plain YOLOv5 rule, OTA): forward +
-backward time of YoloLoss on head outputs of the model's shapes (random logits, gradients
+backward time (best of ``--repeats``, after a warm-up) of YoloLoss on head outputs of the model's shapes (random logits, gradients
 stopping at the outputs), the number of positives, and the peak memory the loss adds (CUDA:
 max_memory_allocated; CPU: the peak resident set of a fresh child process above its level
 before the loss). Then the model's own forward + backward time on the same batch, once, and
@@ -64,6 +64,7 @@ def _rss_mb() -> float:
 
 def loss_case(cfg: str, batch: int, img: int, per_image: int, ota: bool, repeats: int, device: torch.device) -> dict:
     """Time and memory of YoloLoss forward + backward for one configuration."""
+    torch.manual_seed(0)
     model = Model(cfg).to(device)
     loss_fn = YoloLoss(model.head, Hyp(), ota=ota, train_size=img)
     raw = raw_like(model, batch, img, device)
@@ -95,7 +96,7 @@ def loss_case(cfg: str, batch: int, img: int, per_image: int, ota: bool, repeats
     return {
         "targets_per_image": per_image,
         "assign": "ota" if ota else "plain",
-        "loss_fwd_bwd_s": round(sorted(times)[len(times) // 2], 4),
+        "loss_fwd_bwd_s": round(min(times), 4),
         "peak_mem_mb": round(peak, 1),
         "positives": positives,
     }
@@ -117,7 +118,7 @@ def run_child(args: argparse.Namespace, per_image: int, ota: bool) -> dict:
     """One loss case in a fresh process, so its peak resident set is its own."""
     cmd = [sys.executable, __file__, "--child", f"{per_image}:{int(ota)}", "--cfg", args.cfg,
            "--batch", str(args.batch), "--img", str(args.img), "--repeats", str(args.repeats),
-           "--device", args.device]
+           "--device", args.device, "--threads", str(torch.get_num_threads())]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -130,10 +131,13 @@ def main() -> None:
     p.add_argument("--targets", type=int, nargs="+", default=[10, 300])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         per_image, ota = (int(v) for v in args.child.split(":"))
         print(json.dumps(loss_case(args.cfg, args.batch, args.img, per_image, bool(ota), args.repeats, device)))

@@ -9,7 +9,8 @@ Two assignments share one candidate rule:
 - ``ota_assign`` (YOLOv7's simplified optimal-transport assignment): the candidate anchors of an
   image, pooled over levels, are ranked per target by cost = BCE(sqrt(cls * obj)) + 3 * (-log IoU)
   of the current predictions; each target takes its ``dynamic k = max(1, int(sum of its top-q
-  IoUs))`` cheapest anchors and an anchor claimed by several targets goes to the cheapest one.
+  IoUs))`` cheapest anchors, and an anchor claimed by several targets goes to the target with
+  the lowest cost for it (over all targets of the image, claimant or not, as YOLOv7 and YOLOX do).
 
 Unlike YOLOv7, an anchor proposed by several targets is one candidate column, not several, so
 no anchor can end up assigned twice and duplicate columns do not inflate the top-q IoU sum.
@@ -130,16 +131,19 @@ def _chunks(batch_size: int, rows: int, cols: int, max_cells: int) -> list[tuple
     ]
 
 
-class _Claims(NamedTuple):
-    target: Tensor  # long [K]
-    column: Tensor  # long [K] index into the unique candidates
-    cost: Tensor  # float [K]
+class _Entries(NamedTuple):
+    """(target, candidate column, cost) triples, flat, long / long / float [K]."""
+
+    target: Tensor
+    column: Tensor
+    cost: Tensor
 
 
 def _claim_cheapest(
     cost: Tensor, iou: Tensor, valid: Tensor, rows: Tensor, cols: Tensor, topq: int
-) -> _Claims:
-    """Each valid target row takes its dynamic-k cheapest columns of one padded chunk.
+) -> tuple[_Entries, _Entries]:
+    """One padded chunk: the claims (each valid target row's dynamic-k cheapest columns) and,
+    per valid column, the cheapest row of the chunk.
 
     cost, iou: [g, r, C]; valid: [g, r, C] (real target and real candidate); rows: [g, r] target
     index; cols: [g, C] candidate index.
@@ -151,22 +155,32 @@ def _claim_cheapest(
     best_cost, best_col = cost.topk(q, dim=-1, largest=False)  # [g, r, q]
     take = (torch.arange(q, device=cost.device) < k[..., None]) & best_cost.isfinite()
     g, r = take.nonzero(as_tuple=True)[:2]
-    return _Claims(rows[g, r], cols[g, best_col[take]], best_cost[take])
+    claims = _Entries(rows[g, r], cols[g, best_col[take]], best_cost[take])
+    col_cost, col_row = cost.min(1)  # [g, C]
+    keep = col_cost.isfinite()
+    cheapest = _Entries(rows.gather(1, col_row)[keep], cols[keep], col_cost[keep])
+    return claims, cheapest
 
 
-def _resolve(claims: _Claims, n_columns: int) -> tuple[Tensor, Tensor]:
-    """Give every claimed column to its cheapest claimant (lowest target index on ties).
-
-    Returns (columns, targets), long [P], columns ascending.
-    """
-    device = claims.cost.device
+def _cheapest_target(entries: _Entries, n_columns: int) -> Tensor:
+    """[n_columns] target of lowest cost per column (lowest index on ties; LONG_MAX if none)."""
+    device = entries.cost.device
     best = torch.full((n_columns,), float("inf"), device=device)
-    best.scatter_reduce_(0, claims.column, claims.cost, reduce="amin")
-    tied = claims.cost <= best[claims.column]
-    first = torch.full((n_columns,), torch.iinfo(torch.long).max, dtype=torch.long, device=device)
-    first.scatter_reduce_(0, claims.column[tied], claims.target[tied], reduce="amin")
-    columns = (first < torch.iinfo(torch.long).max).nonzero(as_tuple=True)[0]
-    return columns, first[columns]
+    best.scatter_reduce_(0, entries.column, entries.cost, reduce="amin")
+    tied = entries.cost <= best[entries.column]
+    owner = torch.full((n_columns,), torch.iinfo(torch.long).max, dtype=torch.long, device=device)
+    return owner.scatter_reduce_(0, entries.column[tied], entries.target[tied], reduce="amin")
+
+
+def _resolve(claims: _Entries, cheapest: _Entries, n_columns: int) -> tuple[Tensor, Tensor]:
+    """Owner of every claimed column: its claimant, or when claimed twice or more the target
+    with the lowest cost for it. Returns (columns ascending, owner targets), long [P]."""
+    count = torch.bincount(claims.column, minlength=n_columns)
+    owner = _cheapest_target(claims, n_columns)  # the only claimant where count == 1
+    contested = count > 1
+    owner[contested] = _cheapest_target(cheapest, n_columns)[contested]
+    columns = (count > 0).nonzero(as_tuple=True)[0]
+    return columns, owner[columns]
 
 
 def class_cost_terms(cls_logits: Tensor, obj_logits: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
@@ -246,5 +260,6 @@ def ota_assign(
         parts.append(_claim_cheapest(cost, iou, valid, r, c, topq))
     if not parts or len(anchors.flat) == 0:
         return Candidates(*(f[:0] for f in anchors))
-    columns, owners = _resolve(_Claims(*(torch.cat(p) for p in zip(*parts))), len(anchors.flat))
+    claims, cheapest = (_Entries(*(torch.cat(f) for f in zip(*group))) for group in zip(*parts))
+    columns, owners = _resolve(claims, cheapest, len(anchors.flat))
     return Candidates(*(f[columns] for f in anchors))._replace(target=owners)

@@ -1,7 +1,9 @@
 """Label assignment: hand-computed candidates and OTA choices, batching and chunking."""
 
+import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.ops import box_iou
 
 from models.assign import (
     Candidates,
@@ -104,6 +106,18 @@ def test_ota_hand_computed():
     assert got.gi.tolist() == [3]
 
 
+def test_ota_contested_anchor_goes_to_cheapest_target_overall():
+    # A = [0,0,10,9], B = [0,0,10,9.5], C = [0,0,10,10]; c0 = [0,0,10,10], c1 = [0,0,10,9.9].
+    # IoUs (c0, c1): A (.9, .909), B (.95, .960), C (1, .99): every k = 1. A and B claim c1,
+    # C claims c0. c1 is contested, and the target with the lowest cost for it is C (IoU .99),
+    # which did not claim it: YOLOv7 (and YOLOX) give it to C all the same.
+    preds = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 9.9]])
+    targets = torch.tensor([[0, 0, 10, 9], [0, 0, 10, 9.5], [0, 0, 10, 10]])
+    z = torch.zeros(3, dtype=torch.long)
+    got = ota_assign(_hand_case(2), targets, z, z, preds, torch.zeros(2, 1), torch.zeros(2), 1)
+    assert dict(zip(got.gi.tolist(), got.target.tolist())) == {0: 2, 1: 2}
+
+
 def test_ota_class_cost_can_win():
     # c0 overlaps A a bit less than c1 but predicts A's class; with k = 1 the class cost decides
     preds = torch.tensor([[0, 0, 10, 9.5], [0, 0, 10, 10.0]])
@@ -128,8 +142,6 @@ def test_class_cost_equals_bce_over_one_hot():
 
 
 def test_batched_box_iou_matches_torchvision():
-    from torchvision.ops import box_iou
-
     g = torch.Generator().manual_seed(2)
     a = torch.rand(3, 5, 4, generator=g) * 50
     b = torch.rand(3, 6, 4, generator=g) * 50
@@ -179,6 +191,42 @@ def test_ota_batch_equals_per_image_and_chunking():
     assert _keys(whole) == per_image
     chunked = ota_assign(cands, boxes, tcls, img, preds, cls, obj, batch, max_cells=50)
     assert _keys(chunked) == _keys(whole)
+
+
+def reference_ota(cands, boxes, tcls, img, preds, cls, obj, topq=10) -> dict[tuple[int, int], int]:
+    """The OTA rule stated plainly, one image and one target at a time: (level, flat) -> target."""
+    out = {}
+    for b in img.unique().tolist():
+        t_idx, c_idx = (img == b).nonzero().flatten(), (cands.image == b).nonzero().flatten()
+        if not len(c_idx):
+            continue
+        iou = box_iou(boxes[t_idx], preds[c_idx])
+        y = (cls[c_idx].sigmoid() * obj[c_idx, None].sigmoid()).sqrt()
+        one_hot = F.one_hot(tcls[t_idx], cls.shape[1]).float()
+        shape = (len(t_idx), len(c_idx), cls.shape[1])
+        cls_cost = F.binary_cross_entropy(y[None].expand(shape), one_hot[:, None].expand(shape), reduction="none")
+        cost = cls_cost.sum(-1) - 3 * torch.log(iou + 1e-8)
+        match = torch.zeros_like(cost, dtype=torch.bool)
+        for r in range(len(t_idx)):
+            k = max(1, int(iou[r].topk(min(topq, len(c_idx))).values.sum()))
+            match[r, cost[r].argsort()[:k]] = True
+        for c in range(len(c_idx)):
+            if match[:, c].sum() > 1:
+                match[:, c] = False
+                match[cost[:, c].argmin(), c] = True
+        for r, c in match.nonzero().tolist():
+            out[(int(cands.level[c_idx[c]]), int(cands.flat[c_idx[c]]))] = int(t_idx[r])
+    return out
+
+
+@pytest.mark.parametrize("seed,per_image,topq", [(5, 6, 10), (6, 25, 10), (7, 12, 20)])
+def test_ota_equals_plain_reference(seed, per_image, topq):
+    targets, cands, boxes, preds, cls, obj = _random_problem(seed, 3, per_image)
+    img, tcls = targets[:, 0].long(), targets[:, 1].long()
+    got = ota_assign(cands, boxes, tcls, img, preds, cls, obj, 3, topq, max_cells=4000)
+    assert dict(zip(zip(got.level.tolist(), got.flat.tolist()), got.target.tolist())) == reference_ota(
+        cands, boxes, tcls, img, preds, cls, obj, topq
+    )
 
 
 def test_ota_no_targets_or_candidates():
