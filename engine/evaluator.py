@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.tta import tta_forward
+from utils.boxes import letterbox_to_original
 from utils.coco_eval import CocoResult, Detections, GroundTruth, accumulate, match, summarize
 from utils.detection_metrics import F1Result, best_f1, confusion_matrix
 from utils.nms import non_max_suppression
@@ -56,11 +57,8 @@ def _to_original(dets: list[Tensor], shapes: list) -> list[Tensor]:
     """Map per-image [n, 6] xyxy input-pixel detections to original-image pixels, clipped.
     ``shapes`` per image: ((h0, w0), ((w_gain, h_gain), (pad_w, pad_h)))."""
     out = []
-    for d, ((h0, w0), ((gw, gh), (pw, ph))) in zip(dets, shapes, strict=True):
-        d = d.clone()
-        d[:, [0, 2]] = ((d[:, [0, 2]] - pw) / gw).clamp(0, w0)
-        d[:, [1, 3]] = ((d[:, [1, 3]] - ph) / gh).clamp(0, h0)
-        out.append(d)
+    for d, (original, (gain, pad)) in zip(dets, shapes, strict=True):
+        out.append(torch.cat([letterbox_to_original(d[:, :4], gain, pad, original), d[:, 4:]], 1))
     return out
 
 
