@@ -59,8 +59,9 @@ class ValOptions:
     plots: bool = True
 
 
-def _plot_hook(save_dir: Path, names: list[str], opt: ValOptions):
-    """An ``on_batch`` hook that draws the first batches and writes --save-txt label files."""
+def batch_hook(save_dir: Path, names: list[str], opt: ValOptions):
+    """An ``evaluate`` ``on_batch`` hook that draws the first PLOTTED_BATCHES batches
+    (``opt.plots``) and writes label files (``opt.save_txt``) under ``save_dir``."""
     state = {"batch": 0}
 
     def hook(batch, dets_input, dets_original) -> None:
@@ -77,6 +78,10 @@ def _plot_hook(save_dir: Path, names: list[str], opt: ValOptions):
             plot_images(batch.images, preds, batch.paths, names, save_dir / f"test_batch{i}_pred.jpg")
 
     return hook
+
+
+# The trainer's first import name; engine/train_data.py should import batch_hook.
+_plot_hook = batch_hook
 
 
 def run_val(opt: ValOptions) -> dict:
@@ -97,7 +102,7 @@ def run_val(opt: ValOptions) -> dict:
     save_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     result = evaluate(model, loader, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres, single_cls=opt.single_cls,
-                      augment=opt.augment, on_batch=_plot_hook(save_dir, names, opt),
+                      augment=opt.augment, on_batch=batch_hook(save_dir, names, opt),
                       ground_truth=_coco_ground_truth(sources, dataset, opt.single_cls, device))
     seconds = time.perf_counter() - start
     print(results_table(result, names, per_class=opt.verbose or (len(names) < 50 and len(names) > 1)))
