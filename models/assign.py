@@ -74,7 +74,7 @@ def find_candidates(
     device = targets.device
     na = anchors.shape[1]
     # centre cell, then left, top, right, bottom neighbours (as offsets subtracted from the centre)
-    offsets = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], device=device, dtype=torch.float32) * reach
+    offsets = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], device=device).float() * reach
     fields: list[list[Tensor]] = [[] for _ in Candidates._fields]
     for level, (h, w) in enumerate(grids):
         size = torch.tensor([w, h], device=device, dtype=torch.float32)

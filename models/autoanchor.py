@@ -53,7 +53,7 @@ def label_sizes(
 
 
 def fit_ratio(wh: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """[N, K] worst-side size ratio min(r, 1/r) of labels wh [N, 2] against anchors [K, 2] (pixels); 1 = exact."""
+    """[N, K] worst-side ratio min(r, 1/r) of labels wh [N, 2] against anchors [K, 2] (pixels); 1 = exact."""
     r = wh[:, None, :] / anchors[None, :, :]
     return np.minimum(r, 1 / r).min(2)
 
@@ -103,7 +103,8 @@ def kmean_anchors(
     for _ in range(generations):
         v = np.ones_like(k)
         while (v == 1).all():  # mutate until something changes
-            v = ((rng.random(k.shape) < 0.9) * rng.random() * rng.standard_normal(k.shape) * 0.1 + 1).clip(0.3, 3.0)
+            sigma = (rng.random(k.shape) < 0.9) * rng.random() * 0.1
+            v = (sigma * rng.standard_normal(k.shape) + 1).clip(0.3, 3.0)
         mutant = (k * v).clip(min=MIN_LABEL_PX)
         fit = _fitness(mutant, wh, anchor_t)
         if fit > best:

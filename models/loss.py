@@ -124,7 +124,9 @@ class YoloLoss:
         # label smoothing as YOLOv5's smooth_BCE: positives 1 - eps/2, negatives eps/2
         self.cls_pos, self.cls_neg = 1.0 - 0.5 * hyp.label_smoothing, 0.5 * hyp.label_smoothing
 
-    def __call__(self, raw: list[Tensor], targets: Tensor, img_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def __call__(
+        self, raw: list[Tensor], targets: Tensor, img_size: tuple[int, int]
+    ) -> tuple[Tensor, Tensor]:
         """Loss of the training-mode output.
 
         Args:
@@ -171,10 +173,13 @@ class YoloLoss:
         for x, s in zip(lead, self.head.stride.tolist()):
             if (x.shape[2] * s, x.shape[3] * s) != tuple(img_size):
                 raise ValueError(
-                    f"YoloLoss: output grid {tuple(x.shape[2:4])} at stride {s:g} does not match img_size {tuple(img_size)}"
+                    f"YoloLoss: output grid {tuple(x.shape[2:4])} at stride {s:g} "
+                    f"does not match img_size {tuple(img_size)}"
                 )
         if targets.ndim != 2 or targets.shape[1] != 6:
-            raise ValueError(f"YoloLoss: targets must be [N, 6] (image, class, cx, cy, w, h), got {tuple(targets.shape)}")
+            raise ValueError(
+                f"YoloLoss: targets must be [N, 6] (image, class, cx, cy, w, h), got {tuple(targets.shape)}"
+            )
         if len(targets):
             image, cls = targets[:, 0], targets[:, 1]
             if image.min() < 0 or image.max() >= lead[0].shape[0]:
@@ -186,7 +191,9 @@ class YoloLoss:
         """[nl, na, 2] anchors in grid units of their level."""
         return self.head.anchors.float() / self.head.stride.float().view(-1, 1, 1)
 
-    def _assign(self, lead: list[Tensor], targets: Tensor, img_size: tuple[int, int], reach: float, topq: int) -> Candidates:
+    def _assign(
+        self, lead: list[Tensor], targets: Tensor, img_size: tuple[int, int], reach: float, topq: int
+    ) -> Candidates:
         """Positive anchors for ``targets`` (sorted by level), from the lead outputs."""
         grids = [(x.shape[2], x.shape[3]) for x in lead]
         batch = lead[0].shape[0]
@@ -215,7 +222,9 @@ class YoloLoss:
                 self.max_cells,
             )
 
-    def _terms(self, levels: list[Tensor], positives: Candidates, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _terms(
+        self, levels: list[Tensor], positives: Candidates, targets: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """(box, obj, cls) loss of one head's outputs, before gains; each a scalar tensor."""
         counts = torch.bincount(positives.level, minlength=len(levels))
         pred = gather_predictions(levels, positives).float()
@@ -237,7 +246,7 @@ class YoloLoss:
 
         Both boxes are compared in grid units relative to the positive's cell corner.
         """
-        grid_size = torch.tensor([[x.shape[3], x.shape[2]] for x in levels], device=pred.device, dtype=torch.float32)
+        grid_size = torch.tensor([[x.shape[3], x.shape[2]] for x in levels], device=pred.device).float()
         size = grid_size[positives.level]  # [P, 2] (W_l, H_l)
         cell = torch.stack([positives.gi, positives.gj], 1)
         t_box = torch.cat([target[:, :2] * size - cell, target[:, 2:] * size], 1)
@@ -246,7 +255,9 @@ class YoloLoss:
             box_convert(p_box, "cxcywh", "xyxy"), box_convert(t_box, "cxcywh", "xyxy"), reduction="none"
         )
 
-    def _objectness(self, levels: list[Tensor], flats: tuple[Tensor, ...], ious: tuple[Tensor, ...]) -> Tensor:
+    def _objectness(
+        self, levels: list[Tensor], flats: tuple[Tensor, ...], ious: tuple[Tensor, ...]
+    ) -> Tensor:
         """Balanced sum over levels of the mean objectness BCE; target = IoU at positives, else 0."""
         obj = torch.zeros((), device=levels[0].device)
         for balance, x, flat, iou in zip(self.balance, levels, flats, ious):
