@@ -112,6 +112,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--libraries", nargs="+", default=["pycocotools", "faster_coco_eval"],
+                   choices=["pycocotools", "faster_coco_eval"], help="references to time (when installed)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = p.parse_args()
     if args.threads:
@@ -122,7 +124,7 @@ def main() -> None:
                  "device": args.device, "torch_threads": torch.get_num_threads()}
     ours, out["ours_s"] = run_ours(gt, results, args.device)
     print(f"ours ({args.device}, {torch.get_num_threads()} threads): {out['ours_s']:.3f} s")
-    for module in ("pycocotools", "faster_coco_eval"):
+    for module in args.libraries:
         try:
             __import__(module)
         except ImportError:
