@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import torch
 
 from models.yolo import Model
@@ -20,6 +21,16 @@ from utils.config import read_yaml
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["red", "green", "blue"]
 IMG_SIZE = 128
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny convolutions on a shared 2-core machine run up to ~100x slower with 2 threads (the
+    threads wait on each other while the other core is busy); one thread keeps tests fast."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def small_model(seed: int = 0, nc: int = len(NAMES)) -> Model:

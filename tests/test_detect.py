@@ -10,10 +10,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from detect_fixtures import IMG_SIZE, NAMES, run_script, small_model, write_checkpoint, write_images, write_video
+from detect_fixtures import (  # noqa: F401 (one_thread: autouse fixture)
+    IMG_SIZE, NAMES, one_thread, run_script, small_model, write_checkpoint, write_images, write_video,
+)
 
 import detect
-from data import letterbox
+from data import letterbox, load_data_config
 from engine.backends import augmented_forward
 from engine.predictor import Predictor, batch_shape
 from engine.sources import Source, SourceError
@@ -202,3 +204,18 @@ def test_augmented_forward_maps_scaled_and_flipped_passes_back() -> None:
     np.testing.assert_allclose(out[0, :, 0].numpy(), 22.0, atol=0.3)  # the flip is undone
     np.testing.assert_allclose(out[0, :, 1].numpy(), 42.0, atol=0.3)
     np.testing.assert_allclose(out[0, 1:, 2].numpy(), [10 * 128 / 106, 10 * 128 / 85], rtol=1e-5)  # widths de-scaled
+
+
+def test_no_weights_or_source_uses_newest_checkpoint_on_shapes_val(workdir: Path, tmp_path: Path, monkeypatch,
+                                                                   capsys) -> None:
+    older = write_checkpoint(tmp_path / "runs" / "train" / "exp" / "weights" / "best.pt")
+    newer = tmp_path / "runs" / "train" / "exp2" / "weights" / "best.pt"
+    newer.parent.mkdir(parents=True)
+    newer.write_bytes(older.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert detect.main(["--nosave", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert f"using weights {Path('runs/train/exp2/weights/best.pt')}" in out
+    summary = json.loads(out.splitlines()[-1])
+    val_images = list(load_data_config("shapes").split("val")[0].glob("*.jpg"))
+    assert summary["images"] == len(val_images) > 0

@@ -10,7 +10,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from detect_fixtures import IMG_SIZE, make_image, run_script, small_model, write_checkpoint, write_images
+from detect_fixtures import (  # noqa: F401 (one_thread: autouse fixture)
+    IMG_SIZE, make_image, one_thread, run_script, small_model, write_checkpoint, write_images,
+)
 
 import detect
 from engine.exporter import (
