@@ -117,8 +117,9 @@ class Predictor:
                                    agnostic=self.agnostic, max_det=self.max_det)
 
     def _filter(self, det: torch.Tensor) -> torch.Tensor:
-        """Class filter, order and max_det for detections of an NMS-in-graph export (class-aware
-        NMS, so filtering classes afterwards equals filtering before)."""
+        """Class filter, order and max_det for detections of an NMS-in-graph export. Filtering
+        classes after class-aware NMS equals filtering before; after agnostic NMS a box of a
+        filtered-out class may already have suppressed a neighbour (utils.nms filters first)."""
         if self.classes is not None:
             det = det[torch.isin(det[:, 5], torch.tensor(self.classes, dtype=det.dtype, device=det.device))]
         return det[det[:, 4].argsort(descending=True)][: self.max_det]
