@@ -17,7 +17,8 @@ from detect_fixtures import (  # noqa: F401 (one_thread: autouse fixture)
 import detect
 from data import letterbox, load_data_config
 from engine.backends import augmented_forward
-from engine.predictor import Predictor, batch_shape
+from engine.detect_run import DetectOptions, draw
+from engine.predictor import Detections, Predictor, batch_shape
 from engine.sources import Source, SourceError
 from utils.nms import non_max_suppression
 
@@ -219,3 +220,18 @@ def test_no_weights_or_source_uses_newest_checkpoint_on_shapes_val(workdir: Path
     summary = json.loads(out.splitlines()[-1])
     val_images = list(load_data_config("shapes").split("val")[0].glob("*.jpg"))
     assert summary["images"] == len(val_images) > 0
+
+
+def test_drawing_options() -> None:
+    """--hide-conf draws a shorter label, --hide-labels none, --line-thickness wider lines."""
+    det = Detections(np.array([[20.0, 30.0, 80.0, 90.0]], np.float32), np.array([0.87], np.float32),
+                     np.array([1]), (120, 160))
+    image = np.zeros((120, 160, 3), np.uint8)
+
+    def painted(**flags) -> int:
+        opt = DetectOptions(weights="", source="", **flags)
+        return int(draw(image, det, NAMES, opt).astype(np.int64).sum())  # ink
+
+    full, no_conf, no_label = painted(), painted(hide_conf=True), painted(hide_labels=True)
+    assert full > no_conf > no_label > 0
+    assert painted(hide_labels=True, line_thickness=4) > no_label
