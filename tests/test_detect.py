@@ -124,13 +124,25 @@ def test_video(workdir: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("video (frame ") == 4
     out = workdir / "runs" / "video"
-    capture = cv2.VideoCapture(str(out / "clip.mp4"))
+    drawn, source = _read_frames(out / "clip.mp4"), _read_frames(video)
+    assert len(drawn) == len(source) == 4 and drawn[0].shape[:2] == (96, 160)
+    assert sorted(p.name for p in (out / "labels").iterdir()) == [f"clip_{i}.txt" for i in range(4)]
+    predictor = Predictor(workdir / "weights.pt", device="cpu")
+    for i, frame in enumerate(source):  # labels are the API's boxes on the decoded frame, normalised
+        det = predictor.predict([frame])[0]
+        rows = np.loadtxt(out / "labels" / f"clip_{i}.txt", ndmin=2)
+        assert len(rows) == len(det) > 0
+        centres = (det.boxes[:, :2] + det.boxes[:, 2:]) / 2 / np.array([160, 96])
+        np.testing.assert_allclose(rows[:, 1:3], centres, atol=1e-4)
+
+
+def _read_frames(path: Path) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
     frames = []
     while (ok := capture.read())[0]:
         frames.append(ok[1])
     capture.release()
-    assert len(frames) == 4 and frames[0].shape[:2] == (96, 160)
-    assert sorted(p.name for p in (out / "labels").iterdir()) == [f"clip_{i}.txt" for i in range(4)]
+    return frames
 
 
 def test_sources_list_glob_and_batches(workdir: Path) -> None:
