@@ -85,13 +85,19 @@ def gather_predictions(levels: list[Tensor], positions: Candidates) -> Tensor:
     return torch.cat([x.reshape(-1, x.shape[-1])[f] for x, f in zip(levels, flats)])
 
 
+_MIN_SIZE = 1e-6  # grid units
+
+
 def decode_cell_boxes(pred: Tensor, anchors: Tensor) -> Tensor:
     """Raw (tx, ty, tw, th) [P, 4] -> cxcywh [P, 4] in grid units relative to the cell corner.
 
     anchors: [P, 2] (w, h) in grid units. xy = 2 sigmoid - 0.5, wh = (2 sigmoid)^2 * anchor.
     """
+    pred = pred.float()
     xy = pred[:, :2].sigmoid() * 2 - 0.5
-    wh = (pred[:, 2:4].sigmoid() * 2) ** 2 * anchors
+    # A very negative logit underflows the size to 0 (at -17 already in fp16), and CIoU's
+    # aspect term atan(w / h) is then 0/0 = NaN: keep sizes above a negligible floor.
+    wh = ((pred[:, 2:4].sigmoid() * 2) ** 2 * anchors).clamp(min=_MIN_SIZE)
     return torch.cat([xy, wh], 1)
 
 

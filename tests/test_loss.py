@@ -187,3 +187,20 @@ def test_bad_inputs_are_errors():
         loss(raw, torch.tensor([[1, 3, 0.5, 0.5, 0.1, 0.1]]), (64, 64))
     with pytest.raises(ValueError, match="outputs"):
         loss(raw[:2], torch.zeros(0, 6), (64, 64))
+
+
+@pytest.mark.parametrize("ota", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_collapsed_box_predictions_give_finite_loss(ota, dtype):
+    """Size logits so negative that (2 sigmoid)^2 underflows to 0 (fp16: below about -17) made
+    CIoU's aspect term 0/0 = NaN; the loss and its gradients must stay finite."""
+    head = StandInHead()
+    raw = [x.detach().to(dtype) for x in raw_outputs(head, batch=2, size=64)]
+    for x in raw:
+        x[..., 2:4] = -200.0
+        x.requires_grad_()
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.4], [1, 2, 0.25, 0.3, 0.1, 0.2]])
+    loss, items = YoloLoss(head, Hyp(), ota=ota)(raw, targets, (64, 64))
+    assert torch.isfinite(loss) and torch.isfinite(items).all() and items[0] > 0
+    loss.backward()
+    assert all(torch.isfinite(x.grad).all() for x in raw)
