@@ -12,6 +12,7 @@ both need instance masks or YOLOv7's per-object crop bank, which this loader doe
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,21 +22,42 @@ from data.transforms import augment_hsv, flip_lr, flip_ud, mixup, pixels_to_norm
 from utils.config import Hyp
 
 if TYPE_CHECKING:
+    import albumentations as A
+
     from data.dataset import DetectionDataset
 
 MOSAIC9_PROBABILITY = 0.2  # YOLOv7 uses a 9-image mosaic for 20 % of mosaic samples
 
 
-def build_albumentations():
-    """Light pixel-level albumentations transforms, or None if albumentations is unavailable.
+def build_albumentations(transforms: list[A.BasicTransform] | None = None) -> A.Compose | None:
+    """An albumentations Compose that carries boxes, or None if albumentations is unavailable.
 
-    None of them moves pixels, so boxes are unchanged and are not passed through albumentations.
+    ``transforms`` default to ultralytics' light pixel-level set (blur, median blur, grey, CLAHE
+    at 1 % each). Boxes travel as ``pascal_voc`` (xyxy pixels) with the classes as a label
+    field, so a geometric transform added here moves them too; as in ``box_candidates``, a box
+    that keeps under 10 % of its area is dropped with its class.
     """
     try:
         import albumentations as A  # imported here: slow to import, and only training needs it
     except ImportError:
         return None
-    return A.Compose([A.Blur(p=0.01), A.MedianBlur(p=0.01), A.ToGray(p=0.01), A.CLAHE(p=0.01)])
+    if transforms is None:
+        transforms = [A.Blur(p=0.01), A.MedianBlur(p=0.01), A.ToGray(p=0.01), A.CLAHE(p=0.01)]
+    boxes = A.BboxParams(format="pascal_voc", label_fields=["classes"], min_visibility=0.1, clip=True)
+    with warnings.catch_warnings():  # the default set has no box transform; boxes still pass through
+        warnings.filterwarnings("ignore", "Got processor for bboxes", UserWarning)
+        return A.Compose(transforms, bbox_params=boxes)
+
+
+def apply_albumentations(compose: A.Compose, img: np.ndarray, labels: np.ndarray,
+                         seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``compose`` (from ``build_albumentations``) with ``seed`` on an image [h, w, 3] and its
+    labels [n, 5] (cls, x1, y1, x2, y2 pixels); returns the new image and float32 labels [m, 5]."""
+    compose.set_random_seed(seed)
+    out = compose(image=img, bboxes=labels[:, 1:5], classes=labels[:, 0])
+    boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+    classes = np.asarray(out["classes"], np.float32).reshape(-1, 1)
+    return out["image"], np.concatenate([classes, boxes], 1)
 
 
 class Augmenter:
@@ -65,11 +87,11 @@ class Augmenter:
         return random_perspective(img, labels, rng, h.degrees, h.translate, h.scale, h.shear, h.perspective,
                                   out_size)
 
-    def _albumentations(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _albumentations(self, img: np.ndarray, labels: np.ndarray,
+                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         if self.albumentations is None:
-            return img
-        self.albumentations.set_random_seed(int(rng.integers(2**31)))
-        return self.albumentations(image=img)["image"]
+            return img, labels
+        return apply_albumentations(self.albumentations, img, labels, int(rng.integers(2**31)))
 
     def __call__(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, None]:
         ds, h = self.dataset, self.hyp
@@ -81,8 +103,8 @@ class Augmenter:
         else:
             img, labels, _ = ds.letterboxed(index)
             img, labels = self._warp(img, labels, rng)  # moves the image: no letterbox shapes to report
+        img, labels = self._albumentations(img, labels, rng)
         labels = pixels_to_normalized(labels, img.shape[1], img.shape[0])
-        img = self._albumentations(img, rng)
         img = augment_hsv(img, rng, h.hsv_h, h.hsv_s, h.hsv_v)
         if rng.random() < h.flipud:
             img, labels = flip_ud(img, labels)

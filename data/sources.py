@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 from utils.config import ConfigError
@@ -15,18 +16,31 @@ def is_coco_json(source: Path) -> bool:
     return source.suffix.lower() == ".json"
 
 
+def files_in_folder(folder: Path, suffixes: Collection[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Files below ``folder`` (recursive, sorted) whose lower-cased suffix is in ``suffixes``."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+
+
+def files_in_list(list_file: Path, suffixes: Collection[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Paths named in a .txt list, one a line, in list order, keeping those with a suffix in ``suffixes``.
+
+    Blank lines and lines starting with '#' are skipped; relative paths resolve against the
+    list's folder, as in YOLOv7's coco/train2017.txt.
+    """
+    lines = [line.strip() for line in list_file.read_text().splitlines()]
+    files = [(list_file.parent / line).resolve() for line in lines if line and not line.startswith("#")]
+    return [p for p in files if p.suffix.lower() in suffixes]
+
+
 def list_images(source: Path) -> list[Path]:
     """Image files of a source: a folder (searched recursively), a .txt list, or one image.
 
-    Paths in a .txt list resolve against the list's folder, as in YOLOv7's coco/train2017.txt.
     Raises ConfigError naming the source when it does not exist or holds no images.
     """
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = files_in_folder(source)
     elif source.is_file() and source.suffix.lower() == ".txt":
-        lines = [line.strip() for line in source.read_text().splitlines()]
-        files = [(source.parent / line).resolve() for line in lines if line and not line.startswith("#")]
-        files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        files = files_in_list(source)
     elif source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
         files = [source]
     else:

@@ -14,9 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data.sources import IMAGE_SUFFIXES
+from data.sources import IMAGE_SUFFIXES, files_in_folder, files_in_list
 
 VIDEO_SUFFIXES = {".asf", ".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ts", ".wmv", ".webm"}
+MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://")
 
 
@@ -50,11 +51,11 @@ def is_stream(source: str) -> bool:
     if source.isdigit():
         return True
     lower = source.lower()
-    return lower.startswith(STREAM_PREFIXES) and Path(lower).suffix not in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+    return lower.startswith(STREAM_PREFIXES) and Path(lower).suffix not in MEDIA_SUFFIXES
 
 
 def _media(paths: list[Path]) -> list[Path]:
-    return [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+    return [p for p in paths if p.suffix.lower() in MEDIA_SUFFIXES]
 
 
 def list_files(source: str) -> list[Path]:
@@ -67,12 +68,11 @@ def list_files(source: str) -> list[Path]:
     if any(c in source for c in "*?["):
         files = _media(sorted(Path(p) for p in glob.glob(source, recursive=True)))
     elif path.is_dir():
-        files = _media(sorted(p for p in path.rglob("*") if p.is_file()))
+        files = files_in_folder(path, MEDIA_SUFFIXES)
     elif path.is_file() and path.suffix.lower() == ".txt":
-        lines = [line.strip() for line in path.read_text().splitlines()]
-        files = _media([(path.parent / line).resolve() for line in lines if line and not line.startswith("#")])
+        files = files_in_list(path, MEDIA_SUFFIXES)
     elif path.is_file():
-        if path.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+        if path.suffix.lower() not in MEDIA_SUFFIXES:
             raise SourceError(f"{source}: not an image or video file (suffix {path.suffix!r})")
         files = [path]
     else:

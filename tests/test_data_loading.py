@@ -15,6 +15,7 @@ from data import load_data_config, shapes
 from data.labels import read_label_file
 from data.scan import load_or_scan
 from data.shapes import ShapesSpec, ensure_shapes
+from data.sources import files_in_folder, files_in_list
 from utils.config import ConfigError
 
 SMALL = ShapesSpec(splits=(("train", 8), ("val", 6)), min_side=64, max_side=96, min_object=12, max_object=40)
@@ -30,7 +31,7 @@ def test_yolo_and_coco_load_identical_labels(shapes_root):
     coco, _ = load_or_scan([shapes_root / "annotations" / "instances_val.json"], 5, None)
     assert yolo.files == coco.files and yolo.shapes == coco.shapes and yolo.image_ids == coco.image_ids
     assert sum(len(x) for x in yolo.labels) > 6
-    for a, b in zip(yolo.labels, coco.labels):
+    for a, b in zip(yolo.labels, coco.labels, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)  # YOLO txt keeps 6 decimals
     assert yolo.category_ids == [0, 1, 2, 3, 4] and coco.category_ids == [1, 2, 3, 4, 5]
 
@@ -226,3 +227,15 @@ def test_txt_list_source_and_missing_source(tmp_path):
     assert result.counts == {"found": 1, "missing": 1, "empty": 0, "corrupt": 0}
     with pytest.raises(ConfigError, match="nothere: image source not found"):
         load_or_scan([tmp_path / "nothere"], 1, None)
+
+
+def test_list_and_folder_readers_keep_the_suffixes_asked_for(tmp_path):
+    for name in ("a.jpg", "b.mp4", "c.txt"):
+        (tmp_path / "media" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "media" / name).write_bytes(b"x")
+    (tmp_path / "media" / "folder.png").mkdir()  # a folder is never an image
+    (tmp_path / "list.txt").write_text("media/b.mp4\n# media/old.jpg\n\n  media/a.jpg  \nmedia/c.txt\n")
+    assert files_in_list(tmp_path / "list.txt") == [(tmp_path / "media" / "a.jpg").resolve()]
+    assert [p.name for p in files_in_list(tmp_path / "list.txt", {".jpg", ".mp4"})] == ["b.mp4", "a.jpg"]
+    assert [p.name for p in files_in_folder(tmp_path / "media")] == ["a.jpg"]
+    assert [p.name for p in files_in_folder(tmp_path / "media", {".mp4", ".png"})] == ["b.mp4"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from data import build_dataloader, letterbox
+from data.augment import apply_albumentations, build_albumentations
 from data.mosaic import mosaic, place4, place9
 from data.transforms import (
     flip_lr,
@@ -201,3 +202,61 @@ def test_training_pipeline_keeps_boxes_on_their_pixels(tmp_path):
                     assert inner.float().mean() > 200  # box edges land on the rectangle's edges
                 n_boxes += 1
     assert n_boxes > 8
+
+
+def _labels(*rows: tuple[float, ...]) -> np.ndarray:
+    return np.array(rows, np.float32).reshape(-1, 5)
+
+
+def test_albumentations_pixel_stage_returns_boxes_and_classes_unchanged():
+    A = pytest.importorskip("albumentations")
+    img = white_box_image(60, 100, (10, 5, 30, 25))
+    img[30:50, 60:90] = (200, 30, 30)
+    labels = _labels((2, 10, 5, 30, 25), (0, 60, 30, 90, 50))
+    default = build_albumentations()
+    every_time = build_albumentations([A.Blur(p=1), A.MedianBlur(p=1), A.ToGray(p=1), A.CLAHE(p=1)])
+    for compose in (default, every_time):
+        for seed in range(5):
+            out, out_labels = apply_albumentations(compose, img, labels, seed)
+            assert out.shape == img.shape and out_labels.dtype == np.float32
+            np.testing.assert_allclose(out_labels, labels, atol=1e-4)
+    assert not np.array_equal(out, img)  # the p=1 set did change the pixels
+    _, empty = apply_albumentations(every_time, img, _labels(), 0)
+    assert empty.shape == (0, 5)
+
+
+def test_albumentations_geometric_transform_moves_boxes_with_pixels():
+    A = pytest.importorskip("albumentations")
+    img = white_box_image(60, 100, (10, 5, 30, 25))
+    out, labels = apply_albumentations(build_albumentations([A.HorizontalFlip(p=1)]), img, _labels((3, 10, 5, 30, 25)), 0)
+    np.testing.assert_allclose(labels, _labels((3, 70, 5, 90, 25)), atol=1e-4)
+    np.testing.assert_allclose(white_extent(out), labels[0, 1:])
+
+
+def test_albumentations_crop_drops_mostly_hidden_boxes_with_their_classes():
+    A = pytest.importorskip("albumentations")
+    img = np.zeros((60, 100, 3), np.uint8)
+    labels = _labels((4, 45, 0, 65, 20), (1, 10, 10, 30, 30), (7, 20, 35, 60, 55))  # 25 %, all, half inside
+    _, out = apply_albumentations(build_albumentations([A.Crop(0, 0, 50, 60)]), img, labels, 0)
+    np.testing.assert_allclose(out, _labels((4, 45, 0, 50, 20), (1, 10, 10, 30, 30), (7, 20, 35, 50, 55)), atol=1e-4)
+    labels[0, 1] = 49  # now 1 / 16 of its area is inside the crop: under min_visibility 0.1
+    _, out = apply_albumentations(build_albumentations([A.Crop(0, 0, 50, 60)]), img, labels[[1, 0, 2]], 0)
+    np.testing.assert_allclose(out, _labels((1, 10, 10, 30, 30), (7, 20, 35, 50, 55)), atol=1e-4)
+
+
+def test_training_pipeline_passes_boxes_through_albumentations(tmp_path):
+    """A geometric albumentations transform in the augmenter moves the targets with the pixels."""
+    A = pytest.importorskip("albumentations")
+    hyp = Hyp(hsv_h=0, hsv_s=0, hsv_v=0, mixup=0.0, degrees=0, shear=0, translate=0.1, scale=0.5,
+              fliplr=0.0, flipud=0.0, mosaic=1.0)
+    _, dataset = build_dataloader(_white_box_set(tmp_path), nc=1, img_size=64, batch_size=4, hyp=hyp, augment=True)
+    dataset.augmenter.albumentations = build_albumentations([A.HorizontalFlip(p=1)])
+    n_boxes = 0
+    for i in range(len(dataset)):
+        image, targets, _, _, _ = dataset[i]
+        for x1, y1, x2, y2 in normalized_to_pixels(targets[:, 1:].numpy(), 64, 64)[:, 1:]:
+            inner = image[0, int(np.ceil(y1)) + 1:int(y2) - 1, int(np.ceil(x1)) + 1:int(x2) - 1]
+            if inner.numel():
+                assert inner.float().mean() > 200
+                n_boxes += 1
+    assert n_boxes > 4
