@@ -11,7 +11,7 @@ from utils.config import ConfigError, Hyp, apply_overrides, from_mapping, load
 
 DEFAULT_DATA = "shapes"
 DEFAULT_CFG = "cfg/yolov7-tiny.yaml"
-DEFAULT_HYP = "cfg/hyp/hyp.scratch.tiny.yaml"
+DEFAULT_HYP = "cfg/hyp/hyp.shapes.yaml"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -27,9 +27,9 @@ class TrainOptions:
     data: str = DEFAULT_DATA
     hyp: str = DEFAULT_HYP
     overrides: list[str] = dataclasses.field(default_factory=list)  # key=value hyper-parameter overrides
-    epochs: int = 30
+    epochs: int = 15
     batch_size: int = 16  # total over all processes
-    img_size: list[int] = dataclasses.field(default_factory=lambda: [320, 320])  # train, val
+    img_size: list[int] = dataclasses.field(default_factory=lambda: [256, 256])  # train, val
     rect: bool = False
     resume: str = ""  # '' no; 'last' the most recent last.pt under --project; or a path
     nosave: bool = False

@@ -21,6 +21,8 @@ def parse(*argv: str) -> TrainOptions:
 
 def test_defaults_are_train_options():
     assert parse() == TrainOptions()
+    hyp = load_hyp(TrainOptions())  # the default hyp file ships with the project
+    assert hyp.warmup_epochs == 1.0 and hyp.cls == 2.0 and hyp.lrf == 0.1
 
 
 def test_yolov7_flags():
