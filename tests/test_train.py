@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -16,6 +21,7 @@ from train_helpers import TINY_MODEL, tiny_data, tiny_options
 import engine.optim
 import engine.train_setup
 import engine.trainer
+import train as train_cli
 from data.shapes import CLASSES
 from engine.predictor import Predictor
 from engine.train_options import TrainOptions
@@ -27,6 +33,7 @@ from models.yolo import Model
 from utils.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
 
 # No augmentation: the same images every epoch, so the training loss must fall.
 FIXED_IMAGES = ["warmup_epochs=0", "lr0=0.05", "mosaic=0", "mixup=0", "paste_in=0", "loss_ota=false", "hsv_h=0",
@@ -177,3 +184,28 @@ def test_finetune_transfers_and_freezes(data_root, tmp_path, caplog):
         key = f"model.{i}.conv.weight"
         assert torch.equal(tuned["model"][key].float(), source.state_dict()[key].half().float()), key
     assert tuned["model"]["model.4.m.0.weight"].shape[0] == 3 * (5 + 1)
+
+
+def test_resume_after_kill(data_root):
+    """SIGKILL a train.py process right after its first last.pt appears; --resume ends like a straight run."""
+    changes = dict(epochs=3, save_period=1, overrides=["mixup=0", "loss_ota=false"])
+    straight = Path(train(tiny_options(data_root, name="kill_straight", **changes))["save_dir"])
+    opt = tiny_options(data_root, name="killed", **changes)
+    cmd = [sys.executable, "train.py", "--data", opt.data, "--cfg", opt.cfg, "--epochs", "3", "--batch-size", "8",
+           "--img-size", "64", "64", "--workers", "0", "--device", "cpu", "--noautoanchor", "--save-period", "1",
+           "--project", opt.project, "--name", opt.name, *opt.overrides]
+    assert train_cli.build_parser().parse_args(cmd[2:]).__dict__ == opt.to_dict()
+    last = Path(opt.project) / opt.name / "weights" / "last.pt"
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not last.exists() and proc.poll() is None:
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    train(TrainOptions(resume=str(last), device="cpu"))
+    a = load_checkpoint(straight / "weights" / "epoch2.pt")
+    b = load_checkpoint(last.parent / "epoch2.pt")
+    assert all(torch.equal(a["train_model"][k], b["train_model"][k]) for k in a["train_model"])
+    assert (straight / "results.csv").read_text() == (last.parent.parent / "results.csv").read_text()
