@@ -11,13 +11,14 @@ The work happens in engine.trainer.train; this file only parses the command line
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 
-from engine.train_options import TrainOptions
+from engine.train_options import DEFAULT_CFG, TrainOptions
 from utils.checkpoint import CheckpointError
-from utils.config import ConfigError
+from utils.config import ConfigError, Hyp
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="hyper-parameter overrides, e.g. lr0=0.02")
     p.add_argument("--weights", default=d.weights, help="checkpoint to fine-tune from ('' = from scratch)")
-    p.add_argument("--cfg", default=d.cfg, help=f"model YAML (default: --weights' model, else {TrainOptions.__module__}.DEFAULT_CFG)")
+    p.add_argument("--cfg", default=d.cfg, help=f"model YAML (default: --weights' model, else {DEFAULT_CFG})")
     p.add_argument("--data", default=d.data, help="data-set YAML or built-in name (default: shapes)")
     p.add_argument("--hyp", default=d.hyp, help="hyper-parameter YAML")
     p.add_argument("--epochs", type=int, default=d.epochs)
@@ -61,10 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_options(argv: list[str] | None = None) -> TrainOptions:
+    """TrainOptions from the command line; ``key=value`` hyper-parameter overrides may stand
+    anywhere (even after multi-value flags like --img-size, which would otherwise swallow them)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    keys = {f.name for f in dataclasses.fields(Hyp)}
+    is_override = [not a.startswith("-") and a.split("=", 1)[0] in keys and "=" in a for a in argv]
+    args = build_parser().parse_args([a for a, o in zip(argv, is_override, strict=True) if not o])
+    args.overrides = [a for a, o in zip(argv, is_override, strict=True) if o] + args.overrides
+    return TrainOptions(**vars(args))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    opt = parse_options(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    opt = TrainOptions(**vars(args))
     from engine.trainer import train  # imported here so --help stays fast
 
     try:

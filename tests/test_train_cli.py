@@ -16,7 +16,7 @@ SHARED_HYP = Path(__file__).resolve().parents[2] / "shared" / "reference" / "yol
 
 
 def parse(*argv: str) -> TrainOptions:
-    return TrainOptions(**vars(train.build_parser().parse_args(list(argv))))
+    return train.parse_options(list(argv))
 
 
 def test_defaults_are_train_options():
@@ -32,6 +32,10 @@ def test_yolov7_flags():
     assert opt.optimizer == "Adam" and opt.freeze == [3] and opt.batch_size == 32 and opt.sync_bn and opt.multi_scale
     assert opt.overrides == ["lr0=0.02", "mosaic=0.5"]
     assert parse("--resume", "runs/train/exp/weights/last.pt").resume == "runs/train/exp/weights/last.pt"
+    # overrides after a multi-value flag are not taken as its values
+    assert parse("--img-size", "320", "256", "lr0=0.02", "--name", "a=b").img_size == [320, 256]
+    assert parse("--img-size", "320", "lr0=0.02", "--name", "a=b").overrides == ["lr0=0.02"]
+    assert parse("--img-size", "320", "lr0=0.02", "--name", "a=b").name == "a=b"
 
 
 def test_hyp_overrides_and_errors(tmp_path):
