@@ -66,3 +66,12 @@ def test_confusion_matrix_one_match_per_gt_and_detection() -> None:
     dt = _dt([1, 1], [0, 1], [[0, 0, 10, 9], [0, 0, 10, 10]], [0.9, 0.8])
     cm = confusion_matrix(gt, dt, 2)
     assert torch.equal(cm, torch.tensor([[0, 0, 1], [1, 0, 0], [0, 0, 0]]))
+
+
+def test_confusion_matrix_detection_overlapping_two_gts() -> None:
+    # d0 overlaps gts A (IoU 0.82) and B (0.67); d1 sits on C. After each detection keeps its best
+    # pair, the gt pass must work on the pairs that remain (this crashed training at epoch 7).
+    gt = _gt([1, 1, 1], [0, 1, 1], [[0, 0, 10, 10], [3, 0, 10, 10], [100, 100, 10, 10]])
+    dt = _dt([1, 1], [0, 1], [[1, 0, 10, 10], [100, 100, 10, 10]], [0.9, 0.8])
+    cm = confusion_matrix(gt, dt, 2)
+    assert torch.equal(cm, torch.tensor([[1, 0, 0], [0, 1, 0], [0, 1, 0]]))

@@ -89,7 +89,8 @@ def confusion_matrix(
     # Highest IoU first; keep each detection's first pair, then each gt's first remaining pair.
     order = torch.sort(iou, descending=True, stable=True)[1]
     pd, pg = take(pd, order), take(pg, order)
-    for key in (pd, pg):
+    for side in (0, 1):  # detections, then gts: filter with the pairs left by the first pass
+        key = pd if side == 0 else pg
         first = torch.full((int(key.max()) + 1 if key.numel() else 1,), key.numel(), dtype=torch.long, device=device)
         first.scatter_reduce_(0, key, torch.arange(key.numel(), device=device), "amin")
         keep = torch.nonzero(take(first, key) == torch.arange(key.numel(), device=device)).squeeze(1)
