@@ -90,12 +90,12 @@ def evaluate_for_training(run: Any, plots: bool) -> tuple[dict[str, float], torc
     """
     from engine.evaluator import TRAIN_METRICS, evaluate
     from engine.val_report import save_plots
-    from engine.val_run import ValOptions, _plot_hook
+    from engine.val_run import ValOptions, batch_hook
 
     model = run.ema.module
     if run.val_loss_fn is None:
         run.val_loss_fn = YoloLoss(model.head, run.hyp, ota=False, train_size=run.opt.img_size[0])
-    hook = _plot_hook(run.save_dir, run.names, ValOptions(plots=True)) if plots else None
+    hook = batch_hook(run.save_dir, run.names, ValOptions(plots=True)) if plots else None
     result = evaluate(model, run.val_loader, loss_fn=run.val_loss_fn, single_cls=run.opt.single_cls, on_batch=hook)
     if plots:
         save_plots(result, run.names, run.save_dir)

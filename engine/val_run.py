@@ -80,10 +80,6 @@ def batch_hook(save_dir: Path, names: list[str], opt: ValOptions):
     return hook
 
 
-# The trainer's first import name; engine/train_data.py should import batch_hook.
-_plot_hook = batch_hook
-
-
 def run_val(opt: ValOptions) -> dict:
     """Evaluate ``opt.weights`` on ``opt.data``'s split; print the table and speed, write plots
     (and labels / json when asked) under project/name. Returns the numbers for --json."""
