@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notest", action="store_true", help="validate only after the final epoch")
     p.add_argument("--noautoanchor", action="store_true", help="keep the config's anchors")
     p.add_argument("--cache-images", nargs="?", const="ram", default=d.cache_images, choices=["", "ram", "disk"])
-    p.add_argument("--image-weights", action="store_true", help="(not supported yet; rejected)")
+    p.add_argument("--image-weights", action="store_true",
+                   help="draw images by their classes' (1 - mAP@.5)^2 / frequency (one process)")
     p.add_argument("--device", default=d.device, help="'' (auto), cpu, 0, 0,1,2,3 or mps")
     p.add_argument("--multi-scale", action="store_true", help="vary the image size +/- 50%% per batch")
     p.add_argument("--single-cls", action="store_true", help="train every class as one")

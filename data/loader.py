@@ -23,6 +23,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from data.dataset import DetectionDataset, Shapes
+from data.image_weights import image_weights as weights_from_labels
+from data.samplers import SeededSampler, WeightedIndexSampler
 from data.scan import load_or_scan
 from data.sources import default_cache_path
 from utils.config import Hyp
@@ -45,25 +47,6 @@ def collate(samples: list[tuple]) -> Batch:
         t[:, 0] = i
     return Batch(torch.stack(images), torch.cat(targets, 0), list(paths), list(shapes),
                  torch.tensor(indices, dtype=torch.long))
-
-
-class SeededSampler(Sampler[int]):
-    """Single-process order: a permutation seeded by (seed, epoch) when shuffling, else 0..n-1."""
-
-    def __init__(self, n: int, shuffle: bool, seed: int = 0) -> None:
-        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.n))
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
 
 
 def _worker_init(worker_id: int) -> None:
@@ -132,6 +115,7 @@ def build_dataloader(
     pad: float = 0.5,
     single_cls: bool = False,
     cache_path: Path | None = None,
+    image_weights: bool = False,
 ) -> tuple[DetectionLoader, DetectionDataset]:
     """Scan ``sources`` (image folders, .txt lists, COCO jsons; labels checked against ``nc``)
     and build the loader and its dataset.
@@ -141,14 +125,21 @@ def build_dataloader(
     multiple; forces shuffle off). ``cache``: None, 'ram' or 'disk' (decoded images as .npy
     beside the files). ``rank`` >= 0 uses a DistributedSampler (torch.distributed initialised).
     ``cache_path``: the label-cache json, default beside the labels (see data.sources).
+    ``image_weights``: draw each epoch's images with replacement, weighted by their classes
+    (a ``WeightedIndexSampler``; the trainer updates ``loader.sampler.set_weights`` each epoch);
+    single process and square batches only.
     """
+    if image_weights and (rect or rank >= 0):
+        raise ValueError("image_weights needs a single process and rect=False")
     items = sources if isinstance(sources, list) else [sources]
     paths = [Path(s) for s in items]
     scan, _ = load_or_scan(paths, nc, cache_path or default_cache_path(paths))
     dataset = DetectionDataset(scan, img_size, batch_size, stride, hyp, augment, rect, pad, cache, single_cls, seed)
     shuffle = shuffle and not rect
-    if rank >= 0:
-        sampler: Sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
+    if image_weights:
+        sampler: Sampler = WeightedIndexSampler(weights_from_labels(dataset.labels, nc, [0.0] * nc), seed)
+    elif rank >= 0:
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
     else:
         sampler = SeededSampler(len(dataset), shuffle, seed)
     loader = DataLoader(

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from data import DataConfig, DetectionLoader, build_dataloader, load_data_config
+from data.image_weights import image_weights
 from engine.train_options import TrainOptions
 from models.loss import YoloLoss
 from models.yolo import Model
@@ -37,8 +38,15 @@ def build_train_loader(
         data.split("train"), data.nc, img_size=opt.img_size[0], batch_size=batch_size, stride=stride, hyp=hyp,
         augment=True, rect=opt.rect, cache=opt.cache_images or None, workers=opt.workers, shuffle=True,
         seed=opt.seed, rank=info.rank if info.distributed else -1, single_cls=opt.single_cls,
+        image_weights=opt.image_weights,
     )
     return loader
+
+
+def set_image_weights(loader: DetectionLoader, nc: int, class_maps: list[float]) -> None:
+    """--image-weights: the next pass samples images by ``class_maps`` [nc] (per-class mAP@.5 of the
+    last validation, zeros before any) and the training labels' class frequencies."""
+    loader.sampler.set_weights(image_weights(loader.dataset.labels, nc, class_maps))
 
 
 def build_val_loader(opt: TrainOptions, data: DataConfig, batch_size: int, stride: int) -> DetectionLoader:
@@ -82,8 +90,9 @@ def check_anchors(model: Model, loader: DetectionLoader, hyp: Hyp, img_size: int
                  result.bpr, result.anchors_per_label)
 
 
-def evaluate_for_training(run: Any, plots: bool) -> tuple[dict[str, float], torch.Tensor]:
-    """Validate ``run.ema.module`` with val.py's evaluation: (metrics of METRIC_NAMES, val losses [3]).
+def evaluate_for_training(run: Any, plots: bool) -> tuple[dict[str, float], torch.Tensor, list[float]]:
+    """Validate ``run.ema.module`` with val.py's evaluation: (metrics of METRIC_NAMES, val losses [3],
+    per-class mAP@.5 [nc], a class without val labels taking the mean mAP@.5 as in YOLOv7).
 
     The validation loss uses the plain (non-OTA) assignment, as val.py does. With ``plots``
     (final epoch) val.py's pictures go to the run folder and the first predictions to TensorBoard.
@@ -100,4 +109,6 @@ def evaluate_for_training(run: Any, plots: bool) -> tuple[dict[str, float], torc
     if plots:
         save_plots(result, run.names, run.save_dir)
         run.log_image("val_predictions", run.save_dir / "test_batch0_pred.jpg")
-    return {k: result.metrics[k] for k in TRAIN_METRICS}, result.losses
+    ap50, _ = result.coco.per_class_ap()
+    class_maps = torch.where(ap50 < 0, result.metrics["mAP_0.5"], ap50).tolist()
+    return {k: result.metrics[k] for k in TRAIN_METRICS}, result.losses, class_maps

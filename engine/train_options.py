@@ -77,8 +77,8 @@ class TrainOptions:
             raise ConfigError(f"--cache-images must be ram or disk, got {self.cache_images!r}")
         if self.optimizer not in ("SGD", "Adam", "AdamW"):
             raise ConfigError(f"--optimizer must be SGD, Adam or AdamW, got {self.optimizer!r}")
-        if self.image_weights:
-            raise ConfigError("--image-weights is not supported yet")
+        if self.image_weights and self.rect:
+            raise ConfigError("--image-weights cannot be combined with --rect (rectangular batches need a fixed order)")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
 

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from engine.ema import ModelEMA
 from engine.optim import accumulation_steps, build_optimizer, lr_lambda, scaled_weight_decay
-from engine.train_data import build_train_loader, build_val_loader, set_dataset_mosaic
+from engine.train_data import build_train_loader, build_val_loader, set_dataset_mosaic, set_image_weights
 from engine.train_log import METRIC_NAMES, TensorBoardLog, write_results_csv
 from engine.train_options import (
     DEFAULT_CFG,
@@ -73,6 +73,7 @@ class Run:
     tb: TensorBoardLog | None = None
     channels_last: bool = False
     val_loss_fn: YoloLoss | None = None  # built on first validation (rank 0)
+    class_maps: list[float] = dataclasses.field(default_factory=list)  # per-class mAP@.5, last validation
 
     @property
     def bare_model(self) -> Model:
@@ -129,15 +130,20 @@ class Run:
 
 
 def validate(run: Run, plots: bool = False) -> tuple[dict[str, float], torch.Tensor]:
-    """Evaluate the EMA model on the val split: (metrics of METRIC_NAMES, val losses [3])."""
+    """Evaluate the EMA model on the val split: (metrics of METRIC_NAMES, val losses [3]); keeps the
+    per-class mAP@.5 in ``run.class_maps`` for --image-weights."""
     from engine.train_data import evaluate_for_training
 
-    return evaluate_for_training(run, plots)
+    metrics, losses, run.class_maps = evaluate_for_training(run, plots)
+    return metrics, losses
 
 
-def set_mosaic(run: Run, epoch: int) -> None:
-    """Turn mosaic off for the last --close-mosaic epochs (and back on before them, for resume)."""
+def set_sampling(run: Run, epoch: int) -> None:
+    """This epoch's data: mosaic off for the last --close-mosaic epochs (also when resuming past
+    them) and, with --image-weights, the image sampling weights from the last validation."""
     set_dataset_mosaic(run.train_loader, epoch, run.opt.epochs, run.opt.close_mosaic)
+    if run.opt.image_weights:
+        set_image_weights(run.train_loader, run.nc, run.class_maps)
 
 
 def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
@@ -154,6 +160,8 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
         save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
     if info.world_size > 1 and opt.batch_size % info.world_size:
         raise ConfigError(f"--batch-size {opt.batch_size} is not a multiple of the {info.world_size} processes")
+    if info.world_size > 1 and opt.image_weights:
+        raise ConfigError("--image-weights is not supported with DDP (several torchrun processes), as in YOLOv7")
     hyp = from_mapping(Hyp, ckpt["hyp"], str(opt.resume)) if ckpt is not None else load_hyp(opt)
     batch_size = opt.batch_size // info.world_size
     seed_everything(opt.seed + info.rank, opt.deterministic)
@@ -188,7 +196,7 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
         ema=ema, optimizer=optimizer, scheduler=scheduler, lf=lf, scaler=scaler, amp_dtype=amp_dtype,
         loss_fn=YoloLoss(model.head, hyp, train_size=opt.img_size[0]), train_loader=train_loader,
         val_loader=val_loader, nc=nc, names=names, batch_size=batch_size, accumulate=accumulate,
-        channels_last=channels_last,
+        channels_last=channels_last, class_maps=[0.0] * nc,
     )
     if ckpt is not None:
         _restore(run, ckpt)
@@ -249,6 +257,7 @@ def _restore(run: Run, ckpt: dict[str, Any]) -> None:
         run.ema.load_state_dict(ckpt["ema"], ckpt["model"])
     run.best_fitness = ckpt["best_fitness"]
     run.rows = list(ckpt["metrics"])
+    run.class_maps = list(ckpt.get("class_maps", run.class_maps))  # absent before --image-weights existed
     set_rng_state(ckpt["rng"])
     if run.info.is_main:
         write_results_csv(run.rows, run.save_dir / "results.csv")

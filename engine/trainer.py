@@ -3,7 +3,8 @@
 ``train(opt)`` is the whole job behind train.py. Pieces are built in ``engine/train_setup.py``
 (model, data, optimizer, ...); this module runs them. Exact resume rests on three things:
 every epoch reseeds all RNGs from (seed, epoch, rank), so its sampler order and augmentations do
-not depend on what ran before; the learning rate is a function of (epoch, iteration) only;
+not depend on what ran before (--image-weights adds the per-class mAPs of the last validation,
+which the checkpoint holds as ``class_maps``); the learning rate is a function of (epoch, iteration) only;
 and a checkpoint holds the raw and EMA weights, the optimizer, scaler and all rows written so far.
 """
 
@@ -24,7 +25,7 @@ from data import Batch
 from engine.optim import apply_warmup, warmup_iterations
 from engine.train_log import epoch_row, progress_header, progress_line, write_results_csv
 from engine.train_options import TrainOptions
-from engine.train_setup import Run, set_mosaic, setup, validate
+from engine.train_setup import Run, set_sampling, setup, validate
 from utils.checkpoint import (
     CHECKPOINT_VERSION,
     rng_state,
@@ -111,7 +112,7 @@ def train_one_epoch(run: Run, epoch: int) -> torch.Tensor:
     """One pass over the training set; returns the mean (box, obj, cls, total) loss per batch [4]."""
     opt, hyp = run.opt, run.hyp
     seed_everything(opt.seed + 10_000 * epoch + run.info.rank)
-    set_mosaic(run, epoch)
+    set_sampling(run, epoch)
     run.train_loader.set_epoch(epoch)  # shuffle order and augmentation stream of this epoch
     run.model.train()
     nb = len(run.train_loader)
@@ -194,6 +195,7 @@ def make_checkpoint(run: Run, epoch: int) -> dict[str, Any]:
         "ema": run.ema.state_dict(),
         "rng": rng_state(),
         "metrics": list(run.rows),
+        "class_maps": list(run.class_maps),
         "version": CHECKPOINT_VERSION,
     }
 
