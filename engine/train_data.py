@@ -44,7 +44,7 @@ def build_train_loader(
 
 
 def set_image_weights(loader: DetectionLoader, nc: int, class_maps: list[float]) -> None:
-    """--image-weights: the next pass samples images by ``class_maps`` [nc] (per-class mAP@.5 of the
+    """--image-weights: the next pass samples images by ``class_maps`` [nc] (per-class mAP@.5:.95 of the
     last validation, zeros before any) and the training labels' class frequencies."""
     loader.sampler.set_weights(image_weights(loader.dataset.labels, nc, class_maps))
 
@@ -92,7 +92,7 @@ def check_anchors(model: Model, loader: DetectionLoader, hyp: Hyp, img_size: int
 
 def evaluate_for_training(run: Any, plots: bool) -> tuple[dict[str, float], torch.Tensor, list[float]]:
     """Validate ``run.ema.module`` with val.py's evaluation: (metrics of METRIC_NAMES, val losses [3],
-    per-class mAP@.5 [nc], a class without val labels taking the mean mAP@.5 as in YOLOv7).
+    per-class mAP@.5:.95 [nc], a class without val labels taking the overall one as in YOLOv7).
 
     The validation loss uses the plain (non-OTA) assignment, as val.py does. With ``plots``
     (final epoch) val.py's pictures go to the run folder and the first predictions to TensorBoard.
@@ -109,6 +109,7 @@ def evaluate_for_training(run: Any, plots: bool) -> tuple[dict[str, float], torc
     if plots:
         save_plots(result, run.names, run.save_dir)
         run.log_image("val_predictions", run.save_dir / "test_batch0_pred.jpg")
-    ap50, _ = result.coco.per_class_ap()
-    class_maps = torch.where(ap50 < 0, result.metrics["mAP_0.5"], ap50).tolist()
+    # YOLOv7 weighs images by per-class mAP@.5:.95 (classes without val labels: the overall one)
+    _, ap = result.coco.per_class_ap()
+    class_maps = torch.where(ap < 0, result.metrics["mAP_0.5:0.95"], ap).tolist()
     return {k: result.metrics[k] for k in TRAIN_METRICS}, result.losses, class_maps

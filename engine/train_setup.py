@@ -73,7 +73,7 @@ class Run:
     tb: TensorBoardLog | None = None
     channels_last: bool = False
     val_loss_fn: YoloLoss | None = None  # built on first validation (rank 0)
-    class_maps: list[float] = dataclasses.field(default_factory=list)  # per-class mAP@.5, last validation
+    class_maps: list[float] = dataclasses.field(default_factory=list)  # per-class mAP@.5:.95, last validation
 
     @property
     def bare_model(self) -> Model:
@@ -131,7 +131,7 @@ class Run:
 
 def validate(run: Run, plots: bool = False) -> tuple[dict[str, float], torch.Tensor]:
     """Evaluate the EMA model on the val split: (metrics of METRIC_NAMES, val losses [3]); keeps the
-    per-class mAP@.5 in ``run.class_maps`` for --image-weights."""
+    per-class mAP@.5:.95 in ``run.class_maps`` for --image-weights."""
     from engine.train_data import evaluate_for_training
 
     metrics, losses, run.class_maps = evaluate_for_training(run, plots)
