@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from engine.tta import augmented_forward
 from utils.checkpoint import CheckpointError, load_checkpoint
 
 METADATA_KEY = "elan_yolo"  # ONNX metadata_props key and TorchScript extra-file name
@@ -164,26 +164,3 @@ def load_backend(weights: str | Path, device: torch.device) -> TorchBackend | To
         return TorchScriptBackend(path, device)
     return TorchBackend(path, device)
 
-
-def augmented_forward(forward, x: torch.Tensor, stride: int,
-                      scales: tuple[float, ...] = (1.0, 0.83, 0.67), flips: tuple[bool, ...] = (False, True, False)
-                      ) -> torch.Tensor:
-    """Test-time augmentation as in YOLOv7: run at several scales (one left-right flipped) and
-    concatenate the decoded predictions, mapped back to ``x``'s pixels. [B, 3, H, W] -> [B, N', no].
-    """
-    h, w = x.shape[2:]
-    preds = []
-    for scale, flip in zip(scales, flips):
-        xi = x.flip(3) if flip else x
-        sh, sw = int(h * scale), int(w * scale)
-        if scale != 1.0:
-            xi = F.interpolate(xi, size=(sh, sw), mode="bilinear", align_corners=False)
-            ph, pw = -sh % stride, -sw % stride
-            xi = F.pad(xi, (0, pw, 0, ph), value=0.447)  # YOLOv7's grey padding of scaled images
-        y = forward(xi).clone()
-        y[..., 0:4:2] /= sw / w  # the exact gains of the rounded size, per axis
-        y[..., 1:4:2] /= sh / h
-        if flip:
-            y[..., 0] = w - y[..., 0]
-        preds.append(y)
-    return torch.cat(preds, 1)

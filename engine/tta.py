@@ -1,42 +1,44 @@
-"""Test-time augmentation (val.py --augment): the image at three scales, one of them flipped."""
+"""Test-time augmentation (val.py and detect.py --augment): the image at three scales, one of
+them flipped, as YOLOv7 does."""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# (scale, left-right flip) passes; YOLOv7's choice: full size, 0.83 flipped, 0.67.
-TTA_PASSES = ((1.0, False), (0.83, True), (0.67, False))
-# Padding value of the rescaled image: the ImageNet mean grey, as YOLOv7 pads.
+# Padding value of the rescaled images: the ImageNet mean grey, as YOLOv7 pads.
 _PAD_VALUE = 0.447
 
 
-def scale_image(images: Tensor, ratio: float, stride: int) -> Tensor:
-    """Resize [B, 3, H, W] by ``ratio`` (bilinear), then pad right/bottom to a multiple of
-    ``stride``; content keeps its top-left origin so boxes scale by ``ratio`` alone."""
-    if ratio == 1.0:
-        return images
-    h, w = images.shape[2:]
-    size = (int(h * ratio), int(w * ratio))
-    out = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-    ph, pw = (math.ceil(s / stride) * stride - s for s in size)
-    return F.pad(out, [0, pw, 0, ph], value=_PAD_VALUE)
+def augmented_forward(forward: Callable[[Tensor], Tensor], x: Tensor, stride: int,
+                      scales: tuple[float, ...] = (1.0, 0.83, 0.67), flips: tuple[bool, ...] = (False, True, False)
+                      ) -> Tensor:
+    """Run ``forward`` (a batch -> decoded [B, N, no], cx, cy, w, h in its pixels) at several
+    scales (one left-right flipped) and concatenate the predictions mapped back to the pixels of
+    ``x`` [B, 3, H, W] -> [B, N', no]. Scaled images are padded right/bottom to ``stride``
+    multiples, so boxes only need the (per-axis) gains of the rounded sizes."""
+    h, w = x.shape[2:]
+    preds = []
+    for scale, flip in zip(scales, flips, strict=True):
+        xi = x.flip(3) if flip else x
+        sh, sw = int(h * scale), int(w * scale)
+        if scale != 1.0:
+            xi = F.interpolate(xi, size=(sh, sw), mode="bilinear", align_corners=False)
+            ph, pw = -sh % stride, -sw % stride
+            xi = F.pad(xi, (0, pw, 0, ph), value=_PAD_VALUE)
+        y = forward(xi).clone()
+        y[..., 0:4:2] /= sw / w  # the exact gains of the rounded size, per axis
+        y[..., 1:4:2] /= sh / h
+        if flip:
+            y[..., 0] = w - y[..., 0]
+        preds.append(y)
+    return torch.cat(preds, 1)
 
 
 def tta_forward(model: nn.Module, images: Tensor) -> Tensor:
-    """Eval-mode ``pred`` [B, N', 5 + nc] merged over TTA_PASSES, boxes (cx, cy, w, h) in the
-    pixels of ``images`` [B, 3, H, W]."""
-    stride = int(model.stride.max())
-    width = images.shape[3]
-    preds = []
-    for ratio, flip in TTA_PASSES:
-        x = scale_image(images.flip(3) if flip else images, ratio, stride)
-        pred = model(x)[0].clone()
-        pred[..., :4] /= ratio
-        if flip:
-            pred[..., 0] = width - pred[..., 0]
-        preds.append(pred)
-    return torch.cat(preds, 1)
+    """Eval-mode ``pred`` [B, N', 5 + nc] of ``model`` merged over the TTA passes, boxes
+    (cx, cy, w, h) in the pixels of ``images`` [B, 3, H, W]."""
+    return augmented_forward(lambda t: model(t)[0], images, int(model.stride.max()))
