@@ -39,7 +39,7 @@ def dist_info_from_env() -> DistInfo:
 
 
 def select_device(device: str = "", local_rank: int = 0) -> torch.device:
-    """Parse a device string: '' (CUDA if available, else CPU), 'cpu', '0', '0,1', 'cuda:1', 'mps'.
+    """Parse a device string: '' (CUDA if available, else CPU), 'cpu', '0', '0,1', 'cuda', 'cuda:1', 'mps'.
 
     Under torchrun every process uses CUDA device ``local_rank`` (of those listed, if a list is
     given). Raises ValueError naming the request when the device does not exist.
@@ -51,8 +51,12 @@ def select_device(device: str = "", local_rank: int = 0) -> torch.device:
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise ValueError("--device mps requested but MPS is not available")
         return torch.device("mps")
-    if device == "":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if device in ("", "cuda"):  # '' falls back to the CPU; an explicit 'cuda' must get CUDA
+        if torch.cuda.is_available():
+            return torch.device(f"cuda:{local_rank}")
+        if device == "":
+            return torch.device("cpu")
+        raise ValueError("--device 'cuda' requested but CUDA is not available (use --device cpu)")
     try:
         ids = [int(x) for x in device.split(",") if x != ""]
     except ValueError:
