@@ -159,7 +159,7 @@ def evaluate(
     if ground_truth is None:
         gt = dataset_ground_truth(dataset, indices, keys, device)
     else:
-        if keys == list(indices):
+        if len(set(int(dataset.image_ids[i]) for i in indices)) != len(indices):
             raise ValueError("ground_truth needs unique dataset image ids")
         inside = torch.isin(ground_truth.image, torch.tensor(keys, device=ground_truth.image.device))
         gt = GroundTruth(*(t[inside].to(device) for t in ground_truth))

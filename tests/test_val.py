@@ -147,3 +147,19 @@ def test_val_speed_task_uses_deployment_thresholds(setup, capsys) -> None:
     # conf 0.25 instead of 0.001: fewer detections, no json and no plots written.
     assert "json" not in summary and not list(Path(summary["save_dir"]).glob("*.png"))
     assert len(summary["speed_ms"]) == 3 and summary["images"] == 8
+
+
+def test_ground_truth_with_image_ids_equal_to_dataset_indices(setup) -> None:
+    """COCO ids 0..N-1 in dataset order (e.g. a one-image set with id 0) are unique ids, not a
+    sign of missing ones: evaluate scores the given ground truth."""
+    from utils.coco_json import load_ground_truth
+
+    loader = _loader(setup["coco"])
+    ds = loader.dataset
+    ref = load_ground_truth(setup["root"] / "shapes_tiny" / "annotations" / "instances_val.json").gt
+    before = evaluate(setup["model"], loader, ground_truth=ref)
+    new_id = {int(old): i for i, old in enumerate(ds.image_ids)}
+    ds.image_ids = list(range(len(ds)))
+    renamed = ref._replace(image=torch.tensor([new_id[int(i)] for i in ref.image], dtype=torch.long))
+    after = evaluate(setup["model"], loader, ground_truth=renamed)
+    assert after.metrics == before.metrics and after.num_labels.tolist() == before.num_labels.tolist()
