@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 import torch
 
 from data import DataConfig, DetectionLoader, build_dataloader, load_data_config
@@ -65,24 +64,13 @@ def set_dataset_mosaic(loader: DetectionLoader, epoch: int, epochs: int, close_m
         loader.close_mosaic()
 
 
-def label_sizes(dataset, img_size: int, seed: int = 0) -> np.ndarray:
-    """Label (w, h) in pixels at the training size [N, 2], each image jittered by 0.9-1.1x.
-
-    Images are resized so their long side is ``img_size`` (as the loader does); the jitter
-    stands in for scale augmentation, as YOLOv7 does, from a seeded generator.
-    """
-    shapes = np.asarray(dataset.shapes, dtype=np.float64)  # [N, 2] original (w, h)
-    sizes = img_size * shapes / shapes.max(1, keepdims=True)
-    jitter = np.random.default_rng(seed).uniform(0.9, 1.1, size=(len(shapes), 1))
-    parts = [np.asarray(labels, dtype=np.float64)[:, 3:5] * s for labels, s in zip(dataset.labels, sizes * jitter, strict=True)]
-    return np.concatenate(parts, 0) if parts else np.zeros((0, 2))
-
-
 def check_anchors(model: Model, loader: DetectionLoader, hyp: Hyp, img_size: int, seed: int = 0) -> None:
     """Autoanchor: refit the model's anchors to the labels when they cover them badly (BPR < 0.98)."""
     from models.autoanchor import check_anchors as autoanchor
+    from models.autoanchor import label_sizes
 
-    result = autoanchor(model.head, label_sizes(loader.dataset, img_size, seed), anchor_t=hyp.anchor_t, seed=seed)
+    wh = label_sizes(loader.dataset.labels, loader.dataset.shapes, img_size, seed=seed)
+    result = autoanchor(model.head, wh, anchor_t=hyp.anchor_t, seed=seed)
     if result.replaced:
         LOG.info("autoanchor: best possible recall %.4f -> %.4f with new anchors", result.bpr, result.new_bpr)
     else:
