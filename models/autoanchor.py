@@ -122,11 +122,14 @@ def check_anchors(
 ) -> AnchorCheck:
     """Check ``head.anchors`` [nl, na, 2] (pixels, stride order) against labels wh [N, 2] (pixels
     at the training size); below ``threshold`` BPR evolve new anchors and, when their BPR is
-    higher, write them into ``head.anchors`` (smallest on the finest level)."""
+    higher, write them into ``head.anchors`` (smallest on the finest level). With fewer usable
+    labels than anchors nothing is evolved and the anchors are kept."""
     anchors = head.anchors.detach().cpu().double().numpy().reshape(-1, 2)
     wh = np.asarray(wh, dtype=np.float64).reshape(-1, 2)
     bpr, aat = best_possible_recall(anchors, wh, anchor_t)
     if bpr >= threshold:
+        return AnchorCheck(bpr, aat, None, False)
+    if (wh >= MIN_LABEL_PX).any(1).sum() < len(anchors):  # too few labels to fit that many anchors
         return AnchorCheck(bpr, aat, None, False)
     new = kmean_anchors(wh, len(anchors), anchor_t, generations, seed)
     new_bpr, _ = best_possible_recall(new, wh, anchor_t)

@@ -67,3 +67,14 @@ def test_label_sizes_scale_to_the_training_size():
 def test_too_few_labels_is_an_error():
     with pytest.raises(ValueError, match="usable labels"):
         kmean_anchors(np.array([[1.0, 1.0], [30, 30]]), 9)
+
+
+def test_check_anchors_keeps_anchors_when_too_few_labels_to_evolve():
+    """A tiny set whose few labels fit badly (fewer than the anchors) trains with the default
+    anchors instead of stopping in k-means."""
+    model = Model(small_config("Detect"))
+    before = model.head.anchors.clone()
+    wh = elongated_labels(n=4)
+    result = check_anchors(model.head, wh, anchor_t=4.0, generations=50)
+    assert result.bpr < 0.98 and not result.replaced and result.new_bpr is None
+    assert torch.equal(model.head.anchors, before)
