@@ -59,14 +59,6 @@ def make_act(spec: ActSpec) -> nn.Module:
     raise ValueError(f"activation must be true/false or a name like 'LeakyReLU(0.1)', got {spec!r}")
 
 
-def is_act_string(value: object) -> bool:
-    """True when ``value`` is a string naming a known activation (``nn.X(...)`` or ``X(...)``)."""
-    if not isinstance(value, str):
-        return False
-    match = _ACT_CALL.match(value.strip())
-    return match is not None and match.group(1) in _ACTIVATIONS and ("(" in value or "nn." in value)
-
-
 def make_divisible(x: float, divisor: int = 8) -> int:
     """Smallest multiple of ``divisor`` that is >= ``x`` (YOLOv5/v7 channel rounding)."""
     return int(math.ceil(x / divisor) * divisor)
