@@ -101,8 +101,9 @@ def fit(run: Run, t0: float | None = None) -> dict[str, Any]:
 
 
 def _patience_exhausted(run: Run, epoch: int) -> bool:
-    """True when the best fitness is more than ``--patience`` epochs old."""
-    if not run.rows:
+    """True when the best fitness is more than ``--patience`` epochs old. Never with --notest:
+    its epochs are not validated (fitness 0), so no epoch can show a gain."""
+    if not run.rows or run.opt.notest:
         return False
     best_epoch = max(run.rows, key=lambda r: r["fitness"])["epoch"]
     return epoch - best_epoch >= run.opt.patience

@@ -209,3 +209,15 @@ def test_resume_after_kill(data_root):
     b = load_checkpoint(last.parent / "epoch2.pt")
     assert all(torch.equal(a["train_model"][k], b["train_model"][k]) for k in a["train_model"])
     assert (straight / "results.csv").read_text() == (last.parent.parent / "results.csv").read_text()
+
+
+def test_patience_counts_validated_epochs_only():
+    """--notest epochs log fitness 0 (not validated): they must not trigger --patience, or a
+    300-epoch --notest run would stop at epoch 100 without ever validating."""
+    from types import SimpleNamespace
+
+    rows = [{"epoch": e, "fitness": 0.0} for e in range(3)]
+    unvalidated = SimpleNamespace(opt=SimpleNamespace(patience=2, notest=True), rows=rows)
+    assert not engine.trainer._patience_exhausted(unvalidated, 2)
+    validated = SimpleNamespace(opt=SimpleNamespace(patience=2, notest=False), rows=rows)
+    assert engine.trainer._patience_exhausted(validated, 2)
