@@ -165,15 +165,16 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     hyp = from_mapping(Hyp, ckpt["hyp"], str(opt.resume)) if ckpt is not None else load_hyp(opt)
     batch_size = opt.batch_size // info.world_size
     seed_everything(opt.seed + info.rank, opt.deterministic)
-    if info.is_main:
-        (save_dir / "weights").mkdir(parents=True, exist_ok=True)
-        (save_dir / "hyp.yaml").write_text(yaml.safe_dump(dataclasses.asdict(hyp), sort_keys=False))
-        (save_dir / "opt.yaml").write_text(yaml.safe_dump(opt.to_dict(), sort_keys=False))
     from engine.train_data import load_data
 
     data_cfg = load_data(opt, info)
     nc, names = (1, ["item"]) if opt.single_cls else (data_cfg.nc, list(data_cfg.names))
     model = _build_model(opt, nc, names, ckpt).to(device)
+    opt = _round_img_size(opt, int(model.stride.max()))
+    if info.is_main:
+        (save_dir / "weights").mkdir(parents=True, exist_ok=True)
+        (save_dir / "hyp.yaml").write_text(yaml.safe_dump(dataclasses.asdict(hyp), sort_keys=False))
+        (save_dir / "opt.yaml").write_text(yaml.safe_dump(opt.to_dict(), sort_keys=False))
     _freeze(model, opt.freeze)
     channels_last = device.type in ("cpu", "cuda")  # 1.4x faster training on CPU (oneDNN), faster AMP on CUDA
     if channels_last:
@@ -223,6 +224,16 @@ def _build_model(opt: TrainOptions, nc: int, names: list[str], ckpt: dict | None
         model = Model(resolve_path(opt.cfg or DEFAULT_CFG), nc=nc)
     model.names = names
     return model
+
+
+def _round_img_size(opt: TrainOptions, stride: int) -> TrainOptions:
+    """``opt`` with --img-size rounded up to multiples of the model's largest stride (YOLOv7's
+    check_img_size): the loss needs every output grid to tile the image exactly."""
+    sizes = [math.ceil(s / stride) * stride for s in opt.img_size]
+    if sizes == list(opt.img_size):
+        return opt
+    LOG.warning("--img-size %s is not a multiple of the stride %d: using %s", opt.img_size, stride, sizes)
+    return dataclasses.replace(opt, img_size=sizes)
 
 
 def _freeze(model: nn.Module, freeze: list[int]) -> None:

@@ -221,3 +221,12 @@ def test_patience_counts_validated_epochs_only():
     assert not engine.trainer._patience_exhausted(unvalidated, 2)
     validated = SimpleNamespace(opt=SimpleNamespace(patience=2, notest=False), rows=rows)
     assert engine.trainer._patience_exhausted(validated, 2)
+
+
+def test_img_size_not_a_stride_multiple_is_rounded_up(data_root, caplog):
+    """--img-size 72 with stride 16 trains at 80 (YOLOv7's check_img_size) instead of stopping in the loss."""
+    with caplog.at_level(logging.WARNING):
+        summary = train(tiny_options(data_root, name="img72", epochs=1, img_size=[72, 72]))
+    assert "not a multiple" in caplog.text
+    ckpt = load_checkpoint(Path(summary["save_dir"]) / "weights" / "last.pt")
+    assert ckpt["opt"]["img_size"] == [80, 80]
