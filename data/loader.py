@@ -116,6 +116,7 @@ def build_dataloader(
     single_cls: bool = False,
     cache_path: Path | None = None,
     image_weights: bool = False,
+    pin_memory: bool = False,
 ) -> tuple[DetectionLoader, DetectionDataset]:
     """Scan ``sources`` (image folders, .txt lists, COCO jsons; labels checked against ``nc``)
     and build the loader and its dataset.
@@ -127,7 +128,7 @@ def build_dataloader(
     ``cache_path``: the label-cache json, default beside the labels (see data.sources).
     ``image_weights``: draw each epoch's images with replacement, weighted by their classes
     (a ``WeightedIndexSampler``; the trainer updates ``loader.sampler.set_weights`` each epoch);
-    single process and square batches only.
+    single process and square batches only. ``pin_memory``: page-locked batches, for a CUDA consumer.
     """
     if image_weights and (rect or rank >= 0):
         raise ValueError("image_weights needs a single process and rect=False")
@@ -147,7 +148,7 @@ def build_dataloader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory,
         collate_fn=collate,
         worker_init_fn=_worker_init if workers > 0 else None,
         drop_last=False,

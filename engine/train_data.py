@@ -30,14 +30,15 @@ def load_data(opt: TrainOptions, info: DistInfo) -> DataConfig:
 
 
 def build_train_loader(
-    opt: TrainOptions, hyp: Hyp, data: DataConfig, info: DistInfo, batch_size: int, stride: int
+    opt: TrainOptions, hyp: Hyp, data: DataConfig, info: DistInfo, batch_size: int, stride: int, pin_memory: bool
 ) -> DetectionLoader:
-    """Shuffled, augmented loader of the train split (``batch_size`` per process)."""
+    """Shuffled, augmented loader of the train split (``batch_size`` per process); ``pin_memory``
+    when training on CUDA."""
     loader, _ = build_dataloader(
         data.split("train"), data.nc, img_size=opt.img_size[0], batch_size=batch_size, stride=stride, hyp=hyp,
         augment=True, rect=opt.rect, cache=opt.cache_images or None, workers=opt.workers, shuffle=True,
         seed=opt.seed, rank=info.rank if info.distributed else -1, single_cls=opt.single_cls,
-        image_weights=opt.image_weights,
+        image_weights=opt.image_weights, pin_memory=pin_memory,
     )
     return loader
 
@@ -48,11 +49,14 @@ def set_image_weights(loader: DetectionLoader, nc: int, class_maps: list[float])
     loader.sampler.set_weights(image_weights(loader.dataset.labels, nc, class_maps))
 
 
-def build_val_loader(opt: TrainOptions, data: DataConfig, batch_size: int, stride: int) -> DetectionLoader:
+def build_val_loader(
+    opt: TrainOptions, data: DataConfig, batch_size: int, stride: int, pin_memory: bool
+) -> DetectionLoader:
     """Letterboxed, rectangular-batch loader of the val split (rank 0 only)."""
     loader, _ = build_dataloader(
         data.split("val"), data.nc, img_size=opt.img_size[-1], batch_size=batch_size * VAL_BATCH_FACTOR,
         stride=stride, rect=True, cache=opt.cache_images or None, workers=opt.workers, single_cls=opt.single_cls,
+        pin_memory=pin_memory,
     )
     return loader
 

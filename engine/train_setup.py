@@ -179,8 +179,9 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     channels_last = device.type in ("cpu", "cuda")  # 1.4x faster training on CPU (oneDNN), faster AMP on CUDA
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    train_loader = build_train_loader(opt, hyp, data_cfg, info, batch_size, int(model.stride.max()))
-    val_loader = build_val_loader(opt, data_cfg, batch_size, int(model.stride.max())) if info.is_main else None
+    stride, pin = int(model.stride.max()), device.type == "cuda"
+    train_loader = build_train_loader(opt, hyp, data_cfg, info, batch_size, stride, pin)
+    val_loader = build_val_loader(opt, data_cfg, batch_size, stride, pin) if info.is_main else None
     if ckpt is None and not opt.noautoanchor and info.is_main:
         from engine.train_data import check_anchors
 

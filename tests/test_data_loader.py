@@ -135,3 +135,11 @@ def test_distributed_sampler_splits_and_follows_the_epoch(root, tmp_path):
         assert _same(_batches(loader), first)
     finally:
         dist.destroy_process_group()
+
+
+def test_pinned_memory_only_when_asked(root):
+    # Pinning is for a CUDA consumer; a CPU run on a machine that has a GPU must not pin.
+    src = root / "images" / "val"
+    default, _ = build_dataloader(src, nc=5, img_size=128, batch_size=4, rect=True)
+    pinned, _ = build_dataloader(src, nc=5, img_size=128, batch_size=4, rect=True, pin_memory=True)
+    assert default.loader.pin_memory is False and pinned.loader.pin_memory is True
