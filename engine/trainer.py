@@ -88,12 +88,12 @@ def fit(run: Run, t0: float | None = None) -> dict[str, Any]:
             run.rows.append(row)
             improved = row["fitness"] > run.best_fitness
             run.best_fitness = max(run.best_fitness, row["fitness"])
-            if not opt.nosave or final:
+            stop = _patience_exhausted(run, epoch)
+            if not opt.nosave or final or stop:  # --nosave still keeps the run's last epoch
                 save_epoch(run, epoch, improved)
             write_results_csv(run.rows, run.save_dir / "results.csv")
             if run.tb is not None:
                 run.tb.epoch(row)
-            stop = _patience_exhausted(run, epoch)
         if broadcast_flag(stop, run.device):
             LOG.info("early stop: no fitness gain in the last %d epochs", opt.patience)
             break

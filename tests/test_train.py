@@ -230,3 +230,12 @@ def test_img_size_not_a_stride_multiple_is_rounded_up(data_root, caplog):
     assert "not a multiple" in caplog.text
     ckpt = load_checkpoint(Path(summary["save_dir"]) / "weights" / "last.pt")
     assert ckpt["opt"]["img_size"] == [80, 80]
+
+
+def test_early_stop_with_nosave_still_saves_the_last_epoch(data_root, monkeypatch):
+    """--nosave saves only the final epoch; a run stopped by --patience must count as final there."""
+    monkeypatch.setattr(engine.trainer, "validate", lambda run, plots: run.zero_metrics())
+    summary = train(tiny_options(data_root, name="stop_nosave", epochs=6, nosave=True, patience=1))
+    rows = (Path(summary["save_dir"]) / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 2  # header, epochs 0 and 1: stopped one epoch after the (flat) best
+    assert load_checkpoint(Path(summary["save_dir"]) / "weights" / "last.pt")["model"]
