@@ -20,6 +20,7 @@ from engine.backends import BackendError
 from engine.detect_run import DetectOptions, run_detect
 from engine.sources import SourceError
 from utils.config import ConfigError
+from utils.errors import command_main
 
 TRAIN_RUNS = Path("runs/train")
 
@@ -71,6 +72,7 @@ def default_source() -> str:
     return str(load_data_config("shapes").split("val")[0])
 
 
+@command_main("detect.py")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     weights = args.weights

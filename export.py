@@ -17,6 +17,7 @@ from pathlib import Path
 
 from engine.backends import BackendError, TorchBackend
 from engine.exporter import ExportError, export_model
+from utils.errors import command_main
 from utils.torch_utils import select_device
 
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command_main("export.py")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

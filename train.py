@@ -17,8 +17,8 @@ import logging
 import sys
 
 from engine.train_options import DEFAULT_CFG, TrainOptions
-from utils.checkpoint import CheckpointError
-from utils.config import ConfigError, Hyp
+from utils.config import Hyp
+from utils.errors import command_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,16 +74,13 @@ def parse_options(argv: list[str] | None = None) -> TrainOptions:
     return TrainOptions(**vars(args))
 
 
+@command_main("train.py")
 def main(argv: list[str] | None = None) -> int:
     opt = parse_options(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from engine.trainer import train  # imported here so --help stays fast
 
-    try:
-        summary = train(opt)
-    except (ConfigError, CheckpointError) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
+    summary = train(opt)
     if opt.json and summary:
         print(json.dumps(summary))
     return 0

@@ -16,9 +16,7 @@ import sys
 
 from engine.val_report import format_stats
 from engine.val_run import ValOptions, evaluate_files, run_val
-from utils.checkpoint import CheckpointError
-from utils.coco_json import CocoJsonError
-from utils.config import ConfigError
+from utils.errors import UserError, command_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,26 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command_main("val.py")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.gt or args.dt:
-            if not (args.gt and args.dt):
-                print("val.py: --gt and --dt go together", file=sys.stderr)
-                return 2
-            stats, seconds = evaluate_files(args.gt, args.dt, args.device)
-            print(format_stats(stats))
-            print(f"COCO metric: {seconds:.3f} s")
-            result = stats
-        else:
-            if not args.weights:
-                print("val.py: give --weights (a checkpoint) or --gt/--dt (json files)", file=sys.stderr)
-                return 2
-            fields = {k: v for k, v in vars(args).items() if k not in ("gt", "dt", "json")}
-            result = run_val(ValOptions(**fields))
-    except (CocoJsonError, ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"val.py: {e}", file=sys.stderr)
-        return 2
+    if args.gt or args.dt:
+        if not (args.gt and args.dt):
+            raise UserError("--gt and --dt go together", what="--gt/--dt")
+        stats, seconds = evaluate_files(args.gt, args.dt, args.device)
+        print(format_stats(stats))
+        print(f"COCO metric: {seconds:.3f} s")
+        result = stats
+    else:
+        if not args.weights:
+            raise UserError("give --weights (a checkpoint) or --gt/--dt (json files)", what="--weights")
+        fields = {k: v for k, v in vars(args).items() if k not in ("gt", "dt", "json")}
+        result = run_val(ValOptions(**fields))
     if args.json:
         print(json.dumps(result))
     return 0

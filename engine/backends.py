@@ -20,11 +20,12 @@ import torch
 
 from engine.tta import augmented_forward
 from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.errors import UserError
 
 METADATA_KEY = "elan_yolo"  # ONNX metadata_props key and TorchScript extra-file name
 
 
-class BackendError(ValueError):
+class BackendError(UserError, ValueError):
     """A weights file that cannot be used; the message names the file."""
 
 

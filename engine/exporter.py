@@ -23,13 +23,14 @@ from torch import nn
 
 from engine.backends import METADATA_KEY, Metadata
 from engine.onnx_nms import NmsInputs, append_nms
+from utils.errors import UserError
 from utils.nms import non_max_suppression
 
 RTOL = 1e-4  # parity tolerance on raw outputs, relative
 ATOL = 1e-5  # absolute floor, for probabilities that are ~0
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """An export or its parity check failed; the message says which and by how much."""
 
 

@@ -15,13 +15,14 @@ import cv2
 import numpy as np
 
 from data.sources import IMAGE_SUFFIXES, files_in_folder, files_in_list
+from utils.errors import UserError
 
 VIDEO_SUFFIXES = {".asf", ".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ts", ".wmv", ".webm"}
 MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://")
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """A source that cannot be used at all (missing, empty, a video that will not open)."""
 
 

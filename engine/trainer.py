@@ -33,6 +33,7 @@ from utils.checkpoint import (
     state_dict_is_finite,
     strip_checkpoint,
 )
+from utils.errors import UserError
 from utils.torch_utils import (
     any_flag,
     broadcast_flag,
@@ -49,7 +50,7 @@ MAX_BAD_STEPS = 5  # consecutive non-finite losses that stop the run
 N_BATCH_PLOTS = 3  # train_batch0..2.jpg
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Training diverged: the loss was NaN/inf for MAX_BAD_STEPS batches in a row."""
 
 

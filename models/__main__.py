@@ -14,6 +14,7 @@ import sys
 
 from models.yolo import Model
 from utils.config import ConfigError
+from utils.errors import command_main
 
 
 def summary(cfg: str, img: int = 640, scale: str | None = None, nc: int | None = None) -> tuple[Model, dict]:
@@ -45,6 +46,7 @@ def _layer_lines(model: Model) -> list[str]:
     return lines
 
 
+@command_main("python -m models")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
     parser.add_argument("--cfg", required=True, help="model YAML (path, or a name in cfg/)")

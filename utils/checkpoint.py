@@ -18,13 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.errors import UserError
+
 CHECKPOINT_VERSION = 1
 # The keys every checkpoint has; the training-only keys (optimizer, train_model, ...) are optional.
 REQUIRED_KEYS = ("model", "model_cfg", "names", "nc", "epoch", "version")
 TRAINING_ONLY_KEYS = ("optimizer", "scaler", "ema", "rng", "train_model")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A file is not a readable checkpoint of this project; the message names the file."""
 
 

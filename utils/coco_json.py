@@ -15,9 +15,10 @@ from typing import Any
 import torch
 
 from utils.coco_eval import Detections, GroundTruth
+from utils.errors import UserError
 
 
-class CocoJsonError(ValueError):
+class CocoJsonError(UserError, ValueError):
     """A COCO json file is malformed; the message names the file and the entry."""
 
 
