@@ -21,8 +21,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.blocks import (DownC, MP, SP, SPPCSPC, Concat, Conv, ImplicitA, ImplicitM, RepConv, ReOrg, Shortcut,
-                           Upsample)
+from models.blocks import (
+    MP,
+    SP,
+    SPPCSPC,
+    Concat,
+    Conv,
+    DownC,
+    ImplicitA,
+    ImplicitM,
+    ReOrg,
+    RepConv,
+    Shortcut,
+    Upsample,
+)
 from models.head import Detect
 from models.yolo import Model
 
@@ -73,9 +85,8 @@ class Evil:
         return (os.system, (self.command,))
 
 for out, files in spec["files"].items():
-    ckpt = {k: build(v) for k, v in files.items()}
-    for key, (cmd, marker) in spec["evil"].items():
-        ckpt[key] = Evil(f"{cmd} {marker}")
+    ckpt = {k: Evil(v["__evil__"]) if isinstance(v, dict) and "__evil__" in v else build(v)
+            for k, v in files.items()}
     torch.save(ckpt, out)
 """
 
@@ -86,7 +97,7 @@ def _node(cls: str, module: nn.Module | None = None, attrs: dict | None = None, 
             "buffers": buffers or {}}
 
 
-def describe(m: nn.Module | None, fused: bool = False) -> object:
+def describe(m: nn.Module | None) -> object:
     """The official object tree of one of our modules (a dict node, or a real torch.nn layer)."""
     if m is None or type(m).__module__.startswith("torch.nn"):
         if isinstance(m, (nn.Sequential, nn.ModuleList)) and any(type(c) in _COMMON for c in m):
@@ -166,16 +177,16 @@ def describe_model(model: Model, yaml: dict, head_kind: str, head_fused: bool = 
     return _node("models.yolo.Model", attrs=attrs, children={"model": rows})
 
 
-def write_official(tmp: Path, files: dict[Path, dict], evil: dict | None = None) -> None:
+def write_official(tmp: Path, files: dict[Path, dict]) -> None:
     """Write each ``files[path]`` (a dict of described trees and plain values) as an official
-    checkpoint, all in one subprocess; ``evil`` {key: (command, marker)} adds an object whose
-    unpickling would run ``os.system(command marker)`` to every file."""
+    checkpoint, all in one subprocess. A value ``{"__evil__": command}`` becomes an object whose
+    unpickling would run ``os.system(command)``."""
     package = tmp / "official_src" / "models"
     package.mkdir(parents=True, exist_ok=True)
     for name, text in _PACKAGE.items():
         (package / name).write_text(text)
     spec = tmp / "official_spec.pt"
-    torch.save({"files": {str(k): v for k, v in files.items()}, "evil": evil or {}}, spec)
+    torch.save({"files": {str(k): v for k, v in files.items()}}, spec)
     script = tmp / "official_build.py"
     script.write_text(_BUILD)
     env = dict(os.environ, PYTHONPATH=str(package.parent))  # the stand-in ``models`` only
@@ -213,3 +224,18 @@ def half_tree(node: object) -> object:
 
         return copy.deepcopy(node).half()
     return node
+
+
+def train_checkpoint(ema: Model, raw: Model | None, yaml: dict, head_kind: str, *, epoch: int = 7,
+                     yaml_file: str = "custom.yaml", head_fused: bool = False) -> dict:
+    """The dict official train.py saves (``raw`` None: as its strip_optimizer leaves it, the EMA
+    as ``model``, training keys None, epoch -1); modules in fp16, ``best_fitness`` an ndarray."""
+    tree = half_tree(describe_model(ema, yaml, head_kind, head_fused, yaml_file))
+    if raw is None:
+        return {"epoch": -1, "best_fitness": np.array([0.25]), "training_results": None, "model": tree,
+                "ema": None, "updates": None, "optimizer": None, "wandb_id": None}
+    momentum = {i: {"momentum_buffer": torch.zeros(2)} for i in range(3)}
+    return {"epoch": epoch, "best_fitness": np.array([0.25]), "training_results": "0/9 ...",
+            "model": half_tree(describe_model(raw, yaml, head_kind, head_fused, yaml_file)), "ema": tree,
+            "updates": 1234, "optimizer": {"state": momentum, "param_groups": [{"lr": 0.01, "params": [0, 1, 2]}]},
+            "wandb_id": None}
