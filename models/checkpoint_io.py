@@ -40,6 +40,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], weights_key: str = "model") -> M
     training weights, for resuming).
     """
     model = Model(ckpt["model_cfg"], nc=ckpt["nc"])
+    if ckpt.get("fused"):  # a converted official deploy file holds fused weights
+        model.fuse()
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt[weights_key].items()}
     model.load_state_dict(state)
     model.names = list(ckpt["names"])

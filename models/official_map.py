@@ -46,19 +46,16 @@ class Conversion:
                 "notes": self.notes}
 
 
-def _fused_modules(tree: StandIn) -> tuple[list[str], bool]:
-    """Names of modules the official ``fuse()`` changed, and whether the head is among them."""
-    fused, head_fused = [], False
-    for name, m in named_modules(tree):
+def _fused(tree: StandIn) -> bool:
+    """Whether the official ``fuse()`` ran (Conv without BN, RepConv with ``rbr_reparam``, an
+    IDetect running ``fuseforward``); it fuses every such module at once."""
+    for _, m in named_modules(tree):
         mods = vars(m).get("_modules") or {}
-        if m.official == "models.common.Conv" and mods.get("bn") is None:
-            fused.append(name)
-        elif m.official == "models.common.RepConv" and mods.get("rbr_reparam") is not None:
-            fused.append(name)
-        elif m.official in HEADS[1:] and isinstance(vars(m).get("forward"), MethodRef):
-            fused.append(name)
-            head_fused = True
-    return fused, head_fused
+        if ((m.official == "models.common.Conv" and mods.get("bn") is None)
+                or (m.official == "models.common.RepConv" and mods.get("rbr_reparam") is not None)
+                or (m.official in HEADS[1:] and isinstance(vars(m).get("forward"), MethodRef))):
+            return True
+    return False
 
 
 def _config(tree: StandIn, source: Path) -> tuple[dict, int]:
@@ -101,12 +98,13 @@ def _official_anchors(head: StandIn, source: Path) -> torch.Tensor:
 
 
 def _load_weights(model: Model, official: dict[str, torch.Tensor], head_name: str, anchors: torch.Tensor,
-                  head_fused: bool, source: Path) -> None:
+                  fused: bool, source: Path) -> None:
     """Copy every official tensor into ``model`` (same key), anchors converted; all must fit."""
     own = model.state_dict()
     extra = {f"{head_name}.anchors", f"{head_name}.anchor_grid"}
-    if head_fused:  # the official fuse() folds ia / im into m and leaves them (and m2) unused
-        extra |= {k for k in official if k.startswith((f"{head_name}.ia.", f"{head_name}.im.", f"{head_name}.m2."))}
+    if fused:  # the official fuse() folds ia / im into m but keeps them, m2 and the aux-only rows
+        unused = (f"{head_name}.ia.", f"{head_name}.im.", f"{head_name}.m2.", *(f"model.{i}." for i in model.dropped))
+        extra |= {k for k in official if k.startswith(unused)}
     new: dict[str, torch.Tensor] = {}
     for key, mine in own.items():
         if key == f"{head_name}.anchors":
@@ -191,15 +189,14 @@ def convert_official(path: str | Path, keep_official_cfg: bool = False) -> Conve
     yaml, nc = _config(tree, source)
     layers = _layers(tree, source)
     head_name = f"model.{len(layers) - 1}"
-    fused, head_fused = _fused_modules(tree)
+    fused = _fused(tree)
     try:
         model = Model(yaml)
     except ConfigError as e:
         raise CheckpointError(f"{source}: its model config does not build here ({e})") from None
-    modules = dict(model.named_modules())
-    for name in fused:
-        modules[name].fuse()
-    _load_weights(model, state_dict(tree), head_name, _official_anchors(layers[-1], source), head_fused, source)
+    if fused:
+        model.fuse()
+    _load_weights(model, state_dict(tree), head_name, _official_anchors(layers[-1], source), fused, source)
     stride = vars(layers[-1]).get("stride")
     if isinstance(stride, torch.Tensor) and not torch.equal(stride.float().cpu(), model.stride.cpu()):
         raise CheckpointError(f"{source}: strides {stride.tolist()} in the file, {model.stride.tolist()} "
@@ -207,7 +204,8 @@ def convert_official(path: str | Path, keep_official_cfg: bool = False) -> Conve
     names = plain(vars(tree).get("names"))
     names = [str(n) for n in (names.values() if isinstance(names, dict) else names or [])]
     model.names = names if len(names) == nc else [str(i) for i in range(nc)]
-    notes = [f"{len(fused)} module(s) already fused by the official fuse()"] if fused else []
+    notes = ["already fused by the official fuse(): an inference model (fine-tuning takes only the "
+             "tensors that match an unfused model)"] if fused else []
     cfg_name, key_map, cfg = "official", None, yaml
     if not keep_official_cfg and not fused:
         found = to_compact(model, yaml, Path(str(vars(tree).get("yaml_file") or "")).stem)
@@ -221,7 +219,7 @@ def convert_official(path: str | Path, keep_official_cfg: bool = False) -> Conve
     best = float(best[0] if isinstance(best, list) and best else best) if best not in (None, []) else 0.0
     ours = {
         "model": {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()},
-        "model_cfg": cfg, "names": list(model.names), "nc": nc, "hyp": {}, "opt": {}, "epoch": -1,
+        "model_cfg": cfg, "fused": fused, "names": list(model.names), "nc": nc, "hyp": {}, "opt": {}, "epoch": -1,
         "best_fitness": best, "metrics": [], "class_maps": [0.0] * nc, "version": CHECKPOINT_VERSION,
         "converted_from": {"file": str(source), "format": "WongKinYiu/yolov7", "weights": weights_from,
                            "epoch": epoch if isinstance(epoch, int) else -1, "head": layers[-1].official,

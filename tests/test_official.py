@@ -35,7 +35,12 @@ NAMES = ["cat", "dog", "bird"]
 def _source(cfg: dict, seed: int, fuse: bool = False) -> Model:
     model = randomize(Model(cfg), seed)
     model.names = list(NAMES[: model.nc]) if model.nc <= len(NAMES) else model.names
-    return model.fuse().eval() if fuse else model
+    if fuse:
+        model.fuse().eval()
+        with torch.no_grad():  # fused weights rounded as the fp16 file holds them
+            for v in model.state_dict().values():
+                v.copy_(v.half().float() if v.is_floating_point() else v)
+    return model
 
 
 def _official_cfg(name: str, width: float | None = None, head: str | None = None) -> dict:
