@@ -78,6 +78,17 @@ def build(node):
         obj.forward = obj.fuseforward  # what the official fuse() does
     return obj
 
+if spec.get("numpy1_paths"):
+    # numpy 1 pickled arrays as numpy.core.multiarray._reconstruct; numpy 2 names numpy._core
+    import copyreg, types
+    core = types.ModuleType("numpy.core.multiarray")
+    def _reconstruct(*args):
+        return np._core.multiarray._reconstruct(*args)
+    _reconstruct.__module__ = core.__name__
+    core._reconstruct = _reconstruct
+    sys.modules[core.__name__] = core
+    copyreg.pickle(np.ndarray, lambda a: (_reconstruct, (np.ndarray, (0,), b"b"), a.__reduce__()[2]))
+
 class Evil:
     def __init__(self, command):
         self.command = command
@@ -177,16 +188,17 @@ def describe_model(model: Model, yaml: dict, head_kind: str, head_fused: bool = 
     return _node("models.yolo.Model", attrs=attrs, children={"model": rows})
 
 
-def write_official(tmp: Path, files: dict[Path, dict]) -> None:
+def write_official(tmp: Path, files: dict[Path, dict], numpy1_paths: bool = False) -> None:
     """Write each ``files[path]`` (a dict of described trees and plain values) as an official
     checkpoint, all in one subprocess. A value ``{"__evil__": command}`` becomes an object whose
-    unpickling would run ``os.system(command)``."""
+    unpickling would run ``os.system(command)``. ``numpy1_paths``: arrays under numpy 1's
+    ``numpy.core.multiarray`` name, as the official files have them."""
     package = tmp / "official_src" / "models"
     package.mkdir(parents=True, exist_ok=True)
     for name, text in _PACKAGE.items():
         (package / name).write_text(text)
     spec = tmp / "official_spec.pt"
-    torch.save({"files": {str(k): v for k, v in files.items()}}, spec)
+    torch.save({"files": {str(k): v for k, v in files.items()}, "numpy1_paths": numpy1_paths}, spec)
     script = tmp / "official_build.py"
     script.write_text(_BUILD)
     env = dict(os.environ, PYTHONPATH=str(package.parent))  # the stand-in ``models`` only

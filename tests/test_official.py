@@ -88,7 +88,7 @@ def small_files(tmp_path_factory):
     evil = dict(good, wandb_id={"__evil__": f"touch {marker}"})
     files = {tmp / "small.pt": good, tmp / "evil.pt": evil,
              tmp / "pose.pt": train_checkpoint(ema, None, cfg, "IKeypoint")}
-    write_official(tmp, files)
+    write_official(tmp, files, numpy1_paths=True)
     return {"small": tmp / "small.pt", "evil": tmp / "evil.pt", "pose": tmp / "pose.pt", "marker": marker,
             "ema": ema, "dir": tmp}
 
@@ -164,7 +164,8 @@ def test_convert_command_writes_our_checkpoint(small_files, capsys):
     assert out["nc"] == 3 and out["names"] == NAMES and out["params"] == sum(
         p.numel() for p in small_files["ema"].parameters())
     ckpt = load_checkpoint(out["out"])  # weights_only=True, our schema
-    assert ckpt["converted_from"]["weights"] == "ema"
+    assert ckpt["converted_from"]["weights"] == "ema" and ckpt["converted_from"]["epoch"] == 7
+    assert "numpy.core.multiarray._reconstruct" in pickle_globals(src) and ckpt["best_fitness"] == 0.25
     _assert_same_tensors(load_model(out["out"]), small_files["ema"])
     assert convert_main([out["out"]]) == 2  # ours: nothing to convert
     assert "need no conversion" in capsys.readouterr().err
