@@ -54,6 +54,7 @@ FOREIGN_MARKERS: tuple[tuple[str, str], ...] = (
     ("models.yolo.DetectionModel", "a YOLOv5 checkpoint (ultralytics/yolov5)"),
     ("models.yolo.ClassificationModel", "a YOLOv5 classification checkpoint"),
     ("models.common.C3", "a YOLOv5 checkpoint (ultralytics/yolov5)"),
+    ("models.models.", "a YOLOR checkpoint (WongKinYiu/yolor, Darknet-style model)"),
     ("ultralytics.", "an ultralytics (YOLOv8 or later) checkpoint"),
     ("detectron2.", "a detectron2 checkpoint (e.g. YOLOv7's BlendMask mask model)"),
     ("yolov6.", "a YOLOv6 checkpoint"),

@@ -215,8 +215,9 @@ def convert_official(path: str | Path, keep_official_cfg: bool = False) -> Conve
         else:
             notes.append("not one of our compact configs: kept the file's own config")
     epoch = plain(ckpt.get("epoch"))
-    best = plain(ckpt.get("best_fitness"))
-    best = float(best[0] if isinstance(best, list) and best else best) if best not in (None, []) else 0.0
+    best = plain(ckpt.get("best_fitness"))  # an ndarray [1] in train.py's files, or a number
+    best = best[0] if isinstance(best, list) and best else best
+    best = float(best) if isinstance(best, (int, float)) else 0.0
     ours = {
         "model": {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()},
         "model_cfg": cfg, "fused": fused, "names": list(model.names), "nc": nc, "hyp": {}, "opt": {}, "epoch": -1,

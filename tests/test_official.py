@@ -20,7 +20,7 @@ from train_helpers import TINY_MODEL
 
 from models import load_model
 from models.convert import main as convert_main
-from models.official import ALLOWED_GLOBALS, ArrayRecord, DtypeRecord, pickle_globals, plain
+from models.official import ALLOWED_GLOBALS, ArrayRecord, DtypeRecord, describe_foreign, pickle_globals, plain
 from models.official_map import convert_official
 from models.yolo import Model, unrolled_key_map
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -207,6 +207,19 @@ def test_pose_and_other_repositories_are_refused_saying_what_they_are(small_file
         convert_official(small_files["pose"])
     assert convert_main([str(small_files["pose"])]) == 2
     assert not small_files["pose"].with_name("pose-elan.pt").exists()
+
+
+@pytest.mark.parametrize("globals_, what", [
+    (["models.yolo.DetectionModel", "models.common.C3"], "YOLOv5"),
+    (["models.yolo.Model", "models.common.C3", "models.common.Focus"], "YOLOv5"),
+    (["ultralytics.nn.tasks.DetectionModel"], "ultralytics"),
+    (["models.models.Darknet"], "YOLOR"),
+    (["models.yolo.Model", "models.yolo.IKeypoint"], "pose"),
+    (["models.yolo.Model", "models.yolo.IDetect"], None),
+])
+def test_what_a_foreign_file_is(globals_, what):
+    found = describe_foreign(globals_)
+    assert (found is None) if what is None else (what in found)
 
 
 def test_numpy_values_only_for_plain_dtypes():
