@@ -5,8 +5,8 @@
     python detect.py --weights best.onnx --source clip.mp4 --classes 0 2
     python detect.py --weights best.pt --source 0          # webcam 0 (OpenCV)
 
-Results go to runs/detect/exp<N>. The work happens in engine.detect_run (and the Python API in
-engine.predictor); this file only parses the command line.
+Results go to runs/detect/exp<N>. The work happens in engine.detect.run (and the Python API in
+engine.detect.predictor); this file only parses the command line.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from engine.backends import BackendError
-from engine.detect_run import DetectOptions, run_detect
-from engine.sources import SourceError
+from engine.detect.backends import BackendError
+from engine.detect.run import DetectOptions, run_detect
+from engine.detect.sources import SourceError
 from utils.config import ConfigError
 from utils.errors import command_main
 

@@ -5,7 +5,7 @@
     python export.py --weights best.pt --include torchscript --img-size 640 --batch-size 1
 
 Files are written beside the checkpoint (best.onnx, best.torchscript). The work happens in
-engine.exporter; this file only parses the command line.
+engine.export.exporter; this file only parses the command line.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from engine.backends import BackendError, TorchBackend
-from engine.exporter import ExportError, export_model
+from engine.detect.backends import BackendError, TorchBackend
+from engine.export.exporter import ExportError, export_model
 from utils.errors import command_main
 from utils.torch_utils import select_device
 

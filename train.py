@@ -5,7 +5,7 @@
     python train.py lr0=0.02 mosaic=0.5        # key=value overrides of the hyper-parameters
     torchrun --nproc_per_node 2 train.py --batch-size 32 --device 0,1   # DDP (gloo on CPU)
 
-The work happens in engine.trainer.train; this file only parses the command line.
+The work happens in engine.train.loop.train; this file only parses the command line.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 
-from engine.train_options import DEFAULT_CFG, TrainOptions
+from engine.train.options import DEFAULT_CFG, TrainOptions
 from utils.config import Hyp
 from utils.errors import command_main
 
@@ -78,7 +78,7 @@ def parse_options(argv: list[str] | None = None) -> TrainOptions:
 def main(argv: list[str] | None = None) -> int:
     opt = parse_options(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from engine.trainer import train  # imported here so --help stays fast
+    from engine.train.loop import train  # imported here so --help stays fast
 
     summary = train(opt)
     if opt.json and summary:

@@ -4,7 +4,7 @@
     python val.py --weights best.pt --data coco.yaml --save-json     # also runs pycocotools
     python val.py --gt instances_val2017.json --dt results.json --json  # fast pycocotools drop-in
 
-The work happens in engine.val_run (which uses engine.evaluator, the evaluation the trainer
+The work happens in engine.val.run (which uses engine.val.evaluator, the evaluation the trainer
 calls each epoch); this file only parses the command line.
 """
 
@@ -14,8 +14,8 @@ import argparse
 import json
 import sys
 
-from engine.val_report import format_stats
-from engine.val_run import ValOptions, evaluate_files, run_val
+from engine.val.report import format_stats
+from engine.val.run import ValOptions, evaluate_files, run_val
 from utils.errors import UserError, command_main
 
 

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
-from engine.exporter import export_onnx, export_torchscript  # noqa: E402
+from engine.export.exporter import export_onnx, export_torchscript  # noqa: E402
 from models.yolo import Model  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""export.py and engine.exporter: ONNX (static, dynamic, NMS inside) and TorchScript equal the
+"""export.py and engine.export.exporter: ONNX (static, dynamic, NMS inside) and TorchScript equal the
 PyTorch model; detect.py gives the same detections from the .onnx file as from the checkpoint."""
 
 from __future__ import annotations
@@ -11,14 +11,26 @@ import onnxruntime as ort
 import pytest
 import torch
 from detect_fixtures import (  # noqa: F401 (one_thread: autouse fixture)
-    IMG_SIZE, make_image, one_thread, run_script, small_model, write_checkpoint, write_images,
+    IMG_SIZE,
+    make_image,
+    one_thread,
+    run_script,
+    small_model,
+    write_checkpoint,
+    write_images,
 )
 
 import detect
-from engine.exporter import (
-    ExportError, check_detections, check_threshold, compare, export_model, export_onnx, sorted_detections,
+from engine.detect.predictor import Predictor
+from engine.export.exporter import (
+    ExportError,
+    check_detections,
+    check_threshold,
+    compare,
+    export_model,
+    export_onnx,
+    sorted_detections,
 )
-from engine.predictor import Predictor
 from utils.nms import non_max_suppression
 
 RTOL = 1e-4

@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
+from test_overfit import one_thread, small_config  # noqa: F401 (one_thread is a fixture)
 from torch import nn
 from torchvision.ops import complete_box_iou, sigmoid_focal_loss
 
 from models.loss import YoloLoss, bce, level_balance, loss_gains
 from models.yolo import Model
-from test_overfit import one_thread, small_config  # noqa: F401 (one_thread is a fixture)
 from utils.config import Hyp
 
 ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]

@@ -1,4 +1,4 @@
-"""engine/evaluator.py and val.py on an untrained checkpoint of a tiny shapes set (YOLO labels
+"""engine/val/evaluator.py and val.py on an untrained checkpoint of a tiny shapes set (YOLO labels
 and COCO json), checked against our metric on the same detections and against pycocotools."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from train_helpers import TINY_MODEL, tiny_data
 import val
 from data import build_dataloader, load_data_config
 from data.shapes import CLASSES
-from engine.evaluator import TRAIN_METRICS, evaluate
-from engine.val_report import pycocotools_stats, save_coco_json
+from engine.val.evaluator import TRAIN_METRICS, evaluate
+from engine.val.report import pycocotools_stats, save_coco_json
 from models.loss import YoloLoss
 from models.yolo import Model
 from utils.coco_eval import STAT_NAMES, coco_evaluate

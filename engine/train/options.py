@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 from typing import Any
 
 from utils.config import ConfigError, Hyp, apply_overrides, from_mapping, load
+from utils.paths import resolve_path
 
 DEFAULT_DATA = "shapes"
 DEFAULT_CFG = "cfg/yolov7-tiny.yaml"
 DEFAULT_HYP = "cfg/hyp/hyp.shapes.yaml"
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass
@@ -83,14 +82,6 @@ class TrainOptions:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
-def resolve_path(path: str) -> Path:
-    """A path as given if it exists, else relative to the repository (so defaults work from any folder)."""
-    p = Path(path).expanduser()
-    if p.exists() or p.is_absolute():
-        return p
-    return REPO / p if (REPO / p).exists() else p
-
-
 def load_hyp(opt: TrainOptions) -> Hyp:
     """The hyper-parameter file of ``opt`` with its key=value overrides and --label-smoothing applied."""
     hyp = load(Hyp, resolve_path(opt.hyp))
@@ -98,16 +89,6 @@ def load_hyp(opt: TrainOptions) -> Hyp:
     if opt.label_smoothing:
         hyp = dataclasses.replace(hyp, label_smoothing=opt.label_smoothing)
     return hyp
-
-
-def increment_path(path: str | Path, exist_ok: bool = False) -> Path:
-    """``runs/train/exp`` if free (or ``exist_ok``), else the next of ``exp2``, ``exp3``, ..."""
-    path = Path(path)
-    if exist_ok or not path.exists():
-        return path
-    pattern = re.compile(rf"^{re.escape(path.name)}(\d+)$")
-    taken = [int(m.group(1)) for p in path.parent.glob(f"{path.name}*") if (m := pattern.match(p.name))]
-    return path.with_name(f"{path.name}{max(taken, default=1) + 1}")
 
 
 def find_resume_checkpoint(opt: TrainOptions) -> Path:

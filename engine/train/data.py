@@ -9,7 +9,7 @@ import torch
 
 from data import DataConfig, DetectionLoader, build_dataloader, load_data_config
 from data.image_weights import image_weights
-from engine.train_options import TrainOptions
+from engine.train.options import TrainOptions
 from models.loss import YoloLoss
 from models.yolo import Model
 from utils.config import Hyp
@@ -89,14 +89,14 @@ def evaluate_for_training(run: Any, plots: bool) -> tuple[dict[str, float], torc
     The validation loss uses the plain (non-OTA) assignment, as val.py does. With ``plots``
     (final epoch) val.py's pictures go to the run folder and the first predictions to TensorBoard.
     """
-    from engine.evaluator import TRAIN_METRICS, evaluate
-    from engine.val_report import save_plots
-    from engine.val_run import ValOptions, batch_hook
+    from engine.val.batch_plots import batch_hook
+    from engine.val.evaluator import TRAIN_METRICS, evaluate
+    from engine.val.report import save_plots
 
     model = run.ema.module
     if run.val_loss_fn is None:
         run.val_loss_fn = YoloLoss(model.head, run.hyp, ota=False, train_size=run.opt.img_size[0])
-    hook = batch_hook(run.save_dir, run.names, ValOptions(plots=True)) if plots else None
+    hook = batch_hook(run.save_dir, run.names, plots=True) if plots else None
     result = evaluate(model, run.val_loader, loss_fn=run.val_loss_fn, single_cls=run.opt.single_cls, on_batch=hook)
     if plots:
         save_plots(result, run.names, run.save_dir)

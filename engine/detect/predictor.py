@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from data import letterbox
-from engine.backends import BackendError, load_backend
-from engine.sources import read_image
+from engine.detect.backends import BackendError, load_backend
+from engine.detect.sources import read_image
 from utils.boxes import letterbox_to_original
 from utils.nms import non_max_suppression
 from utils.torch_utils import select_device

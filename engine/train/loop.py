@@ -1,6 +1,6 @@
 """The training loop: one epoch at a time, validation of the EMA model, checkpoints, resume, DDP.
 
-``train(opt)`` is the whole job behind train.py. Pieces are built in ``engine/train_setup.py``
+``train(opt)`` is the whole job behind train.py. Pieces are built in ``engine/train/setup.py``
 (model, data, optimizer, ...); this module runs them. Exact resume rests on three things:
 every epoch reseeds all RNGs from (seed, epoch, rank), so its sampler order and augmentations do
 not depend on what ran before (--image-weights adds the per-class mAPs of the last validation,
@@ -22,10 +22,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from data import Batch
-from engine.optim import apply_warmup, warmup_iterations
-from engine.train_log import epoch_row, progress_header, progress_line, write_results_csv
-from engine.train_options import TrainOptions
-from engine.train_setup import Run, set_sampling, setup, validate
+from engine.train.log import epoch_row, progress_header, progress_line, write_results_csv
+from engine.train.optim import apply_warmup, warmup_iterations
+from engine.train.options import TrainOptions
+from engine.train.setup import Run, set_sampling, setup, validate
 from utils.checkpoint import (
     CHECKPOINT_VERSION,
     rng_state,

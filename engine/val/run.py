@@ -13,25 +13,22 @@ import torch
 
 from data import build_dataloader, load_data_config
 from data.sources import is_coco_json
-from engine.evaluator import EvalResult, evaluate, image_keys
-from engine.train_options import increment_path
-from engine.val_report import (
+from engine.val.batch_plots import batch_hook
+from engine.val.evaluator import EvalResult, evaluate, image_keys
+from engine.val.report import (
     format_stats,
     pycocotools_stats,
     results_table,
     save_coco_json,
     save_plots,
-    write_label_files,
 )
 from models import load_model
 from utils.coco_eval import GroundTruth, coco_evaluate
 from utils.coco_json import load_detections, load_ground_truth
-from utils.plots import plot_images
+from utils.paths import increment_path
 from utils.torch_utils import select_device
 
 LOG = logging.getLogger("val")
-# Batches drawn as test_batch{i}_labels.jpg / _pred.jpg.
-PLOTTED_BATCHES = 3
 
 
 @dataclass
@@ -59,27 +56,6 @@ class ValOptions:
     plots: bool = True
 
 
-def batch_hook(save_dir: Path, names: list[str], opt: ValOptions):
-    """An ``evaluate`` ``on_batch`` hook that draws the first PLOTTED_BATCHES batches
-    (``opt.plots``) and writes label files (``opt.save_txt``) under ``save_dir``."""
-    state = {"batch": 0}
-
-    def hook(batch, dets_input, dets_original) -> None:
-        i = state["batch"]
-        state["batch"] += 1
-        if opt.save_txt:
-            write_label_files(dets_original, batch.paths, batch.shapes, save_dir / "labels", opt.save_conf)
-        if opt.plots and i < PLOTTED_BATCHES:
-            plot_images(batch.images, batch.targets, batch.paths, names, save_dir / f"test_batch{i}_labels.jpg")
-            rows = [torch.cat([torch.full((len(d), 1), j, dtype=d.dtype, device=d.device), d[:, 5:6],
-                               (d[:, :2] + d[:, 2:4]) / 2, d[:, 2:4] - d[:, :2], d[:, 4:5]], 1)
-                    for j, d in enumerate(dets_input)]
-            preds = torch.cat(rows).cpu() if rows else torch.zeros(0, 7)
-            plot_images(batch.images, preds, batch.paths, names, save_dir / f"test_batch{i}_pred.jpg")
-
-    return hook
-
-
 def run_val(opt: ValOptions) -> dict:
     """Evaluate ``opt.weights`` on ``opt.data``'s split; print the table and speed, write plots
     (and labels / json when asked) under project/name. Returns the numbers for --json."""
@@ -99,7 +75,8 @@ def run_val(opt: ValOptions) -> dict:
     save_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     result = evaluate(model, loader, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres, single_cls=opt.single_cls,
-                      augment=opt.augment, on_batch=batch_hook(save_dir, names, opt),
+                      augment=opt.augment, on_batch=batch_hook(save_dir, names, plots=opt.plots, save_txt=opt.save_txt,
+                                                                 save_conf=opt.save_conf),
                       ground_truth=_coco_ground_truth(sources, dataset, opt.single_cls, device))
     seconds = time.perf_counter() - start
     print(results_table(result, names, per_class=opt.verbose or (len(names) < 50 and len(names) > 1)))

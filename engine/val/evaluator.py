@@ -21,7 +21,7 @@ from utils.coco_eval import CocoResult, Detections, GroundTruth, accumulate, mat
 from utils.detection_metrics import F1Result, best_f1, confusion_matrix
 from utils.nms import non_max_suppression
 
-# Keys the trainer logs (engine/train_log.py METRIC_NAMES); COCO's 12 numbers are added under
+# Keys the trainer logs (engine/train/log.py METRIC_NAMES); COCO's 12 numbers are added under
 # their STAT_NAMES.
 TRAIN_METRICS = ("precision", "recall", "mAP_0.5", "mAP_0.5:0.95")
 

@@ -21,8 +21,8 @@ import onnx
 import torch
 from torch import nn
 
-from engine.backends import METADATA_KEY, Metadata
-from engine.onnx_nms import NmsInputs, append_nms
+from engine.detect.backends import METADATA_KEY, Metadata
+from engine.export.onnx_nms import NmsInputs, append_nms
 from utils.errors import UserError
 from utils.nms import non_max_suppression
 
@@ -62,7 +62,7 @@ class ExportResult:
 
 def metadata(model: nn.Module, img_size: tuple[int, int], batch: int, dynamic: bool,
              nms_options: dict | None = None) -> Metadata:
-    """The self-description stored in an exported file (read back by engine.backends)."""
+    """The self-description stored in an exported file (read back by engine.detect.backends)."""
     return Metadata(names=list(model.names), stride=int(model.stride.max()),
                     img_size=None if dynamic else tuple(img_size), batch=None if dynamic else batch,
                     nms=nms_options is not None, nms_options=nms_options or {}, default_img_size=max(img_size))
@@ -74,7 +74,7 @@ def export_onnx(model: nn.Module, path: Path, img_size: tuple[int, int], batch: 
     """Write ``model`` (eval mode, fused) to ``path`` as ONNX.
 
     Input ``images`` float [B, 3, H, W] in 0..1. Output ``pred`` [B, N, 5 + nc] decoded, or
-    with ``nms`` ``detections`` [K, 7] (see engine.onnx_nms). ``dynamic`` frees B, H and W
+    with ``nms`` ``detections`` [K, 7] (see engine.export.onnx_nms). ``dynamic`` frees B, H and W
     (H, W multiples of the stride). ``exporter``: 'dynamo' (torch.export, the maintained path)
     or 'torchscript' (the deprecated tracer, ~10x faster to export, same outputs).
     """
@@ -192,13 +192,13 @@ def check_threshold(pred: torch.Tensor, count: int = 100) -> float:
 
 
 def check_export(path: Path, model: nn.Module, x: torch.Tensor, nms_options: dict | None = None) -> tuple[str, float]:
-    """Run the exported file on ``x`` through engine.backends and compare it with ``model``.
+    """Run the exported file on ``x`` through engine.detect.backends and compare it with ``model``.
 
     Raw outputs must agree within RTOL; an NMS graph must give the same detections as
     utils.nms on the PyTorch outputs, at a threshold low enough for boxes to compare even from
     an untrained model (see check_threshold). Returns (a description of the check passed, max abs diff).
     """
-    from engine.backends import load_backend  # the reader of exported files, as detect.py uses it
+    from engine.detect.backends import load_backend  # the reader of exported files, as detect.py uses it
 
     backend = load_backend(path, x.device)
     with torch.no_grad():

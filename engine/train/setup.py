@@ -1,6 +1,6 @@
 """Everything a training run is built from, gathered in ``Run``; ``setup`` builds it from options.
 
-Kept apart from the loop (engine/trainer.py) so that the loop reads as the recipe and this
+Kept apart from the loop (engine/train/loop.py) so that the loop reads as the recipe and this
 file as the wiring: options -> model, data, loss, optimizer, EMA, logs, resume state.
 """
 
@@ -21,23 +21,17 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from engine.ema import ModelEMA
-from engine.optim import accumulation_steps, build_optimizer, lr_lambda, scaled_weight_decay
-from engine.train_data import build_train_loader, build_val_loader, set_dataset_mosaic, set_image_weights
-from engine.train_log import METRIC_NAMES, TensorBoardLog, write_results_csv
-from engine.train_options import (
-    DEFAULT_CFG,
-    TrainOptions,
-    find_resume_checkpoint,
-    increment_path,
-    load_hyp,
-    resolve_path,
-)
+from engine.train.data import build_train_loader, build_val_loader, set_dataset_mosaic, set_image_weights
+from engine.train.ema import ModelEMA
+from engine.train.log import METRIC_NAMES, TensorBoardLog, write_results_csv
+from engine.train.optim import accumulation_steps, build_optimizer, lr_lambda, scaled_weight_decay
+from engine.train.options import DEFAULT_CFG, TrainOptions, find_resume_checkpoint, load_hyp
 from models.checkpoint_io import model_from_checkpoint, transfer_weights
 from models.loss import YoloLoss
 from models.yolo import Model
 from utils.checkpoint import load_checkpoint, set_rng_state
 from utils.config import ConfigError, Hyp, from_mapping
+from utils.paths import increment_path, resolve_path
 from utils.torch_utils import DistInfo, barrier, seed_everything, unwrap
 
 LOG = logging.getLogger(__name__)
@@ -111,20 +105,20 @@ class Run:
 
     def plot_train_batch(self, batch: Any, index: int) -> None:
         """train_batch<index>.jpg and its TensorBoard image (rank 0, first epoch)."""
-        from engine.train_plots import plot_train_batch
+        from engine.train.plots import plot_train_batch
 
         plot_train_batch(self, batch, index)
 
     def log_image(self, tag: str, path: Path) -> None:
         """Add the picture at ``path`` (if written) to TensorBoard at the current epoch."""
-        from engine.train_plots import read_rgb
+        from engine.train.plots import read_rgb
 
         if self.tb is not None and path.is_file():
             self.tb.image(tag, read_rgb(path), len(self.rows))
 
     def plot_results(self) -> None:
         """results.png from results.csv."""
-        from engine.train_plots import plot_results
+        from engine.train.plots import plot_results
 
         plot_results(self.save_dir / "results.csv")
 
@@ -132,7 +126,7 @@ class Run:
 def validate(run: Run, plots: bool = False) -> tuple[dict[str, float], torch.Tensor]:
     """Evaluate the EMA model on the val split: (metrics of METRIC_NAMES, val losses [3]); keeps the
     per-class mAP@.5:.95 in ``run.class_maps`` for --image-weights."""
-    from engine.train_data import evaluate_for_training
+    from engine.train.data import evaluate_for_training
 
     metrics, losses, run.class_maps = evaluate_for_training(run, plots)
     return metrics, losses
@@ -165,7 +159,7 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     hyp = from_mapping(Hyp, ckpt["hyp"], str(opt.resume)) if ckpt is not None else load_hyp(opt)
     batch_size = opt.batch_size // info.world_size
     seed_everything(opt.seed + info.rank, opt.deterministic)
-    from engine.train_data import load_data
+    from engine.train.data import load_data
 
     data_cfg = load_data(opt, info)
     nc, names = (1, ["item"]) if opt.single_cls else (data_cfg.nc, list(data_cfg.names))
@@ -183,7 +177,7 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     train_loader = build_train_loader(opt, hyp, data_cfg, info, batch_size, stride, pin)
     val_loader = build_val_loader(opt, data_cfg, batch_size, stride, pin) if info.is_main else None
     if ckpt is None and not opt.noautoanchor and info.is_main:
-        from engine.train_data import check_anchors
+        from engine.train.data import check_anchors
 
         check_anchors(model, train_loader, hyp, opt.img_size[0], opt.seed)
     accumulate = accumulation_steps(opt.batch_size)
@@ -206,7 +200,7 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     if info.is_main:
         run.tb = TensorBoardLog(save_dir, run.start_epoch)
         if ckpt is None:
-            from engine.train_plots import plot_labels
+            from engine.train.plots import plot_labels
 
             plot_labels(train_loader, names, save_dir)
     return run

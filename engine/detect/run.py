@@ -18,10 +18,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engine.predictor import Detections, Predictor
-from engine.sources import Frame, Source
-from engine.train_options import increment_path
+from engine.detect.predictor import Detections, Predictor
+from engine.detect.sources import Frame, Source
 from utils.boxes import xyxy_to_cxcywh
+from utils.paths import increment_path
 from utils.plots import class_colour, draw_boxes
 
 
