@@ -73,7 +73,7 @@ def bench_config(cfg: str, img: int, batch: int, threads_list: list[int], warmup
     x = torch.rand(batch, 3, img, img)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"onnx": export_onnx(model, Path(tmp) / "model.onnx", (img, img), batch),
+        files = {"onnx": export_onnx(model, Path(tmp) / "model.onnx", (img, img), batch=batch),
                  "torchscript": export_torchscript(model, Path(tmp) / "model.torchscript", (img, img), batch)}
         for threads in threads_list:
             torch.set_num_threads(threads)

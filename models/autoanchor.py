@@ -13,7 +13,8 @@ from a data set's normalised labels and image shapes), so this module never read
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch

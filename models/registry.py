@@ -12,7 +12,17 @@ from __future__ import annotations
 from typing import Any
 
 from models.blocks import (
-    DownC, MP, SP, SPPCSPC, Block, Concat, Conv, RepConv, ReOrg, Shortcut, Upsample,
+    MP,
+    SP,
+    SPPCSPC,
+    Block,
+    Concat,
+    Conv,
+    DownC,
+    ReOrg,
+    RepConv,
+    Shortcut,
+    Upsample,
 )
 from models.csp import Bottleneck, BottleneckCSP, BottleneckCSPB
 from models.elan import EELAN, ELAN, MPConv

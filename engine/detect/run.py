@@ -21,35 +21,41 @@ import numpy as np
 from engine.detect.predictor import Detections, Predictor
 from engine.detect.sources import Frame, Source
 from utils.boxes import xyxy_to_cxcywh
+from utils.cli import option
 from utils.paths import increment_path
 from utils.plots import class_colour, draw_boxes
 
 
 @dataclass
 class DetectOptions:
-    """detect.py's flags (YOLOv7's names); see detect.py --help."""
+    """detect.py's flags (YOLOv7's names); see detect.py --help. '' weights / source: detect.py
+    picks the newest trained checkpoint / the shapes val images."""
 
-    weights: str
-    source: str
-    img_size: int | None = None
-    conf_thres: float = 0.25
-    iou_thres: float = 0.45
-    max_det: int = 300
-    device: str = ""
-    classes: list[int] | None = None
-    agnostic_nms: bool = False
-    augment: bool = False
-    batch_size: int = 8
-    save_txt: bool = False
-    save_conf: bool = False
-    save_json: bool = False
-    nosave: bool = False
-    project: str = "runs/detect"
-    name: str = "exp"
-    exist_ok: bool = False
-    line_thickness: int | None = None
-    hide_labels: bool = False
-    hide_conf: bool = False
+    weights: str = option("", "checkpoint, .onnx or .torchscript (default: newest runs/train/*/weights/best.pt "
+                          "or last.pt)")
+    source: str = option("", "image, folder, glob, .txt list, video, webcam index or URL (default: the built-in "
+                         "shapes val images)")
+    img_size: int | None = option(None, "inference size, longer side (default: the checkpoint's validation size, "
+                                  "else 640)", aliases=["--img"], at_least=32)
+    conf_thres: float = option(0.25, "score threshold", at_least=0.0, at_most=1.0)
+    iou_thres: float = option(0.45, "NMS IoU threshold", at_least=0.0, at_most=1.0)
+    max_det: int = option(300, "most detections per image", at_least=1)
+    device: str = option("", "'' (auto), cpu, 0 or mps")
+    classes: list[int] | None = option(None, "keep only these class indices", at_least=0)
+    agnostic_nms: bool = option(False, "NMS across classes")
+    augment: bool = option(False, "test-time augmentation (checkpoints only)")
+    batch_size: int = option(8, "images per forward (folders, lists)", at_least=1)
+    save_txt: bool = option(False, "write labels/*.txt (YOLO format)")
+    save_conf: bool = option(False, "add the score to --save-txt rows")
+    save_json: bool = option(False, "write detections.json (xyxy original pixels)")
+    nosave: bool = option(False, "do not write drawn images or videos")
+    project: str = option("runs/detect")
+    name: str = option("exp")
+    exist_ok: bool = option(False, "reuse project/name instead of incrementing")
+    line_thickness: int | None = option(None, "box line width in pixels", at_least=1)
+    hide_labels: bool = option(False, "draw boxes without labels")
+    hide_conf: bool = option(False, "draw labels without scores")
+    json: bool = option(False, "print the summary as one JSON object (last line)")
 
 
 def summary_line(det: Detections, names: list[str]) -> str:

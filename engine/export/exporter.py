@@ -68,7 +68,7 @@ def metadata(model: nn.Module, img_size: tuple[int, int], batch: int, dynamic: b
                     nms=nms_options is not None, nms_options=nms_options or {}, default_img_size=max(img_size))
 
 
-def export_onnx(model: nn.Module, path: Path, img_size: tuple[int, int], batch: int = 1, dynamic: bool = False,
+def export_onnx(model: nn.Module, path: Path, img_size: tuple[int, int], *, batch: int = 1, dynamic: bool = False,
                 nms: bool = False, conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 300,
                 agnostic: bool = False, opset: int = 18, exporter: str = "dynamo") -> Path:
     """Write ``model`` (eval mode, fused) to ``path`` as ONNX.
@@ -215,7 +215,7 @@ def check_export(path: Path, model: nn.Module, x: torch.Tensor, nms_options: dic
     return f"same {count} detections as PyTorch + utils.nms at conf {conf:.3g} (max abs diff {diff:.2e})", diff
 
 
-def export_model(model: nn.Module, stem: Path, formats: list[str], img_size: tuple[int, int], batch: int = 1,
+def export_model(model: nn.Module, stem: Path, formats: list[str], img_size: tuple[int, int], *, batch: int = 1,
                  dynamic: bool = False, nms: bool = False, conf_thres: float = 0.25, iou_thres: float = 0.45,
                  max_det: int = 300, agnostic: bool = False, opset: int = 18, exporter: str = "dynamo"
                  ) -> list[ExportResult]:
@@ -227,8 +227,9 @@ def export_model(model: nn.Module, stem: Path, formats: list[str], img_size: tup
     results = []
     for fmt in formats:
         if fmt == "onnx":
-            path = export_onnx(model, stem.with_suffix(".onnx"), img_size, batch, dynamic, nms, conf_thres,
-                               iou_thres, max_det, agnostic, opset, exporter)
+            path = export_onnx(model, stem.with_suffix(".onnx"), img_size, batch=batch, dynamic=dynamic, nms=nms,
+                               conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, agnostic=agnostic,
+                               opset=opset, exporter=exporter)
             options = {"iou_thres": iou_thres, "max_det": max_det, "agnostic": agnostic} if nms else None
         elif fmt == "torchscript":
             path = export_torchscript(model, stem.with_suffix(".torchscript"), img_size, batch)

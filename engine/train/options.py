@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from utils.cli import check_ranges, option
 from utils.config import ConfigError, Hyp, apply_overrides, from_mapping, load
 from utils.paths import resolve_path
 
@@ -21,39 +22,40 @@ class TrainOptions:
     Defaults train the built-in shapes set on a small model; see train.py --help for each flag.
     """
 
-    weights: str = ""  # '' trains from scratch; a checkpoint fine-tunes (matching tensors transfer)
-    cfg: str = ""  # model YAML; '' = the one stored in --weights, else DEFAULT_CFG
-    data: str = DEFAULT_DATA
-    hyp: str = DEFAULT_HYP
-    overrides: list[str] = dataclasses.field(default_factory=list)  # key=value hyper-parameter overrides
-    epochs: int = 15
-    batch_size: int = 16  # total over all processes
-    img_size: list[int] = dataclasses.field(default_factory=lambda: [256, 256])  # train, val
-    rect: bool = False
-    resume: str = ""  # '' no; 'last' the most recent last.pt under --project; or a path
-    nosave: bool = False
-    notest: bool = False
-    noautoanchor: bool = False
-    cache_images: str = ""  # '', 'ram' or 'disk'
-    image_weights: bool = False
-    device: str = ""
-    multi_scale: bool = False
-    single_cls: bool = False
-    optimizer: str = "SGD"
-    sync_bn: bool = False
-    workers: int = 2
-    project: str = "runs/train"
-    name: str = "exp"
-    exist_ok: bool = False
-    linear_lr: bool = False
-    label_smoothing: float = 0.0
-    save_period: int = -1
-    freeze: list[int] = dataclasses.field(default_factory=lambda: [0])
-    seed: int = 0
-    deterministic: bool = False
-    patience: int = 100
-    close_mosaic: int = 0
-    json: bool = False
+    weights: str = option("", "checkpoint to fine-tune from ('' = from scratch)")
+    cfg: str = option("", f"model YAML (default: --weights' model, else {DEFAULT_CFG})")
+    data: str = option(DEFAULT_DATA, "data-set YAML or built-in name (default: shapes)")
+    hyp: str = option(DEFAULT_HYP, "hyper-parameter YAML")
+    overrides: list[str] = option([], "hyper-parameter overrides, e.g. lr0=0.02", positional=True, nargs="*",
+                                  metavar="key=value")
+    epochs: int = option(15, at_least=1)
+    batch_size: int = option(16, "total batch size over all processes", at_least=1)
+    img_size: list[int] = option([256, 256], "train [val] image size", aliases=["--img"], at_least=32)
+    rect: bool = option(False, "rectangular training batches (no mosaic)")
+    resume: str = option("", "resume the newest last.pt, or PATH", nargs="?", const="last")
+    nosave: bool = option(False, "save only the final checkpoint")
+    notest: bool = option(False, "validate only after the final epoch")
+    noautoanchor: bool = option(False, "keep the config's anchors")
+    cache_images: str = option("", nargs="?", const="ram", choices=["", "ram", "disk"])
+    image_weights: bool = option(False, "draw images by their classes' (1 - mAP@.5)^2 / frequency (one process)")
+    device: str = option("", "'' (auto), cpu, 0, 0,1,2,3 or mps")
+    multi_scale: bool = option(False, "vary the image size +/- 50%% per batch")
+    single_cls: bool = option(False, "train every class as one")
+    optimizer: str = option("SGD", choices=["SGD", "Adam", "AdamW"], shortcuts={"--adam": "Adam"})
+    sync_bn: bool = option(False, "SyncBatchNorm under DDP (CUDA)")
+    workers: int = option(2, "data-loader workers per process", at_least=0)
+    project: str = option("runs/train")
+    name: str = option("exp")
+    exist_ok: bool = option(False, "reuse project/name instead of incrementing")
+    linear_lr: bool = option(False, "linear instead of cosine learning-rate decay")
+    label_smoothing: float = option(0.0, at_least=0.0, below=1.0)
+    save_period: int = option(-1, "also save epoch<N>.pt every N epochs")
+    freeze: list[int] = option([0], "first N layers, or layer indices")
+    seed: int = option(0)
+    deterministic: bool = option(False, "deterministic kernels (slower; exact reruns)")
+    patience: int = option(100, "stop after this many epochs without gain")
+    close_mosaic: int = option(0, "no mosaic in the last N epochs")
+    json: bool = option(False, "print the final summary as one JSON object")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for opt.yaml and checkpoints)."""
@@ -66,20 +68,11 @@ class TrainOptions:
 
     def check(self) -> None:
         """Raise ConfigError for inconsistent options (message names the flag)."""
-        if self.epochs < 1:
-            raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if not 1 <= len(self.img_size) <= 2 or min(self.img_size) < 32:
+        check_ranges(self)
+        if not 1 <= len(self.img_size) <= 2:
             raise ConfigError(f"--img-size takes one or two sizes >= 32 (train, val), got {self.img_size}")
-        if self.cache_images not in ("", "ram", "disk"):
-            raise ConfigError(f"--cache-images must be ram or disk, got {self.cache_images!r}")
-        if self.optimizer not in ("SGD", "Adam", "AdamW"):
-            raise ConfigError(f"--optimizer must be SGD, Adam or AdamW, got {self.optimizer!r}")
         if self.image_weights and self.rect:
             raise ConfigError("--image-weights cannot be combined with --rect (rectangular batches need a fixed order)")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 def load_hyp(opt: TrainOptions) -> Hyp:

@@ -23,6 +23,7 @@ from engine.val.report import (
     save_plots,
 )
 from models import load_model
+from utils.cli import option
 from utils.coco_eval import GroundTruth, coco_evaluate
 from utils.coco_json import load_detections, load_ground_truth
 from utils.paths import increment_path
@@ -33,27 +34,30 @@ LOG = logging.getLogger("val")
 
 @dataclass
 class ValOptions:
-    """val.py's command line (YOLOv7 test.py flags)."""
+    """val.py's command line (YOLOv7 test.py flags); ``plots`` is for the Python API only."""
 
-    weights: str = ""
-    data: str = "shapes"
-    batch_size: int = 32
-    img_size: int = 640
-    conf_thres: float = 0.001
-    iou_thres: float = 0.65
-    task: str = "val"  # val, test or speed
-    device: str = ""
-    single_cls: bool = False
-    augment: bool = False
-    verbose: bool = False
-    save_txt: bool = False
-    save_conf: bool = False
-    save_json: bool = False
-    project: str = "runs/val"
-    name: str = "exp"
-    exist_ok: bool = False
-    workers: int = 0
-    plots: bool = True
+    weights: str = option("", "checkpoint (.pt) to evaluate")
+    data: str = option("shapes", "data-set YAML or built-in name (default: shapes)")
+    batch_size: int = option(32, at_least=1)
+    img_size: int = option(640, "inference size (pixels)", aliases=["--img"], at_least=32)
+    conf_thres: float = option(0.001, "object confidence threshold", at_least=0.0, at_most=1.0)
+    iou_thres: float = option(0.65, "IoU threshold for NMS", at_least=0.0, at_most=1.0)
+    task: str = option("val", choices=["val", "test", "speed"])
+    device: str = option("", "'' (cuda if available, else cpu), cpu, 0, ...")
+    single_cls: bool = option(False, "treat every class as one")
+    augment: bool = option(False, "test-time augmentation (flips and scales)")
+    verbose: bool = option(False, "per-class table")
+    save_txt: bool = option(False, "save detections as YOLO label files")
+    save_conf: bool = option(False, "add the score to --save-txt labels")
+    save_json: bool = option(False, "save a COCO results json (and check it with pycocotools)")
+    project: str = option("runs/val")
+    name: str = option("exp")
+    exist_ok: bool = option(False, "reuse project/name instead of incrementing it")
+    workers: int = option(0, "data-loader workers", at_least=0)
+    gt: str | None = option(None, "COCO ground-truth json (with --dt: score a results file, no model)")
+    dt: str | None = option(None, "COCO results json to score against --gt")
+    json: bool = option(False, "print one JSON object with the numbers as the last line")
+    plots: bool = option(True, cli=False)
 
 
 def run_val(opt: ValOptions) -> dict:
