@@ -92,7 +92,7 @@ def test_folder_outputs(workdir: Path, folder_run: Path) -> None:
     entries = json.loads((folder_run / "detections.json").read_text())
     assert [Path(e["path"]).name for e in entries] == [f"img{i}.jpg" for i in range(len(SIZES))]
     predictor = Predictor(workdir / "weights.pt", device="cpu")
-    for i, ((h, w), entry) in enumerate(zip(SIZES, entries)):
+    for i, ((h, w), entry) in enumerate(zip(SIZES, entries, strict=False)):
         drawn = cv2.imread(str(folder_run / f"img{i}.jpg"))
         assert drawn is not None and drawn.shape[:2] == (h, w)
         assert (entry["height"], entry["width"]) == (h, w)

@@ -72,7 +72,7 @@ def test_finite_and_gradients_reach_every_level(ota, aux, n):
 
 
 @pytest.mark.parametrize("n", [0, 1, 40])
-def test_real_model_gradients_reach_every_head_conv(n, one_thread):
+def test_real_model_gradients_reach_every_head_conv(n, one_thread):  # noqa: F811 (the fixture)
     model = Model(small_config("IAuxDetect")).train()
     x = torch.rand(2, 3, 64, 64)
     targets = random_targets(n, 2, model.nc) if n != 1 else torch.tensor([[1, 0, 0.4, 0.6, 0.2, 0.3]])
@@ -161,7 +161,7 @@ def test_label_smoothing_targets():
 
 
 def _positive_set(c) -> set[tuple[int, int, int]]:
-    return set(zip(c.level.tolist(), c.flat.tolist(), c.target.tolist()))
+    return set(zip(c.level.tolist(), c.flat.tolist(), c.target.tolist(), strict=False))
 
 
 def test_aux_positives_superset_of_lead():

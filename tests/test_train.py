@@ -24,6 +24,7 @@ import engine.train.setup
 import train as train_cli
 from data.shapes import CLASSES
 from engine.detect.predictor import Predictor
+from engine.train.log import zero_metrics
 from engine.train.loop import NonFiniteLossError, train
 from engine.train.options import TrainOptions
 from engine.val.run import ValOptions, run_val
@@ -214,13 +215,9 @@ def test_resume_after_kill(data_root):
 def test_patience_counts_validated_epochs_only():
     """--notest epochs log fitness 0 (not validated): they must not trigger --patience, or a
     300-epoch --notest run would stop at epoch 100 without ever validating."""
-    from types import SimpleNamespace
-
     rows = [{"epoch": e, "fitness": 0.0} for e in range(3)]
-    unvalidated = SimpleNamespace(opt=SimpleNamespace(patience=2, notest=True), rows=rows)
-    assert not engine.train.loop._patience_exhausted(unvalidated, 2)
-    validated = SimpleNamespace(opt=SimpleNamespace(patience=2, notest=False), rows=rows)
-    assert engine.train.loop._patience_exhausted(validated, 2)
+    assert not engine.train.loop.patience_exhausted(rows, 2, patience=2, notest=True)
+    assert engine.train.loop.patience_exhausted(rows, 2, patience=2, notest=False)
 
 
 def test_img_size_not_a_stride_multiple_is_rounded_up(data_root, caplog):
@@ -234,7 +231,7 @@ def test_img_size_not_a_stride_multiple_is_rounded_up(data_root, caplog):
 
 def test_early_stop_with_nosave_still_saves_the_last_epoch(data_root, monkeypatch):
     """--nosave saves only the final epoch; a run stopped by --patience must count as final there."""
-    monkeypatch.setattr(engine.train.loop, "validate", lambda run, plots: run.zero_metrics())
+    monkeypatch.setattr(engine.train.loop, "validate", lambda run, plots: (*zero_metrics(), run.class_maps))
     summary = train(tiny_options(data_root, name="stop_nosave", epochs=6, nosave=True, patience=1))
     rows = (Path(summary["save_dir"]) / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2  # header, epochs 0 and 1: stopped one epoch after the (flat) best

@@ -145,7 +145,7 @@ class Predictor:
             return []
         x, undo = self.preprocess(images)
         results = []
-        for det, (gains, pad, shape) in zip(self._run_fixed_batch(x), undo):
+        for det, (gains, pad, shape) in zip(self._run_fixed_batch(x), undo, strict=False):
             det = det.detach().cpu().float().numpy()
             boxes = letterbox_to_original(det[:, :4], gains, pad, shape) if len(det) else det[:, :4]
             results.append(Detections(boxes.astype(np.float32), det[:, 4].astype(np.float32),

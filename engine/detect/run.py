@@ -75,7 +75,7 @@ def draw(image_bgr: np.ndarray, det: Detections, names: list[str], opt: DetectOp
     rgb = np.ascontiguousarray(image_bgr[..., ::-1])
     if opt.hide_labels:
         lw = opt.line_thickness or max(round(sum(rgb.shape[:2]) / 2 * 0.003), 1)
-        for box, cls in zip(det.boxes.astype(int), det.classes):
+        for box, cls in zip(det.boxes.astype(int), det.classes, strict=False):
             cv2.rectangle(rgb, tuple(box[:2]), tuple(box[2:]), class_colour(cls), lw, cv2.LINE_AA)
     else:
         rgb = draw_boxes(rgb, det.boxes, det.classes, None if opt.hide_conf else det.scores, names,
@@ -88,7 +88,7 @@ def label_lines(det: Detections, save_conf: bool) -> list[str]:
     h, w = det.shape
     xywh = xyxy_to_cxcywh(det.boxes) / np.array([w, h, w, h], np.float32)
     rows = []
-    for cls, box, score in zip(det.classes, xywh, det.scores):
+    for cls, box, score in zip(det.classes, xywh, det.scores, strict=False):
         values = [f"{v:.6f}" for v in box] + ([f"{score:.6f}"] if save_conf else [])
         rows.append(" ".join([str(int(cls))] + values))
     return rows
@@ -104,7 +104,7 @@ def json_entry(frame: Frame, det: Detections, names: list[str]) -> dict:
         "detections": [
             {"class": int(c), "name": names[int(c)] if int(c) < len(names) else str(int(c)),
              "score": round(float(s), 5), "box": [round(float(v), 2) for v in b]}
-            for b, s, c in zip(det.boxes, det.scores, det.classes)
+            for b, s, c in zip(det.boxes, det.scores, det.classes, strict=False)
         ],
     }
 
@@ -160,7 +160,7 @@ def run_detect(opt: DetectOptions, predictor: Predictor | None = None) -> dict:
             results = predictor.predict([f.image for f in batch])
             elapsed = time.perf_counter() - start
             seconds += elapsed
-            for frame, det in zip(batch, results):
+            for frame, det in zip(batch, results, strict=False):
                 images += 1
                 totals.update(int(c) for c in det.classes)
                 h, w = det.shape

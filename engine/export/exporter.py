@@ -170,7 +170,7 @@ def sorted_detections(det: torch.Tensor) -> torch.Tensor:
 def check_detections(name: str, dets: list[torch.Tensor], refs: list[torch.Tensor]) -> float:
     """Same detections per image (count, classes exact; boxes and scores within tolerance)."""
     worst = 0.0
-    for i, (det, ref) in enumerate(zip(dets, refs)):
+    for i, (det, ref) in enumerate(zip(dets, refs, strict=False)):
         if len(det) != len(ref):
             raise ExportError(f"{name}: image {i}: {len(det)} detections, PyTorch NMS gives {len(ref)}")
         det, ref = sorted_detections(det), sorted_detections(ref)
