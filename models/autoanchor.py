@@ -13,8 +13,7 @@ from a data set's normalised labels and image shapes), so this module never read
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch

@@ -11,8 +11,8 @@ from __future__ import annotations
 import ast
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn

@@ -12,17 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from models.blocks import (
-    MP,
-    SP,
-    SPPCSPC,
-    Block,
-    Concat,
-    Conv,
-    DownC,
-    ReOrg,
-    RepConv,
-    Shortcut,
-    Upsample,
+    DownC, MP, SP, SPPCSPC, Block, Concat, Conv, RepConv, ReOrg, Shortcut, Upsample,
 )
 from models.csp import Bottleneck, BottleneckCSP, BottleneckCSPB
 from models.elan import EELAN, ELAN, MPConv

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.blocks import Conv, RepConv
 from models.head import Detect
-from models.parse import load_model_config, parse_model, row_location
+from models.parse import ModelConfig, load_model_config, parse_model, row_location
 from utils.config import ConfigError
 
 
