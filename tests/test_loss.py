@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
+from test_overfit import one_thread, small_config  # noqa: F401 (one_thread is a fixture)
 from torch import nn
 from torchvision.ops import complete_box_iou, sigmoid_focal_loss
 
 from models.loss import YoloLoss, bce, level_balance, loss_gains
 from models.yolo import Model
-from test_overfit import one_thread, small_config  # noqa: F401 (one_thread is a fixture)
 from utils.config import Hyp
 
 ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
@@ -72,7 +72,7 @@ def test_finite_and_gradients_reach_every_level(ota, aux, n):
 
 
 @pytest.mark.parametrize("n", [0, 1, 40])
-def test_real_model_gradients_reach_every_head_conv(n, one_thread):
+def test_real_model_gradients_reach_every_head_conv(n, one_thread):  # noqa: F811 (the fixture)
     model = Model(small_config("IAuxDetect")).train()
     x = torch.rand(2, 3, 64, 64)
     targets = random_targets(n, 2, model.nc) if n != 1 else torch.tensor([[1, 0, 0.4, 0.6, 0.2, 0.3]])
@@ -161,7 +161,7 @@ def test_label_smoothing_targets():
 
 
 def _positive_set(c) -> set[tuple[int, int, int]]:
-    return set(zip(c.level.tolist(), c.flat.tolist(), c.target.tolist()))
+    return set(zip(c.level.tolist(), c.flat.tolist(), c.target.tolist(), strict=False))
 
 
 def test_aux_positives_superset_of_lead():
