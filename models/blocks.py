@@ -99,6 +99,11 @@ class Block(nn.Module):
     repeats the block ``number`` times. ``unrolled_rows()`` lists, for each row of the
     equivalent official unrolled config, the submodule prefix holding that row's weights
     (``""``: the block itself; ``None``: a row without weights such as Concat).
+
+    ``fuse()`` is the deployment hook: ``Model.fuse`` calls it on every Block of the model,
+    innermost first (a block's sub-blocks are fused before the block itself), under
+    ``torch.no_grad``; BatchNorm folds use the running (eval-mode) statistics. The default does nothing; a re-parameterisable block overrides it
+    to rewrite itself into its inference form with the same outputs.
     """
 
     out_channels: int
@@ -110,6 +115,9 @@ class Block(nn.Module):
 
     def unrolled_rows(self) -> list[str | None]:
         return [""]
+
+    def fuse(self) -> None:
+        """Rewrite into the inference form (same outputs); nothing to do by default."""
 
 
 class Conv(Block):
