@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
+from test_models import randomize, rel_err
 from torch import nn
 
 from models.blocks import Block, Conv, RowContext
 from models.registry import REGISTRY
 from models.yolo import Model
-from test_models import randomize, rel_err
 
 
 class TwinConv(Block):
