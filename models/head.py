@@ -13,7 +13,8 @@ import math
 import torch
 from torch import nn
 
-from models.blocks import Block, ImplicitA, ImplicitM, RowContext
+from models.blocks import Block, RowContext
+from models.reparam import ImplicitA, ImplicitM
 
 
 class Detect(Block):

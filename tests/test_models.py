@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from models.__main__ import main as summary_main
-from models.blocks import RepConv, make_act
+from models.blocks import make_act
+from models.reparam import RepConv
 from models.head import Detect
 from models.yolo import Model, unrolled_key_map
 
