@@ -112,7 +112,7 @@ def find_candidates(
         t, a = t[idx], a[idx]
         b = targets[t, 0].long()
         values = (t, b, torch.full_like(t, level), a, gj, gi, ((b * na + a) * h + gj) * w + gi)
-        for field, value in zip(fields, values):
+        for field, value in zip(fields, values, strict=True):
             field.append(value)
     return Candidates(*(_cat(f, device) for f in fields))
 
@@ -234,7 +234,7 @@ def merge_positives(primary: Candidates, secondary: Candidates) -> Candidates:
     they always contain them, as YOLOv7's coarse-to-fine design intends; OTA on the wider
     candidate set alone does not guarantee it (a larger pool can push some lead choices out).
     """
-    return unique_anchors(Candidates(*(torch.cat(pair) for pair in zip(primary, secondary))))
+    return unique_anchors(Candidates(*(torch.cat(pair) for pair in zip(primary, secondary, strict=True))))
 
 
 def ota_assign(
@@ -279,7 +279,7 @@ def ota_assign(
         parts.append(_claim_cheapest(cost, iou, valid, r, c, topq))
     if not parts or len(anchors.flat) == 0:
         return Candidates(*(f[:0] for f in anchors))
-    claims, cheapest = (_Entries(*(torch.cat(f) for f in zip(*group))) for group in zip(*parts))
+    claims, cheapest = (_Entries(*(torch.cat(f) for f in zip(*group, strict=True))) for group in zip(*parts, strict=True))
     columns, owners = _resolve(claims, cheapest, len(anchors.flat))
     return Candidates(*(f[columns] for f in anchors))._replace(target=owners)
 

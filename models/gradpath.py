@@ -157,7 +157,7 @@ def format_table(rows: list[LayerStats]) -> str:
     widths = [max(len(row[j]) for row in [header, *lines]) for j in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(w) if j in (1, 2) else cell.rjust(w) for j, (cell, w) in
-                  enumerate(zip(row, widths)))
+                  enumerate(zip(row, widths, strict=True)))
         for row in [header, *lines]
     )
 

@@ -83,7 +83,7 @@ def gather_predictions(levels: list[Tensor], positions: Candidates) -> Tensor:
     """
     counts = torch.bincount(positions.level, minlength=len(levels)).tolist()
     flats = positions.flat.split(counts)
-    return torch.cat([x.reshape(-1, x.shape[-1])[f] for x, f in zip(levels, flats)])
+    return torch.cat([x.reshape(-1, x.shape[-1])[f] for x, f in zip(levels, flats, strict=True)])
 
 
 _MIN_SIZE = 1e-6  # grid units
@@ -186,7 +186,7 @@ class YoloLoss:
         return positives, merge_positives(positives, coarse) if self.rule.merge_aux else coarse
 
     def _check_inputs(self, lead: list[Tensor], targets: Tensor, img_size: tuple[int, int]) -> None:
-        for x, s in zip(lead, self.head.stride.tolist()):
+        for x, s in zip(lead, self.head.stride.tolist(), strict=True):
             if (x.shape[2] * s, x.shape[3] * s) != tuple(img_size):
                 raise ValueError(
                     f"YoloLoss: output grid {tuple(x.shape[2:4])} at stride {s:g} "
@@ -263,7 +263,9 @@ class YoloLoss:
     ) -> Tensor:
         """Balanced sum over levels of the mean objectness BCE; target = IoU at positives, else 0."""
         obj = torch.zeros((), device=levels[0].device)
-        for balance, x, flat, iou in zip(self.balance, levels, flats, ious):
+        # strict=False: level_balance lists at most 5 levels (YOLOv7's table); more levels would
+        # get no objectness term, as before.
+        for balance, x, flat, iou in zip(self.balance, levels, flats, ious, strict=False):
             logits = x[..., 4].reshape(-1).float()
             target = torch.zeros_like(logits)
             target[flat] = iou

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.blocks import Block
 from models.head import Detect
-from models.parse import ModelConfig, load_model_config, parse_model, row_location
+from models.parse import load_model_config, parse_model, row_location
 from utils.config import ConfigError
 
 
@@ -96,7 +96,7 @@ class Model(nn.Module):
     def _body(self, x: torch.Tensor, check: bool = False) -> list[torch.Tensor]:
         """Run every layer but the head; returns the head's inputs. ``check`` names the failing row."""
         outs: list[torch.Tensor | None] = []
-        for i, (layer, f) in enumerate(zip(self.model[:-1], self.froms[:-1])):
+        for i, (layer, f) in enumerate(zip(self.model[:-1], self.froms[:-1], strict=True)):
             if i in self.dropped:
                 outs.append(None)
                 continue
