@@ -8,6 +8,7 @@ from test_overfit import one_thread, small_config  # noqa: F401 (one_thread is a
 from torch import nn
 from torchvision.ops import complete_box_iou, sigmoid_focal_loss
 
+from models.assign import ASSIGNERS, AssignRule
 from models.loss import YoloLoss, bce, level_balance, loss_gains
 from models.yolo import Model
 from utils.config import Hyp
@@ -204,3 +205,26 @@ def test_collapsed_box_predictions_give_finite_loss(ota, dtype):
     assert torch.isfinite(loss) and torch.isfinite(items).all() and items[0] > 0
     loss.backward()
     assert all(torch.isfinite(x.grad).all() for x in raw)
+
+
+def test_assignment_rule_by_name_and_a_registered_new_rule(monkeypatch):
+    head = StandInHead()
+    raw = raw_outputs(head, batch=2, size=64, aux=True, seed=3)
+    targets = random_targets(8, 2, head.nc, seed=3)
+    for name, ota in (("ota", True), ("yolov5", False)):
+        by_name = YoloLoss(head, Hyp(), assigner=name)(raw, targets, (64, 64))[1]
+        assert torch.equal(by_name, YoloLoss(head, Hyp(), ota=ota)(raw, targets, (64, 64))[1])
+        assert YoloLoss(head, Hyp(loss_ota=ota)).assigner == name  # the hyp key selects the rule
+    # A new rule is one ASSIGNERS entry: here, only the centre-cell candidates are positives.
+    seen = []
+
+    def centre_only(candidates, inputs):
+        seen.append(inputs.aux_model)
+        return candidates
+
+    monkeypatch.setitem(ASSIGNERS, "centre", AssignRule(centre_only, lead_reach=0.0, aux_reach=0.0))
+    lead, aux = YoloLoss(head, Hyp(), assigner="centre").assign(raw, targets, (64, 64))
+    plain, _ = YoloLoss(head, Hyp(), assigner="yolov5").assign(raw, targets, (64, 64))
+    assert seen == [True, True] and len(lead.flat) < len(plain.flat) and _positive_set(lead) == _positive_set(aux)
+    with pytest.raises(ValueError, match="unknown assignment rule 'tal'.*ota, yolov5"):
+        YoloLoss(head, Hyp(), assigner="tal")
