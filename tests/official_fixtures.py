@@ -21,21 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.blocks import (
-    MP,
-    SP,
-    SPPCSPC,
-    Concat,
-    Conv,
-    DownC,
-    ImplicitA,
-    ImplicitM,
-    ReOrg,
-    RepConv,
-    Shortcut,
-    Upsample,
-)
+from models.blocks import MP, SP, SPPCSPC, Concat, Conv, DownC, ReOrg, Shortcut, Upsample
 from models.head import Detect
+from models.reparam import ImplicitA, ImplicitM, RepConv
 from models.yolo import Model
 
 _COMMON = {Conv: "Conv", RepConv: "RepConv", Concat: "Concat", Shortcut: "Shortcut", MP: "MP", SP: "SP",
