@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import pytest
@@ -61,15 +62,18 @@ def test_detect_on_the_official_and_the_converted_file(files, capsys):
         assert detect.main(["--weights", str(files[kind]), "--source", str(images), *FLAGS, "--conf-thres", "0.001",
                             "--nosave", "--project", str(files["root"] / "detect"), "--json"]) == 0
         found[kind] = _last_json(capsys)
-    assert found["official"] == {**found["converted"], "save_dir": found["official"]["save_dir"]}
+    same = [{k: v for k, v in found[kind].items() if k not in ("save_dir", "ms_per_image")} for kind in found]
+    assert same[0] == same[1] and found["official"]["detections"] > 0
 
 
-def test_export_of_a_converted_file(files, capsys):
+def test_export_of_an_official_file(files, capsys):
     assert export.main(["--weights", str(files["official"]), "--include", "torchscript", *FLAGS, "--json"]) == 0
     summary = _last_json(capsys)
     scripted = Path(str(files["official"]).replace(".pt", ".torchscript"))
     assert scripted.is_file() and json.dumps(summary)
-    module = torch.jit.load(str(scripted))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.x marks torch.jit deprecated
+        module = torch.jit.load(str(scripted))
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(module(x), files["ema"].eval()(x)[0], atol=1e-4)
