@@ -70,7 +70,8 @@ def ref_files(tmp_path_factory):
     for name, (cfg, kind, fuse, training) in cases.items():
         ema = _source(cfg, 0, fuse)
         raw = _source(cfg, 1, fuse) if training else None
-        files[tmp / f"{name}.pt"] = train_checkpoint(ema, raw, cfg, kind, yaml_file=f"{name}.yaml")
+        official_name = {"tiny": "yolov7-tiny", "w6": "yolov7-w6"}.get(name, "yolov7")
+        files[tmp / f"{name}.pt"] = train_checkpoint(ema, raw, cfg, kind, yaml_file=f"{official_name}.yaml")
         sources[name] = (tmp / f"{name}.pt", ema)
     write_official(tmp, files)
     return sources
