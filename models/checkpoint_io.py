@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from models.official import is_official, pickle_globals
 from models.yolo import Model
 from utils.checkpoint import load_checkpoint
+
+LOG = logging.getLogger(__name__)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Checkpoint ``path`` as our dict (docs/design.md schema): one of ours, loaded with
+    ``weights_only=True``, or an official YOLOv7 file converted in memory (``models.official``,
+    never unpickled the unsafe way), which is said in one log line.
+
+    Raises ``utils.checkpoint.CheckpointError`` naming the file for anything else.
+    """
+    if Path(path).is_file() and is_official(pickle_globals(path)):
+        from models.official_map import convert_official  # local: only official files need it
+
+        conv = convert_official(path)
+        LOG.warning("%s: official YOLOv7 checkpoint converted in memory (%s, %s weights); "
+                    "'python -m models.convert %s' writes it once", path, conv.cfg, conv.weights_from, path)
+        return conv.checkpoint
+    return load_checkpoint(path)
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], weights_key: str = "model") -> Model:
@@ -19,6 +40,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], weights_key: str = "model") -> M
     training weights, for resuming).
     """
     model = Model(ckpt["model_cfg"], nc=ckpt["nc"])
+    if ckpt.get("fused"):  # a converted official deploy file holds fused weights
+        model.fuse()
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt[weights_key].items()}
     model.load_state_dict(state)
     model.names = list(ckpt["names"])
@@ -26,12 +49,13 @@ def model_from_checkpoint(ckpt: dict[str, Any], weights_key: str = "model") -> M
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", fuse: bool = False) -> Model:
-    """Load checkpoint ``path`` (``weights_only=True``) into a ``Model`` in eval mode on ``device``.
+    """Load checkpoint ``path`` (ours, or an official YOLOv7 one: ``read_checkpoint``) into a
+    ``Model`` in eval mode on ``device``.
 
     ``fuse`` folds BN / RepConv / implicit layers for inference. Raises
-    ``utils.checkpoint.CheckpointError`` naming the file if it is not one of our checkpoints.
+    ``utils.checkpoint.CheckpointError`` naming the file if it is neither.
     """
-    model = model_from_checkpoint(load_checkpoint(path))
+    model = model_from_checkpoint(read_checkpoint(path))
     if fuse:
         model.fuse()
     return model.to(device).eval()

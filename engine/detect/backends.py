@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from engine.tta import augmented_forward
-from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.checkpoint import CheckpointError
 from utils.errors import UserError
 
 METADATA_KEY = "elan_yolo"  # ONNX metadata_props key and TorchScript extra-file name
@@ -65,13 +65,15 @@ class Metadata:
 
 
 class TorchBackend:
-    """A checkpoint of this project, rebuilt and fused (BN, RepConv, implicit layers folded)."""
+    """A checkpoint of this project (or an official YOLOv7 one), rebuilt and fused (BN, RepConv, implicit
+    layers folded)."""
 
     def __init__(self, path: Path, device: torch.device) -> None:
-        from models.checkpoint_io import model_from_checkpoint  # local: ONNX-only use builds no model
+        # local: ONNX-only use builds no model
+        from models.checkpoint_io import model_from_checkpoint, read_checkpoint
 
         try:
-            ckpt = load_checkpoint(path)
+            ckpt = read_checkpoint(path)  # ours, or an official YOLOv7 file converted in memory
             model = model_from_checkpoint(ckpt)
         except CheckpointError as e:
             raise BackendError(str(e)) from None

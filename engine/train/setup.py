@@ -26,7 +26,7 @@ from engine.train.optim import accumulation_steps, build_optimizer, lr_lambda, s
 from engine.train.options import DEFAULT_CFG, TrainOptions, find_resume_checkpoint, load_hyp
 from engine.train.plots import plot_labels
 from engine.train.validation import validation_loss
-from models.checkpoint_io import model_from_checkpoint, transfer_weights
+from models.checkpoint_io import model_from_checkpoint, read_checkpoint, transfer_weights
 from models.loss import YoloLoss
 from models.yolo import Model
 from utils.checkpoint import load_checkpoint, set_rng_state
@@ -137,7 +137,7 @@ def _build_model(opt: TrainOptions, nc: int, names: list[str], ckpt: dict | None
     if ckpt is not None:
         model = model_from_checkpoint(ckpt, "train_model")
     elif opt.weights:
-        source = load_checkpoint(resolve_path(opt.weights))
+        source = read_checkpoint(resolve_path(opt.weights))  # ours, or an official YOLOv7 file
         model = Model(resolve_path(opt.cfg) if opt.cfg else source["model_cfg"], nc=nc)
         done, total = transfer_weights(model, source["model"])
         LOG.info("transferred %d/%d tensors from %s", done, total, opt.weights)
