@@ -42,7 +42,7 @@ class Batch(NamedTuple):
 
 def collate(samples: list[tuple]) -> Batch:
     """Stack dataset samples into a Batch, writing each target's image index into column 0."""
-    images, targets, paths, shapes, indices = zip(*samples)
+    images, targets, paths, shapes, indices = zip(*samples, strict=True)
     for i, t in enumerate(targets):
         t[:, 0] = i
     return Batch(torch.stack(images), torch.cat(targets, 0), list(paths), list(shapes),
@@ -117,9 +117,10 @@ def build_dataloader(
     cache_path: Path | None = None,
     image_weights: bool = False,
     pin_memory: bool = False,
+    names: list[str] | None = None,
 ) -> tuple[DetectionLoader, DetectionDataset]:
-    """Scan ``sources`` (image folders, .txt lists, COCO jsons; labels checked against ``nc``)
-    and build the loader and its dataset.
+    """Scan ``sources`` (image folders, .txt lists, COCO jsons, VOC roots or ImageSets lists;
+    labels checked against ``nc``) and build the loader and its dataset.
 
     Training: ``augment=True, shuffle=True`` (``hyp`` gives the augmentation). Validation:
     ``rect=True`` (images sorted by aspect ratio, each batch letterboxed to its own stride
@@ -129,12 +130,13 @@ def build_dataloader(
     ``image_weights``: draw each epoch's images with replacement, weighted by their classes
     (a ``WeightedIndexSampler``; the trainer updates ``loader.sampler.set_weights`` each epoch);
     single process and square batches only. ``pin_memory``: page-locked batches, for a CUDA consumer.
+    ``names``: the class names (``DataConfig.names``), needed by VOC sources.
     """
     if image_weights and (rect or rank >= 0):
         raise ValueError("image_weights needs a single process and rect=False")
     items = sources if isinstance(sources, list) else [sources]
     paths = [Path(s) for s in items]
-    scan, _ = load_or_scan(paths, nc, cache_path or default_cache_path(paths))
+    scan, _ = load_or_scan(paths, nc, cache_path or default_cache_path(paths), names)
     dataset = DetectionDataset(scan, img_size, batch_size, stride, hyp, augment, rect, pad, cache, single_cls, seed)
     shuffle = shuffle and not rect
     if image_weights:
