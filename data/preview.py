@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_data_config(args.data)
     hyp = load(Hyp, args.hyp) if args.hyp else Hyp()
     augment = not args.no_augment
-    loader, dataset = build_dataloader(cfg.split(args.split), cfg.nc, args.img, args.batch, hyp=hyp,
-                                       augment=augment, shuffle=augment, seed=args.seed)
+    loader, dataset = build_dataloader(cfg.split(args.split), cfg.nc, img_size=args.img, batch_size=args.batch, hyp=hyp,
+                                       augment=augment, shuffle=augment, seed=args.seed, names=cfg.names)
     batch = next(iter(loader))
     out = Path(args.out)
     plot_images(batch.images, batch.targets, batch.paths, cfg.names, out)

@@ -13,7 +13,7 @@ import torch
 from data import build_dataloader, load_data_config
 from data.convert import main as convert_main
 from data.scan import load_or_scan
-from engine.evaluator import dataset_ground_truth
+from engine.val.evaluator import dataset_ground_truth
 from utils.coco_eval import Detections, coco_evaluate
 from utils.config import ConfigError
 
@@ -84,7 +84,7 @@ def test_voc_yaml_root_split_names_from_xml_and_errors(voc, tmp_path, caplog):
     assert cfg.names == ["cat", "dog", "zebra"] and cfg.nc == 3  # sorted, from the XML files
     assert "3 classes from the VOC annotations, sorted: ['cat', 'dog', 'zebra']" in caplog.text
     assert cfg.train == [voc / "ImageSets" / "Main" / "train.txt"]
-    _, dataset = build_dataloader(cfg.train, cfg.nc, 64, names=cfg.names)
+    _, dataset = build_dataloader(cfg.train, cfg.nc, img_size=64, names=cfg.names)
     assert sorted(dataset.labels[0][:, 0].tolist()) == [0, 0, 1, 2]  # zebra is a class now
     cfg_path.write_text("path: VOC\ntrain: .\ntest: .\nnames: [cat, dog]\n")
     with pytest.raises(ConfigError, match=r"ImageSets/Main/test.txt: VOC split list not found \(lists there: "
@@ -143,7 +143,7 @@ def _ap50(dataset, boxes_scores):
 
 def test_evaluation_ignores_difficult_boxes_like_crowd_ones(voc):
     """Image d: a cat (20, 20, 60, 60) and a difficult dog (60, 10, 90, 70), evaluated as class 0."""
-    _, dataset = build_dataloader([voc / "ImageSets" / "Main" / "val.txt"], 2, 64, rect=True, names=NAMES,
+    _, dataset = build_dataloader([voc / "ImageSets" / "Main" / "val.txt"], 2, img_size=64, rect=True, names=NAMES,
                                   single_cls=True)
     assert len(dataset.labels[0]) == 1 and len(dataset.crowd[0]) == 1
     on_cat, on_dog = [20, 20, 40, 40], [60, 10, 30, 60]
