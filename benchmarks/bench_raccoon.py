@@ -45,8 +45,8 @@ def main() -> None:
     if run.returncode != 0:
         sys.exit(f"bench_raccoon: train.py failed ({run.returncode}):\n{run.stderr[-3000:]}")
     summary = json.loads(run.stdout.strip().splitlines()[-1])
-    recipe = next((line.split("hyper-parameters: ", 1)[1] for line in run.stderr.splitlines()
-                   if "hyper-parameters: " in line), args.hyp or "?")
+    recipe = next((line.split("recipe: ", 1)[1] for line in (run.stdout + run.stderr).splitlines()
+                   if line.startswith("recipe: ")), args.hyp or "?")
     result = {
         "epochs": args.epochs, "hyp": recipe, "best_epoch": summary["best_epoch"],
         "mAP50": round(summary["mAP50"], 4), "mAP50_95": round(summary["mAP50_95"], 4),
