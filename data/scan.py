@@ -221,6 +221,7 @@ def load_or_scan(
     if cache_path is not None:
         tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
         try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(_to_json(result, key)))
             os.replace(tmp, cache_path)  # atomic: a concurrent reader never sees half a file
         except OSError as e:

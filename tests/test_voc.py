@@ -37,8 +37,9 @@ def _write(root, stem, objects, size=(100, 80), xml=None):
 
 
 @pytest.fixture()
-def voc(tmp_path):
+def voc(tmp_path, monkeypatch):
     """A VOC root: a (mixed objects), b (malformed XML), c (no objects), d (val, one difficult box)."""
+    monkeypatch.setenv("ELAN_YOLO_DATASETS", str(tmp_path / "datasets"))  # VOC label caches go there
     root = tmp_path / "VOC"
     _write(root, "a", [
         _object("cat", (11, 21, 50, 60)),  # 1-based: 0-based (10, 20, 50, 60)
@@ -86,6 +87,8 @@ def test_voc_yaml_root_split_names_from_xml_and_errors(voc, tmp_path, caplog):
     assert cfg.train == [voc / "ImageSets" / "Main" / "train.txt"]
     _, dataset = build_dataloader(cfg.train, cfg.nc, img_size=64, names=cfg.names)
     assert sorted(dataset.labels[0][:, 0].tolist()) == [0, 0, 1, 2]  # zebra is a class now
+    assert [p.name for p in (tmp_path / "datasets" / "label-cache").iterdir()][0].startswith("VOC-train-")
+    assert not list(voc.rglob("*.cache.json"))  # nothing written into the (often shared) VOC folder
     cfg_path.write_text("path: VOC\ntrain: .\ntest: .\nnames: [cat, dog]\n")
     with pytest.raises(ConfigError, match=r"ImageSets/Main/test.txt: VOC split list not found \(lists there: "
                                           r"train.txt, val.txt\)"):
