@@ -70,7 +70,7 @@ def bench_size(cfg: str, img: int, batch: int, iters: int, warmup: int, channels
         model.to(memory_format=torch.channels_last)
     stride = int(model.stride.max())
     loader, _ = build_dataloader(data.train, data.nc, img_size=img, batch_size=batch, stride=stride, hyp=hyp,
-                                 augment=True, shuffle=True, workers=workers)
+                                 augment=True, shuffle=True, workers=workers, names=data.names)
     loss_fn = YoloLoss(model.head, hyp, train_size=img)
     optimizer = build_optimizer(model, "SGD", hyp, hyp.weight_decay)
     ema = ModelEMA(model)

@@ -1,21 +1,28 @@
 """Data-set YAML files (YOLOv7 / ultralytics style) loaded into a typed, resolved ``DataConfig``.
 
 A data-set YAML names a root ``path``, per-split sources (``train``, ``val``, ``test``: an image
-folder, a .txt list of image paths, a COCO annotation json, or a list of these), ``nc`` and
-``names`` (a list, or a dict {index: name}). Relative sources resolve against ``path``; a
+folder, a .txt list of image paths, a COCO annotation json, a Pascal VOC root (its
+``ImageSets/Main/<split>.txt`` is the split) or a VOC ``ImageSets`` list file, or a list of
+these), ``nc`` and ``names`` (a list, or a dict {index: name}; without them a VOC data set takes
+the sorted names found in its XML files). Relative sources resolve against ``path``; a
 relative ``path`` resolves against the YAML's folder, except in the YAMLs shipped in data/
-(``shapes``, ``coco``), where it resolves against the data-set root (``$ELAN_YOLO_DATASETS``
-or ``<repo>/datasets``), so downloads and generated sets land outside the source tree.
+(``shapes``, ``coco``, ``raccoon``), where it resolves against the data-set root
+(``$ELAN_YOLO_DATASETS`` or ``<repo>/datasets``), so downloads and generated sets land outside
+the source tree; when that folder does not exist but one at ``path`` from the repository root
+does (``raccoon``: ``../shared/datasets/raccoon``), that one is used.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 
+from data import voc
 from utils.config import ConfigError, from_mapping, read_yaml
 
+LOGGER = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).resolve().parent
 DATASETS_ENV = "ELAN_YOLO_DATASETS"
 
@@ -74,8 +81,14 @@ def _find_yaml(name_or_path: str | Path) -> Path:
     raise ConfigError(f"{name_or_path}: data-set YAML not found (nor in {DATA_DIR})")
 
 
-def _names(raw: DataFile, source: str) -> list[str]:
-    """Class names as a list; fills ``class0..`` when only ``nc`` is given; checks nc agrees."""
+def _names(raw: DataFile, source: str, splits: list[list[Path]]) -> list[str]:
+    """Class names as a list; without ``names``: the sorted names in the XML of VOC sources
+    (said in the log), else ``class0..`` when ``nc`` is given; checks nc agrees."""
+    voc_sources = [s for sources in splits for s in sources if voc.is_voc_source(s)]
+    if raw.names is None and voc_sources:
+        names = voc.class_names(voc_sources)
+        LOGGER.info("%s: no 'names': %d classes from the VOC annotations, sorted: %s", source, len(names), names)
+        raw = dataclasses.replace(raw, names=names)
     if isinstance(raw.names, dict):
         try:
             keys = sorted(int(k) for k in raw.names)
@@ -102,10 +115,22 @@ def _under(root: Path, path: str | Path) -> Path:
     return path if path.is_absolute() else (root / path).resolve()
 
 
-def _sources(value: str | list[str] | None, root: Path) -> list[Path]:
-    """A split's sources (one path, a list, or none) as absolute paths."""
+def _sources(value: str | list[str] | None, root: Path, split: str) -> list[Path]:
+    """A split's sources (one path, a list, or none) as absolute paths; a VOC root becomes its
+    ``ImageSets/Main/<split>.txt``."""
     values = [] if value is None else [value] if isinstance(value, str) else value
-    return [_under(root, v) for v in values]
+    paths = [_under(root, v) for v in values]
+    return [voc.split_source(p, split) if voc.is_voc_root(p) else p for p in paths]
+
+
+def _root(raw: DataFile, yaml_path: Path) -> Path:
+    """The data set's root: ``path`` against the YAML's folder, or for a YAML shipped in data/
+    against the data-set root, else (an existing folder, not a generated set) the repository root."""
+    if yaml_path.parent != DATA_DIR:
+        return _under(yaml_path.parent, raw.path)
+    root = _under(datasets_root(), raw.path)
+    in_repo = _under(DATA_DIR.parent, raw.path)
+    return in_repo if raw.generator is None and not root.exists() and in_repo.exists() else root
 
 
 def load_data_config(name_or_path: str | Path) -> DataConfig:
@@ -117,20 +142,12 @@ def load_data_config(name_or_path: str | Path) -> DataConfig:
     yaml_path = _find_yaml(name_or_path)
     source = str(yaml_path)
     raw = from_mapping(DataFile, read_yaml(yaml_path), source)
-    names = _names(raw, source)
-    shipped = yaml_path.parent == DATA_DIR
-    root = _under(datasets_root() if shipped else yaml_path.parent, raw.path)
+    root = _root(raw, yaml_path)
     if raw.generator is not None:
-        _generate(raw.generator, root, names, source)
-    return DataConfig(
-        root=root,
-        nc=len(names),
-        names=names,
-        train=_sources(raw.train, root),
-        val=_sources(raw.val, root),
-        test=_sources(raw.test, root),
-        source=source,
-    )
+        _generate(raw.generator, root, _names(raw, source, []), source)
+    splits = {split: _sources(getattr(raw, split), root, split) for split in ("train", "val", "test")}
+    names = _names(raw, source, list(splits.values()))
+    return DataConfig(root=root, nc=len(names), names=names, source=source, **splits)
 
 
 def _generate(generator: str, root: Path, names: list[str], source: str) -> None:

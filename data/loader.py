@@ -12,6 +12,7 @@ indices)``:
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +23,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from data.config import datasets_root
 from data.dataset import DetectionDataset, Shapes
 from data.image_weights import image_weights as weights_from_labels
 from data.samplers import SeededSampler, WeightedIndexSampler
 from data.scan import load_or_scan
 from data.sources import default_cache_path
+from data.voc import is_voc_source, voc_root
 from utils.config import Hyp
 
 
@@ -98,6 +101,17 @@ class DetectionLoader:
             sampler.set_epoch(epoch + 1)
 
 
+def _cache_path(sources: list[Path]) -> Path:
+    """The label cache's default place: beside the labels (data.sources), except for VOC sets,
+    which are often shared read-only folders (the raccoon set): under the data-set root's
+    ``label-cache/``, named by the VOC root, the split and a hash of the source path."""
+    first = sources[0]
+    if not is_voc_source(first):
+        return default_cache_path(sources)
+    digest = hashlib.sha256(str(first.resolve()).encode()).hexdigest()[:10]
+    return datasets_root() / "label-cache" / f"{voc_root(first).name}-{first.stem}-{digest}.cache.json"
+
+
 def build_dataloader(
     sources: str | Path | list[str | Path],
     nc: int,
@@ -118,24 +132,26 @@ def build_dataloader(
     cache_path: Path | None = None,
     image_weights: bool = False,
     pin_memory: bool = False,
+    names: list[str] | None = None,
 ) -> tuple[DetectionLoader, DetectionDataset]:
-    """Scan ``sources`` (image folders, .txt lists, COCO jsons; labels checked against ``nc``)
-    and build the loader and its dataset.
+    """Scan ``sources`` (image folders, .txt lists, COCO jsons, VOC roots or ImageSets lists;
+    labels checked against ``nc``) and build the loader and its dataset.
 
     Training: ``augment=True, shuffle=True`` (``hyp`` gives the augmentation). Validation:
     ``rect=True`` (images sorted by aspect ratio, each batch letterboxed to its own stride
     multiple; forces shuffle off). ``cache``: None, 'ram' or 'disk' (decoded images as .npy
     beside the files). ``rank`` >= 0 uses a DistributedSampler (torch.distributed initialised).
-    ``cache_path``: the label-cache json, default beside the labels (see data.sources).
+    ``cache_path``: the label-cache json, default beside the labels (see data.sources; VOC: ``_cache_path``).
     ``image_weights``: draw each epoch's images with replacement, weighted by their classes
     (a ``WeightedIndexSampler``; the trainer updates ``loader.sampler.set_weights`` each epoch);
     single process and square batches only. ``pin_memory``: page-locked batches, for a CUDA consumer.
+    ``names``: the class names (``DataConfig.names``), needed by VOC sources.
     """
     if image_weights and (rect or rank >= 0):
         raise ValueError("image_weights needs a single process and rect=False")
     items = sources if isinstance(sources, list) else [sources]
     paths = [Path(s) for s in items]
-    scan, _ = load_or_scan(paths, nc, cache_path or default_cache_path(paths))
+    scan, _ = load_or_scan(paths, nc, cache_path or _cache_path(paths), names)
     dataset = DetectionDataset(scan, img_size=img_size, batch_size=batch_size, stride=stride, hyp=hyp, augment=augment,
                                rect=rect, pad=pad, cache=cache, single_cls=single_cls, seed=seed)
     shuffle = shuffle and not rect

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     hyp = load(Hyp, args.hyp) if args.hyp else Hyp()
     augment = not args.no_augment
     loader, dataset = build_dataloader(cfg.split(args.split), cfg.nc, img_size=args.img, batch_size=args.batch, hyp=hyp,
-                                       augment=augment, shuffle=augment, seed=args.seed)
+                                       augment=augment, shuffle=augment, seed=args.seed, names=cfg.names)
     batch = next(iter(loader))
     out = Path(args.out)
     plot_images(batch.images, batch.targets, batch.paths, cfg.names, out)

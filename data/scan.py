@@ -1,7 +1,7 @@
 """The label scan: check every image and label of a split once, and cache the result as json.
 
 The cache is keyed by a hash of the file list with each file's size and modification time (and
-``nc``), so an edited, added or removed file triggers a rescan and an unchanged set loads in
+``nc``, and the class names for VOC sources, which name classes by string), so an edited, added or removed file triggers a rescan and an unchanged set loads in
 milliseconds. It is plain json: loading it never runs code.
 """
 
@@ -19,10 +19,11 @@ import numpy as np
 
 from data.labels import read_label_file, verify_image
 from data.sources import IMAGE_SUFFIXES, coco_image_dir, is_coco_json, label_path, list_images, read_coco
+from data.voc import files_to_hash, is_voc_source, scan_voc, stems
 from utils.config import ConfigError
 
 LOGGER = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 MAX_MESSAGES_SHOWN = 10
 
 
@@ -48,11 +49,13 @@ def _stat(path: Path) -> list:
         return [str(path), -1, -1]
 
 
-def _fingerprint(sources: list[Path], nc: int) -> str:
-    """Hash of every image, label and annotation file (path, size, mtime) and ``nc``."""
+def _fingerprint(sources: list[Path], nc: int, names: list[str] | None) -> str:
+    """Hash of every image, label and annotation file (path, size, mtime), ``nc`` and ``names``."""
     entries: list = [CACHE_VERSION, nc]
     for source in sources:
-        if is_coco_json(source):
+        if is_voc_source(source):
+            entries += [names] + [_stat(p) for p in files_to_hash(source)]
+        elif is_coco_json(source):
             entries.append(_stat(source))
             image_dir = coco_image_dir(source)
             entries += [_stat(p) for p in sorted(image_dir.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -60,6 +63,19 @@ def _fingerprint(sources: list[Path], nc: int) -> str:
             for image in list_images(source):
                 entries += [_stat(image), _stat(label_path(image))]
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
+def count_images(sources: list[Path]) -> int:
+    """Number of images ``sources`` name, without opening them (for choosing a recipe by set size)."""
+    total = 0
+    for source in sources:
+        if is_voc_source(source):
+            total += len(stems(source))
+        elif is_coco_json(source):
+            total += len(read_coco(source)["images"])
+        else:
+            total += len(list_images(source))
+    return total
 
 
 def _empty() -> np.ndarray:
@@ -133,13 +149,15 @@ def _scan_coco(json_path: Path, nc: int, pool: ThreadPoolExecutor):
     return entries, messages, counts, category_ids
 
 
-def _scan(sources: list[Path], nc: int) -> ScanResult:
+def _scan(sources: list[Path], nc: int, names: list[str] | None) -> ScanResult:
     entries, messages = [], []
     counts = {"found": 0, "missing": 0, "empty": 0, "corrupt": 0}
     category_ids = list(range(nc))
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         for source in sources:
-            if is_coco_json(source):
+            if is_voc_source(source):
+                found, notes, sub_counts = scan_voc(source, names, pool)
+            elif is_coco_json(source):
                 found, notes, sub_counts, category_ids = _scan_coco(source, nc, pool)
             else:
                 results = list(pool.map(lambda p: _scan_yolo_image(p, nc), list_images(source)))
@@ -176,13 +194,17 @@ def _from_json(data: dict) -> ScanResult:
     return ScanResult(**r)
 
 
-def load_or_scan(sources: list[Path], nc: int, cache_path: Path | None) -> tuple[ScanResult, bool]:
+def load_or_scan(
+    sources: list[Path], nc: int, cache_path: Path | None, names: list[str] | None = None
+) -> tuple[ScanResult, bool]:
     """Scan ``sources`` or reuse the cache at ``cache_path``; returns (result, came from cache).
+
+    ``names`` (the data set's classes) is needed by VOC sources, which name classes by string.
 
     Messages are logged (the first few in full, then a count); an unwritable cache folder is
     a warning, not an error.
     """
-    key = _fingerprint(sources, nc)
+    key = _fingerprint(sources, nc, names)
     if cache_path is not None and cache_path.is_file():
         try:
             data = json.loads(cache_path.read_text())
@@ -190,7 +212,7 @@ def load_or_scan(sources: list[Path], nc: int, cache_path: Path | None) -> tuple
                 return _from_json(data), True
         except (OSError, ValueError, KeyError, TypeError) as e:
             LOGGER.warning("%s: unreadable label cache, rescanning (%s)", cache_path, e)
-    result = _scan(sources, nc)
+    result = _scan(sources, nc, names)
     for message in result.messages[:MAX_MESSAGES_SHOWN]:
         LOGGER.warning(message)
     if len(result.messages) > MAX_MESSAGES_SHOWN:
@@ -199,6 +221,7 @@ def load_or_scan(sources: list[Path], nc: int, cache_path: Path | None) -> tuple
     if cache_path is not None:
         tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
         try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(_to_json(result, key)))
             os.replace(tmp, cache_path)  # atomic: a concurrent reader never sees half a file
         except OSError as e:

@@ -127,7 +127,7 @@ def test_cache_is_reused_then_rebuilt_when_a_label_changes(tmp_path):
     images = _corrupt_set(tmp_path)
     cache = tmp_path / "labels.cache.json"
     first, cached = load_or_scan([images], 2, cache)
-    assert not cached and json.loads(cache.read_text())["version"] == 1  # plain json, no pickle
+    assert not cached and json.loads(cache.read_text())["version"] == 2  # plain json, no pickle
     again, cached = load_or_scan([images], 2, cache)
     assert cached and again.files == first.files and again.messages == first.messages
     label = tmp_path / "labels" / "good0.txt"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import train
-from engine.train.options import TrainOptions, find_resume_checkpoint, load_hyp
+from engine.train.options import DEFAULT_HYP, TrainOptions, find_resume_checkpoint, load_hyp
 from utils.config import ConfigError, Hyp, load
 from utils.paths import REPO, increment_path
 
@@ -22,7 +22,7 @@ def parse(*argv: str) -> TrainOptions:
 
 def test_defaults_are_train_options():
     assert parse() == TrainOptions()
-    hyp = load_hyp(TrainOptions())  # the default hyp file ships with the project
+    hyp = load_hyp(TrainOptions(hyp=DEFAULT_HYP))  # the shapes recipe's file ships with the project
     assert hyp.warmup_epochs == 1.0 and hyp.cls == 2.0 and hyp.lrf == 0.1
 
 
@@ -40,10 +40,10 @@ def test_yolov7_flags():
 
 
 def test_hyp_overrides_and_errors(tmp_path):
-    hyp = load_hyp(TrainOptions(overrides=["lr0=0.02", "loss_ota=false"], label_smoothing=0.1))
+    hyp = load_hyp(TrainOptions(hyp=DEFAULT_HYP, overrides=["lr0=0.02", "loss_ota=false"], label_smoothing=0.1))
     assert hyp.lr0 == 0.02 and hyp.loss_ota is False and hyp.label_smoothing == 0.1
     with pytest.raises(ConfigError, match="'lr_0'"):
-        load_hyp(TrainOptions(overrides=["lr_0=0.02"]))
+        load_hyp(TrainOptions(hyp=DEFAULT_HYP, overrides=["lr_0=0.02"]))
     bad = tmp_path / "hyp.yaml"
     bad.write_text("lr0: 0.01\nmomentun: 0.9\n")
     with pytest.raises(ConfigError, match=r"hyp.yaml: unknown key 'momentun'"):

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from data.shapes import CLASSES, ShapesSpec, ensure_shapes
-from engine.train.options import TrainOptions
+from engine.train.options import DEFAULT_HYP, TrainOptions
 
 # Two levels (strides 8 and 16), ~10k parameters: trains in seconds at 64-96 px.
 TINY_MODEL = {
@@ -42,6 +42,7 @@ def tiny_options(root: Path, **changes) -> TrainOptions:
     base = dict(
         data=str(root / "tiny.yaml"), cfg=str(root / "tiny_model.yaml"), epochs=2, batch_size=8, img_size=[64, 64],
         workers=0, device="cpu", project=str(root / "runs"), name="exp", noautoanchor=True,
+        hyp=DEFAULT_HYP, optimizer="SGD", close_mosaic=0,  # the trainer's mechanics, not the recipe choice
         overrides=["warmup_epochs=0", "mosaic=0.5", "mixup=0.0", "paste_in=0.0", "loss_ota=false"],
     )
     base.update(changes)

@@ -34,7 +34,7 @@ def build_train_loader(
         data.split("train"), data.nc, img_size=opt.img_size[0], batch_size=batch_size, stride=stride, hyp=hyp,
         augment=True, rect=opt.rect, cache=opt.cache_images or None, workers=opt.workers, shuffle=True,
         seed=opt.seed, rank=info.rank if info.distributed else -1, single_cls=opt.single_cls,
-        image_weights=opt.image_weights, pin_memory=pin_memory,
+        image_weights=opt.image_weights, pin_memory=pin_memory, names=data.names,
     )
     return loader
 
@@ -52,7 +52,7 @@ def build_val_loader(
     loader, _ = build_dataloader(
         data.split("val"), data.nc, img_size=opt.img_size[-1], batch_size=batch_size * VAL_BATCH_FACTOR,
         stride=stride, rect=True, cache=opt.cache_images or None, workers=opt.workers, single_cls=opt.single_cls,
-        pin_memory=pin_memory,
+        pin_memory=pin_memory, names=data.names,
     )
     return loader
 

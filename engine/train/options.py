@@ -12,7 +12,9 @@ from utils.paths import resolve_path
 
 DEFAULT_DATA = "shapes"
 DEFAULT_CFG = "cfg/yolov7-tiny.yaml"
-DEFAULT_HYP = "cfg/hyp/hyp.shapes.yaml"
+DEFAULT_HYP = "cfg/hyp/hyp.shapes.yaml"  # the shapes recipe (engine/train/recipe.py)
+AUTO_OPTIMIZER = "auto"  # --optimizer auto, --close-mosaic -1, no --hyp: the recipe chooses
+AUTO_CLOSE_MOSAIC = -1
 
 
 @dataclasses.dataclass
@@ -25,7 +27,7 @@ class TrainOptions:
     weights: str = option("", "checkpoint to fine-tune from ('' = from scratch)")
     cfg: str = option("", f"model YAML (default: --weights' model, else {DEFAULT_CFG})")
     data: str = option(DEFAULT_DATA, "data-set YAML or built-in name (default: shapes)")
-    hyp: str = option(DEFAULT_HYP, "hyper-parameter YAML")
+    hyp: str = option("", "hyper-parameter YAML (default: chosen by data set and run length, said at start-up)")
     overrides: list[str] = option([], "hyper-parameter overrides, e.g. lr0=0.02", positional=True, nargs="*",
                                   metavar="key=value")
     epochs: int = option(15, at_least=1)
@@ -41,7 +43,8 @@ class TrainOptions:
     device: str = option("", "'' (auto), cpu, 0, 0,1,2,3 or mps")
     multi_scale: bool = option(False, "vary the image size +/- 50%% per batch")
     single_cls: bool = option(False, "train every class as one")
-    optimizer: str = option("SGD", choices=["SGD", "Adam", "AdamW"], shortcuts={"--adam": "Adam"})
+    optimizer: str = option(AUTO_OPTIMIZER, "auto: the recipe's (SGD; AdamW for short runs)",
+                            choices=[AUTO_OPTIMIZER, "SGD", "Adam", "AdamW"], shortcuts={"--adam": "Adam"})
     sync_bn: bool = option(False, "SyncBatchNorm under DDP (CUDA)")
     workers: int = option(2, "data-loader workers per process", at_least=0)
     project: str = option("runs/train")
@@ -54,7 +57,7 @@ class TrainOptions:
     seed: int = option(0)
     deterministic: bool = option(False, "deterministic kernels (slower; exact reruns)")
     patience: int = option(100, "stop after this many epochs without gain")
-    close_mosaic: int = option(0, "no mosaic in the last N epochs")
+    close_mosaic: int = option(AUTO_CLOSE_MOSAIC, "no mosaic in the last N epochs (-1: the recipe's, 0 or 10)")
     json: bool = option(False, "print the final summary as one JSON object")
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,6 +80,8 @@ class TrainOptions:
 
 def load_hyp(opt: TrainOptions) -> Hyp:
     """The hyper-parameter file of ``opt`` with its key=value overrides and --label-smoothing applied."""
+    if not opt.hyp:
+        raise ConfigError("--hyp: no hyper-parameter file (engine.train.recipe.apply_recipe chooses one)")
     hyp = load(Hyp, resolve_path(opt.hyp))
     hyp = apply_overrides(hyp, opt.overrides)
     if opt.label_smoothing:

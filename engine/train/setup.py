@@ -25,6 +25,7 @@ from engine.train.log import TensorBoardLog, write_results_csv
 from engine.train.optim import accumulation_steps, build_optimizer, lr_lambda, scaled_weight_decay
 from engine.train.options import DEFAULT_CFG, TrainOptions, find_resume_checkpoint, load_hyp
 from engine.train.plots import plot_labels
+from engine.train.recipe import apply_recipe
 from engine.train.validation import validation_loss
 from models.checkpoint_io import model_from_checkpoint, read_checkpoint, transfer_weights
 from models.loss import YoloLoss
@@ -87,10 +88,12 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
         raise ConfigError(f"--batch-size {opt.batch_size} is not a multiple of the {info.world_size} processes")
     if info.world_size > 1 and opt.image_weights:
         raise ConfigError("--image-weights is not supported with DDP (several torchrun processes), as in YOLOv7")
-    hyp = from_mapping(Hyp, ckpt["hyp"], str(opt.resume)) if ckpt is not None else load_hyp(opt)
     batch_size = opt.batch_size // info.world_size
     seed_everything(opt.seed + info.rank, opt.deterministic)
     data_cfg = load_data(opt, info)
+    if ckpt is None:
+        opt = apply_recipe(opt, data_cfg)
+    hyp = from_mapping(Hyp, ckpt["hyp"], str(opt.resume)) if ckpt is not None else load_hyp(opt)
     nc, names = (1, ["item"]) if opt.single_cls else (data_cfg.nc, list(data_cfg.names))
     model = _build_model(opt, nc, names, ckpt).to(device)
     opt = _round_img_size(opt, int(model.stride.max()))

@@ -73,7 +73,7 @@ def run_val(opt: ValOptions) -> dict:
     sources = data.split(split)
     loader, dataset = build_dataloader(sources, data.nc, img_size=opt.img_size, batch_size=opt.batch_size,
                                        stride=stride, rect=True, workers=opt.workers, single_cls=opt.single_cls,
-                                       pin_memory=device.type == "cuda")
+                                       pin_memory=device.type == "cuda", names=data.names)
     names = ["item"] if opt.single_cls else list(getattr(model, "names", None) or data.names)
     save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
