@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from data.labels import read_label_file, verify_image
-from data.sources import IMAGE_SUFFIXES, coco_image_dir, is_coco_json, label_path, list_images, read_coco
+from data.sources import (
+    IMAGE_SUFFIXES,
+    coco_image_dir,
+    coco_image_path,
+    is_coco_json,
+    label_path,
+    list_images,
+    read_coco,
+)
 from utils.config import ConfigError
 
 LOGGER = logging.getLogger(__name__)
@@ -116,10 +124,10 @@ def _scan_coco(json_path: Path, nc: int, pool: ThreadPoolExecutor):
         by_image.setdefault(ann.get("image_id"), []).append(ann)
     image_dir = coco_image_dir(json_path)
     infos = sorted(data["images"], key=lambda im: im["id"])
-    checks = pool.map(lambda im: verify_image(image_dir / im["file_name"]), infos)
+    paths = [coco_image_path(image_dir, im["file_name"], json_path) for im in infos]
+    checks = pool.map(verify_image, paths)
     entries, messages, counts = [], [], {"found": 0, "missing": 0, "empty": 0, "corrupt": 0}
-    for info, (shape, error) in zip(infos, checks):
-        path = image_dir / info["file_name"]
+    for info, path, (shape, error) in zip(infos, paths, checks, strict=True):
         if error:
             messages.append(f"{path}: {error}")
             counts["corrupt"] += 1
