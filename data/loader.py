@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from data.dataset import DetectionDataset, Shapes
 from data.image_weights import image_weights as weights_from_labels
 from data.samplers import SeededSampler, WeightedIndexSampler
-from data.scan import load_or_scan
+from data.scan import drop_too_thin, load_or_scan
 from data.sources import default_cache_path
-from utils.config import Hyp
+from utils.config import ConfigError, Hyp
 
 
 class Batch(NamedTuple):
@@ -135,6 +135,11 @@ def build_dataloader(
     items = sources if isinstance(sources, list) else [sources]
     paths = [Path(s) for s in items]
     scan, _ = load_or_scan(paths, nc, cache_path or default_cache_path(paths))
+    scan = drop_too_thin(scan, img_size)
+    if not scan.files:
+        raise ConfigError(f"{', '.join(map(str, paths))}: no usable images ("
+                          + ", ".join(f"{v} {k}" for k, v in scan.counts.items())
+                          + (f"; first problem: {scan.messages[0]}" if scan.messages else "") + ")")
     dataset = DetectionDataset(scan, img_size, batch_size, stride, hyp, augment, rect, pad, cache, single_cls, seed)
     shuffle = shuffle and not rect
     if image_weights:

@@ -169,6 +169,28 @@ def _scan(sources: list[Path], nc: int) -> ScanResult:
     )
 
 
+MIN_SIDE_AT_SIZE = 4  # px: an image resized to the train size needs both sides at least this long
+
+
+def drop_too_thin(result: ScanResult, img_size: int) -> ScanResult:
+    """``result`` without the images whose short side falls below MIN_SIDE_AT_SIZE once the long
+    side is resized to ``img_size`` (a 20000x20 image at 640 px would be 0 px tall); each one is
+    logged by name. The cached scan keeps them: another size may use them."""
+    keep = [i for i, (h, w) in enumerate(result.shapes) if min(h, w) * img_size / max(h, w) >= MIN_SIDE_AT_SIZE]
+    if len(keep) == len(result.files):
+        return result
+    dropped = sorted(set(range(len(result.files))) - set(keep))
+    for i in dropped[:MAX_MESSAGES_SHOWN]:
+        h, w = result.shapes[i]
+        LOGGER.warning("%s: image is %dx%d, under %d px on its short side at --img-size %d: skipped",
+                       result.files[i], w, h, MIN_SIDE_AT_SIZE, img_size)
+    if len(dropped) > MAX_MESSAGES_SHOWN:
+        LOGGER.warning("... and %d more images too thin at --img-size %d", len(dropped) - MAX_MESSAGES_SHOWN, img_size)
+    pick = lambda items: [items[i] for i in keep]  # noqa: E731
+    return dataclasses.replace(result, files=pick(result.files), shapes=pick(result.shapes), labels=pick(result.labels),
+                               crowd=pick(result.crowd), image_ids=pick(result.image_ids))
+
+
 def _to_json(result: ScanResult, key: str) -> dict:
     data = dataclasses.asdict(result)
     data["labels"] = [a.tolist() for a in result.labels]
