@@ -13,7 +13,6 @@ import json
 import sys
 
 from models.yolo import Model
-from utils.config import ConfigError
 from utils.errors import command_main
 
 
@@ -55,11 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nc", type=int, default=None, help="number of classes (default: the config's)")
     parser.add_argument("--json", action="store_true", help="print only one JSON object")
     args = parser.parse_args(argv)
-    try:
-        model, totals = summary(args.cfg, args.img, args.scale, args.nc)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    model, totals = summary(args.cfg, args.img, args.scale, args.nc)
     if args.json:
         print(json.dumps(totals))
         return 0
