@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,3 +95,48 @@ def test_malformed_checkpoints_name_the_file_and_key(tmp_path, change, message):
     torch.save(ckpt, path)  # written around save_checkpoint's own checks, as a foreign tool would
     with pytest.raises(CheckpointError, match=rf"{path}: .*{message}"):
         load_checkpoint(path)
+
+
+def test_scan_skips_and_names_truncated_and_too_thin_images(tmp_path, caplog):
+    """A truncated JPEG that kept its end marker used to train with only libjpeg's warning; a
+    20000x20 image passed the scan and killed training mid-epoch (cv2.resize to 0 px)."""
+    import cv2
+    import numpy as np
+
+    from data import build_dataloader
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(0)
+    for name, (h, w) in {"good": (64, 80), "thin": (20, 2000)}.items():
+        cv2.imwrite(str(images / f"{name}.jpg"), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    data = cv2.imencode(".jpg", rng.integers(0, 255, (200, 300, 3), dtype=np.uint8))[1].tobytes()
+    (images / "cut.jpg").write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    for name in ("good", "thin", "cut"):
+        (labels / f"{name}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    with caplog.at_level("WARNING"):
+        loader, dataset = build_dataloader(images, 1, img_size=64, batch_size=2, augment=True, shuffle=True)
+    assert [Path(f).name for f in dataset.files] == ["good.jpg"]
+    assert "cut.jpg: corrupt JPEG (Corrupt JPEG data: premature end of data segment)" in caplog.text
+    assert "thin.jpg: image is 2000x20, under 4 px on its short side at --img-size 64: skipped" in caplog.text
+    assert len(next(iter(loader)).images) == 1
+    # at a larger size the thin image is usable again (the cached scan keeps it)
+    _, large = build_dataloader(images, 1, img_size=640, batch_size=2)
+    assert sorted(Path(f).name for f in large.files) == ["good.jpg", "thin.jpg"]
+
+
+def test_yaml_12_numbers_and_ranges(tmp_path):
+    """`lr0: 1e-3` was rejected as not a number (YAML 1.1 reads it as a string)."""
+    from utils.config import ConfigError, Hyp, load
+
+    path = tmp_path / "hyp.yaml"
+    path.write_text("lr0: 1e-3\nweight_decay: 5E-4\nwarmup_epochs: 3\n")
+    hyp = load(Hyp, path)
+    assert hyp.lr0 == 0.001 and hyp.weight_decay == 0.0005 and hyp.warmup_epochs == 3.0
+    for text, message in (("mosaic: 7.5", "key 'mosaic': must be <= 1, got 7.5"),
+                          ("lr0: -1e-2", "key 'lr0': must be > 0, got -0.01"),
+                          ("lr0: .nan", "key 'lr0': must be a finite number, got nan")):
+        path.write_text(text + "\n")
+        with pytest.raises(ConfigError, match=rf"hyp.yaml: {message}"):
+            load(Hyp, path)
