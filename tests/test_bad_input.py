@@ -204,6 +204,15 @@ CASES: list[tuple[str, str, Setup, str]] = [
     ("export-img-0", "export.py", lambda c, b: ["--weights", str(b.last), "--img", "0"], "--img"),
     ("models-img-0", "python -m models", lambda c, b: ["--cfg", str(b.cfg), "--img", "0"], "--img"),
     ("models-nc-0", "python -m models", lambda c, b: ["--cfg", str(b.cfg), "--nc", "0"], "nc"),
+    ("export-opset-5", "export.py", lambda c, b: ["--weights", str(b.last), "--opset", "5"], "--opset"),
+    ("val-gt-without-dt", "val.py", lambda c, b: ["--gt", str(coco_json(c, "gt"))], "--gt"),
+    ("val-task-test-without-split", "val.py", lambda c, b: b.val_args(c, "--task", "test"), "'test'"),
+    ("detect-source-missing", "detect.py", lambda c, b: b.detect_args(c, "--source", str(c / "nowhere")), "nowhere"),
+    ("train-cfg-missing", "train.py", lambda c, b: b.train_args(c, "--cfg", str(c / "nomodel.yaml")), "nomodel.yaml"),
+    ("train-hyp-missing", "train.py", lambda c, b: b.train_args(c, "--hyp", str(c / "nohyp.yaml")), "nohyp.yaml"),
+    ("train-resume-missing", "train.py", lambda c, b: ["--resume", str(c / "gone.pt")], "gone.pt"),
+    ("train-resume-nothing-to-resume", "train.py", lambda c, b: ["--resume", "--project", str(c / "empty")],
+     "--resume"),
     # devices (this machine has no CUDA device 7, and the tests run on CPU-only CI)
     ("train-device-7", "train.py", lambda c, b: b.train_args(c, "--device", "7"), "--device"),
     ("train-device-banana", "train.py", lambda c, b: b.train_args(c, "--device", "banana"), "--device"),
@@ -223,6 +232,8 @@ CASES: list[tuple[str, str, Setup, str]] = [
         c / "d.yaml", {"path": str(c), "train": "x", "val": "x", "nc": 0}))), "nc"),
     ("data-no-names", "train.py", lambda c, b: b.train_args(c, "--data", str(write_yaml(
         c / "d.yaml", {"path": str(c), "train": "x", "val": "x", "names": []}))), "names"),
+    ("data-unknown-key", "train.py", lambda c, b: b.train_args(c, "--data", str(write_yaml(
+        c / "d.yaml", {"path": str(c), "train": "x", "val": "x", "names": ["a"], "nc_": 1}))), "nc_"),
     ("data-missing-yaml", "train.py", lambda c, b: b.train_args(c, "--data", str(c / "nope.yaml")), "nope.yaml"),
     ("data-zero-usable-images", "train.py", lambda c, b: b.train_args(c, "--data", str(yolo_set(
         c, {"thin.jpg": image(20, 2000), "cut.jpg": truncated_jpeg(), "junk.jpg": b"not an image"}))),
@@ -266,6 +277,10 @@ CASES: list[tuple[str, str, Setup, str]] = [
     ("model-nc-0", "python -m models", lambda c, b: ["--cfg", str(model_yaml(c, lambda m: m.update(nc=0)))], "nc"),
     ("model-anchors-text", "python -m models", lambda c, b: ["--cfg", str(model_yaml(
         c, lambda m: m.update(anchors="big")))], "anchors"),
+    ("model-syntax-error", "python -m models", lambda c, b: ["--cfg", str(model_yaml(
+        c, text="nc: 1\nbackbone: [[-1, 1, Conv\n"))], "model.yaml"),
+    ("model-bad-scale-entry", "python -m models", lambda c, b: ["--cfg", str(model_yaml(
+        c, lambda m: m.update(scales={"n": 0.5})))], "scales"),
     ("model-unknown-module", "train.py", lambda c, b: b.train_args(c, "--cfg", str(model_yaml(
         c, lambda m: m["backbone"].__setitem__(0, [-1, 1, "Conve", [8, 3, 2]])))), "Conve"),
     # checkpoints
