@@ -428,9 +428,16 @@ def refuse_writes_under(monkeypatch, folder: Path) -> None:
             raise PermissionError(errno.EACCES, "Permission denied", str(file))
         return real_open(file, mode, *args, **kwargs)
 
+    def os_open(file, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and Path(os.path.abspath(file)).is_relative_to(folder):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_os_open(file, flags, *args, **kwargs)
+
+    real_os_open = os.open
     monkeypatch.setattr(Path, "mkdir", mkdir)
     monkeypatch.setattr("builtins.open", open_)
     monkeypatch.setattr(io, "open", open_)
+    monkeypatch.setattr(os, "open", os_open)
 
 
 READ_ONLY_CASES = [
