@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if not weights:
         found = newest_checkpoint()
         if found is None:
-            raise UserError(f"none given and no trained checkpoint under {TRAIN_RUNS}/*/weights/; train one first "
+            raise UserError(f"none given and no trained checkpoint under {TRAIN_RUNS}/*/weights/. Train one first "
                             "(python train.py trains yolov7-tiny on the built-in shapes set) or pass --weights FILE",
                             what="--weights")
         weights = str(found)
