@@ -386,8 +386,7 @@ def check_one_error_line(code: int, err: str, prog: str, culprit: str) -> None:
 
 # ---- the same through real processes --------------------------------------------------------
 
-SUBPROCESS_CASES = ["train-device-banana", "hyp-lr0-negative", "model-alias-bomb", "detect-nan-weights",
-                    "resume-copied-elsewhere"]
+SUBPROCESS_CASES = ["train-device-banana", "model-alias-bomb", "detect-nan-weights", "resume-copied-elsewhere"]
 
 
 @pytest.mark.parametrize("name", SUBPROCESS_CASES)
