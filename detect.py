@@ -17,12 +17,9 @@ import json
 import sys
 from pathlib import Path
 
-from engine.detect.backends import BackendError
 from engine.detect.run import DetectOptions, run_detect
-from engine.detect.sources import SourceError
 from utils import cli
-from utils.config import ConfigError
-from utils.errors import command_main
+from utils.errors import UserError, command_main
 
 TRAIN_RUNS = Path("runs/train")
 
@@ -55,20 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     if not weights:
         found = newest_checkpoint()
         if found is None:
-            print(f"detect.py: no --weights given and no trained checkpoint under {TRAIN_RUNS}/*/weights/. "
-                  "Train one first (python train.py trains yolov7-tiny on the built-in shapes set) "
-                  "or pass --weights FILE.", file=sys.stderr)
-            return 2
+            raise UserError(f"none given and no trained checkpoint under {TRAIN_RUNS}/*/weights/. Train one first "
+                            "(python train.py trains yolov7-tiny on the built-in shapes set) or pass --weights FILE",
+                            what="--weights")
         weights = str(found)
         print(f"using weights {weights}")
-    try:
-        opt = dataclasses.replace(opt, weights=weights, source=opt.source or default_source())
-        summary = run_detect(opt)
-    except (BackendError, SourceError, ConfigError, ValueError) as e:
-        print(f"detect.py: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    opt = dataclasses.replace(opt, weights=weights, source=opt.source or default_source())
+    summary = run_detect(opt)  # UserErrors (backend, source, config) become one line in command_main
     skipped = f", {len(summary['skipped'])} skipped" if summary["skipped"] else ""
     print(f"{summary['images']} images, {summary['detections']} detections{skipped}, "
           f"{summary['ms_per_image']} ms per image. Results saved to {summary['save_dir']}")

@@ -15,11 +15,12 @@ import json
 import sys
 from pathlib import Path
 
-from engine.detect.backends import BackendError, TorchBackend
-from engine.export.exporter import ExportError, export_model
+from engine.detect.backends import TorchBackend
+from engine.export.exporter import export_model
 from engine.export.options import ExportOptions
 from utils import cli
 from utils.errors import command_main
+from utils.paths import check_writable
 from utils.torch_utils import select_device
 
 
@@ -31,18 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
 @command_main("export.py")
 def main(argv: list[str] | None = None) -> int:
     opt = cli.namespace_to(ExportOptions, build_parser().parse_args(argv))
-    try:
-        backend = TorchBackend(Path(opt.weights), select_device(opt.device))
-        stride = backend.meta.stride
-        sizes = opt.img_size or [backend.meta.default_img_size]
-        img_size = tuple(-(-s // stride) * stride for s in (sizes * 2)[:2])  # multiples of the stride
-        results = export_model(backend.model, Path(opt.weights).with_suffix(""), opt.include, img_size,
-                               batch=opt.batch_size, dynamic=opt.dynamic, nms=opt.nms, conf_thres=opt.conf_thres,
-                               iou_thres=opt.iou_thres, max_det=opt.max_det, agnostic=opt.agnostic_nms,
-                               opset=opt.opset, exporter=opt.onnx_exporter)
-    except (BackendError, ExportError, ValueError) as e:
-        print(f"export.py: {e}", file=sys.stderr)
-        return 2
+    backend = TorchBackend(Path(opt.weights), select_device(opt.device))  # UserErrors: one line (command_main)
+    stride = backend.meta.stride
+    sizes = opt.img_size or [backend.meta.default_img_size]
+    img_size = tuple(-(-s // stride) * stride for s in (sizes * 2)[:2])  # multiples of the stride
+    out = Path(opt.weights).with_suffix("")
+    check_writable(out.parent)  # torch's C++ writers report a read-only folder as an opaque RuntimeError
+    results = export_model(backend.model, out, opt.include, img_size,
+                           batch=opt.batch_size, dynamic=opt.dynamic, nms=opt.nms, conf_thres=opt.conf_thres,
+                           iou_thres=opt.iou_thres, max_det=opt.max_det, agnostic=opt.agnostic_nms,
+                           opset=opt.opset, exporter=opt.onnx_exporter)
     for r in results:
         print(f"{r.format}: {r.file} ({r.size_mb:.1f} MB), input {opt.batch_size}x3x{img_size[0]}x{img_size[1]}"
               f"{' dynamic' if opt.dynamic and r.format == 'onnx' else ''}; check passed: {r.check}")

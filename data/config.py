@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from data import voc
-from utils.config import ConfigError, from_mapping, read_yaml
+from utils.config import ConfigError, Range, from_mapping, ranged, read_yaml
 
 LOGGER = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).resolve().parent
@@ -35,7 +35,7 @@ class DataFile:
     train: str | list[str] | None = None
     val: str | list[str] | None = None
     test: str | list[str] | None = None
-    nc: int | None = None
+    nc: int | None = ranged(None, Range(at_least=1))
     names: list[str] | dict | None = None
     download: str | None = None  # a hint for people (e.g. a script to run); never executed
     generator: str | None = None  # name of a built-in generator (``shapes``) that creates the set
@@ -104,6 +104,8 @@ def _names(raw: DataFile, source: str, splits: list[list[Path]]) -> list[str]:
         names = [f"class{i}" for i in range(raw.nc)]
     else:
         raise ConfigError(f"{source}: missing key 'names' (or 'nc')")
+    if not names:
+        raise ConfigError(f"{source}: key 'names': a data set needs at least one class")
     if raw.nc is not None and raw.nc != len(names):
         raise ConfigError(f"{source}: key 'nc' is {raw.nc} but 'names' has {len(names)} entries")
     return names

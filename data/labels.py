@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import simplejpeg
 from PIL import Image
 
 MIN_IMAGE_SIDE = 10
@@ -37,12 +38,32 @@ def verify_image(path: Path) -> tuple[tuple[int, int], str | None]:
         return (0, 0), f"not a readable image ({type(e).__name__}: {e})"
     if min(h, w) < MIN_IMAGE_SIDE:
         return (h, w), f"image is {w}x{h}, smaller than {MIN_IMAGE_SIDE} px"
-    if fmt == "JPEG":
-        with open(path, "rb") as f:
-            f.seek(-2, 2)
-            if f.read() != b"\xff\xd9":
-                return (h, w), "truncated JPEG (no end-of-image marker)"
-    return (h, w), None
+    return (h, w), decode_error(path, fmt)
+
+
+def decode_error(path: Path, fmt: str | None) -> str | None:
+    """Why ``path`` does not decode in full, or None. PIL's ``verify`` reads the structure only,
+    and libjpeg fills a JPEG whose data stops early (even one that still ends in the end-of-image
+    marker) with gray after a mere warning, so JPEGs are entropy-decoded with libjpeg-turbo in
+    strict mode (at 1/8 scale: every coefficient is still read) and other formats loaded by PIL."""
+    try:
+        if fmt == "JPEG":
+            data = path.read_bytes()
+            if not data.endswith(b"\xff\xd9"):
+                return "truncated JPEG (no end-of-image marker)"
+            try:
+                simplejpeg.decode_jpeg(data, min_factor=8, strict=True)
+                return None
+            except ValueError as e:
+                # warnings about missing data mean lost pixels; other complaints (an unusual
+                # colour space, extraneous bytes) leave a usable image that PIL decodes below
+                if "premature end" in str(e).lower():
+                    return f"corrupt JPEG ({e})"
+        with Image.open(path) as im:
+            im.load()
+    except Exception as e:  # PIL raises many types for bad data; every one means "skip this image"
+        return f"not a readable image ({type(e).__name__}: {e})"
+    return None
 
 
 def _row_to_box(values: list[float], nc: int) -> tuple[list[float] | None, str | None]:

@@ -27,10 +27,10 @@ from data.config import datasets_root
 from data.dataset import DetectionDataset, Shapes
 from data.image_weights import image_weights as weights_from_labels
 from data.samplers import SeededSampler, WeightedIndexSampler
-from data.scan import load_or_scan
+from data.scan import drop_too_thin, load_or_scan
 from data.sources import default_cache_path
 from data.voc import is_voc_source, voc_root
-from utils.config import Hyp
+from utils.config import ConfigError, Hyp
 
 
 class Batch(NamedTuple):
@@ -152,6 +152,11 @@ def build_dataloader(
     items = sources if isinstance(sources, list) else [sources]
     paths = [Path(s) for s in items]
     scan, _ = load_or_scan(paths, nc, cache_path or _cache_path(paths), names)
+    scan = drop_too_thin(scan, img_size)
+    if not scan.files:
+        raise ConfigError(f"{', '.join(map(str, paths))}: no usable images ("
+                          + ", ".join(f"{v} {k}" for k, v in scan.counts.items())
+                          + (f"; first problem: {scan.messages[0]}" if scan.messages else "") + ")")
     dataset = DetectionDataset(scan, img_size=img_size, batch_size=batch_size, stride=stride, hyp=hyp, augment=augment,
                                rect=rect, pad=pad, cache=cache, single_cls=single_cls, seed=seed)
     shuffle = shuffle and not rect

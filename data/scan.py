@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from data.labels import read_label_file, verify_image
-from data.sources import IMAGE_SUFFIXES, coco_image_dir, is_coco_json, label_path, list_images, read_coco
+from data.sources import (
+    IMAGE_SUFFIXES,
+    coco_image_dir,
+    coco_image_path,
+    is_coco_json,
+    label_path,
+    list_images,
+    read_coco,
+)
 from data.voc import files_to_hash, is_voc_source, scan_voc, stems
 from utils.config import ConfigError
 
@@ -132,10 +140,10 @@ def _scan_coco(json_path: Path, nc: int, pool: ThreadPoolExecutor):
         by_image.setdefault(ann.get("image_id"), []).append(ann)
     image_dir = coco_image_dir(json_path)
     infos = sorted(data["images"], key=lambda im: im["id"])
-    checks = pool.map(lambda im: verify_image(image_dir / im["file_name"]), infos)
+    paths = [coco_image_path(image_dir, im["file_name"], json_path) for im in infos]
+    checks = pool.map(verify_image, paths)
     entries, messages, counts = [], [], {"found": 0, "missing": 0, "empty": 0, "corrupt": 0}
-    for info, (shape, error) in zip(infos, checks, strict=False):
-        path = image_dir / info["file_name"]
+    for info, path, (shape, error) in zip(infos, paths, checks, strict=True):
         if error:
             messages.append(f"{path}: {error}")
             counts["corrupt"] += 1
@@ -177,6 +185,28 @@ def _scan(sources: list[Path], nc: int, names: list[str] | None) -> ScanResult:
         counts=counts,
         messages=messages,
     )
+
+
+MIN_SIDE_AT_SIZE = 4  # px: an image resized to the train size needs both sides at least this long
+
+
+def drop_too_thin(result: ScanResult, img_size: int) -> ScanResult:
+    """``result`` without the images whose short side falls below MIN_SIDE_AT_SIZE once the long
+    side is resized to ``img_size`` (a 20000x20 image at 640 px would be 0 px tall); each one is
+    logged by name. The cached scan keeps them: another size may use them."""
+    keep = [i for i, (h, w) in enumerate(result.shapes) if min(h, w) * img_size / max(h, w) >= MIN_SIDE_AT_SIZE]
+    if len(keep) == len(result.files):
+        return result
+    dropped = sorted(set(range(len(result.files))) - set(keep))
+    for i in dropped[:MAX_MESSAGES_SHOWN]:
+        h, w = result.shapes[i]
+        LOGGER.warning("%s: image is %dx%d, under %d px on its short side at --img-size %d: skipped",
+                       result.files[i], w, h, MIN_SIDE_AT_SIZE, img_size)
+    if len(dropped) > MAX_MESSAGES_SHOWN:
+        LOGGER.warning("... and %d more images too thin at --img-size %d", len(dropped) - MAX_MESSAGES_SHOWN, img_size)
+    pick = lambda items: [items[i] for i in keep]  # noqa: E731
+    return dataclasses.replace(result, files=pick(result.files), shapes=pick(result.shapes), labels=pick(result.labels),
+                               crowd=pick(result.crowd), image_ids=pick(result.image_ids))
 
 
 def _to_json(result: ScanResult, key: str) -> dict:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Collection
 from pathlib import Path
 
+from utils.coco_json import check_instances
 from utils.config import ConfigError
 
 IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp"}
@@ -90,12 +92,20 @@ def coco_image_dir(json_path: Path) -> Path:
 
 
 def read_coco(json_path: Path) -> dict:
-    """Load a COCO annotation file, checking the keys the loader needs; errors name the file."""
+    """Load a COCO annotation file and check its schema (utils.coco_json.check_instances: unique
+    ids, finite boxes, positive sizes, file names); errors name the file and the entry."""
     try:
         data = json.loads(json_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"{json_path}: cannot read COCO json ({e})") from None
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise ConfigError(f"{json_path}: missing list {key!r}")
+    check_instances(data, json_path, need_files=True)
     return data
+
+
+def coco_image_path(image_dir: Path, file_name: str, json_path: Path) -> Path:
+    """``image_dir / file_name``; ConfigError when the name leaves the image folder (absolute, or
+    ``..`` above it): a json must not make the loader open files elsewhere."""
+    relative = Path(os.path.normpath(file_name))
+    if relative.is_absolute() or relative.parts[:1] == ("..",):
+        raise ConfigError(f"{json_path}: file_name {file_name!r} points outside the image folder {image_dir}")
+    return image_dir / relative

@@ -55,7 +55,7 @@ def letterbox(
     r = min(new_h / shape[0], new_w / shape[1])
     if not scaleup:
         r = min(r, 1.0)
-    unpad_w, unpad_h = round(shape[1] * r), round(shape[0] * r)
+    unpad_w, unpad_h = max(round(shape[1] * r), 1), max(round(shape[0] * r), 1)  # a 20000x20 image stays 1 px tall
     dw, dh = new_w - unpad_w, new_h - unpad_h
     if auto:
         dw, dh = dw % stride, dh % stride

@@ -7,13 +7,14 @@ after ``fuse()``; with ``--json`` the last line is one JSON object with ``layers
 
 from __future__ import annotations
 
-import argparse
 import copy
+import dataclasses
 import json
 import sys
 
 from models.yolo import Model
-from utils.config import ConfigError
+from utils import cli
+from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, option
 from utils.errors import command_main
 
 
@@ -46,20 +47,23 @@ def _layer_lines(model: Model) -> list[str]:
     return lines
 
 
+@dataclasses.dataclass
+class SummaryOptions:
+    """The flags of ``python -m models``."""
+
+    cfg: str = option("", "model YAML (path, or a name in cfg/)", required=True)
+    img: int = option(640, "square image size for GFLOPs", at_least=MIN_IMG_SIZE, at_most=MAX_IMG_SIZE)
+    scale: str | None = option(None, "entry of the config's scales table")
+    nc: int | None = option(None, "number of classes (default: the config's)", at_least=1)
+    json: bool = option(False, "print only one JSON object")
+
+
 @command_main("python -m models")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
-    parser.add_argument("--cfg", required=True, help="model YAML (path, or a name in cfg/)")
-    parser.add_argument("--img", type=int, default=640, help="square image size for GFLOPs")
-    parser.add_argument("--scale", default=None, help="entry of the config's scales table")
-    parser.add_argument("--nc", type=int, default=None, help="number of classes (default: the config's)")
-    parser.add_argument("--json", action="store_true", help="print only one JSON object")
-    args = parser.parse_args(argv)
-    try:
-        model, totals = summary(args.cfg, args.img, args.scale, args.nc)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    parser = cli.build_parser(SummaryOptions, __doc__.splitlines()[0])
+    parser.prog = "python -m models"
+    args = cli.namespace_to(SummaryOptions, parser.parse_args(argv))
+    model, totals = summary(args.cfg, args.img, args.scale, args.nc)
     if args.json:
         print(json.dumps(totals))
         return 0

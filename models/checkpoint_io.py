@@ -11,7 +11,8 @@ from torch import nn
 
 from models.official import is_official, pickle_globals
 from models.yolo import Model
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.config import ConfigError
 
 LOG = logging.getLogger(__name__)
 
@@ -33,17 +34,28 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return load_checkpoint(path)
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], weights_key: str = "model") -> Model:
+def model_from_checkpoint(ckpt: dict[str, Any], weights_key: str = "model", source: str = "checkpoint") -> Model:
     """A float32 ``Model`` built from ``ckpt["model_cfg"]`` with the weights ``ckpt[weights_key]``.
 
     ``weights_key`` is ``"model"`` (the EMA weights, for inference) or ``"train_model"`` (the raw
-    training weights, for resuming).
+    training weights, for resuming). Raises CheckpointError naming ``source`` (the file) when
+    the config does not build or the weights do not fit it (another model's tensors).
     """
-    model = Model(ckpt["model_cfg"], nc=ckpt["nc"])
+    if weights_key not in ckpt:
+        raise CheckpointError(f"{source}: no {weights_key!r} weights in the checkpoint")
+    try:
+        model = Model(ckpt["model_cfg"], nc=ckpt["nc"])
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: its model config does not build: {e}") from None
     if ckpt.get("fused"):  # a converted official deploy file holds fused weights
         model.fuse()
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt[weights_key].items()}
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # missing / unexpected keys, shape mismatches
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise CheckpointError(f"{source}: the {weights_key!r} weights do not fit its model config "
+                              f"({lines[1] if len(lines) > 1 else lines[0]})") from None
     model.names = list(ckpt["names"])
     return model
 
@@ -55,7 +67,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", fuse: bool 
     ``fuse`` folds BN / RepConv / implicit layers for inference. Raises
     ``utils.checkpoint.CheckpointError`` naming the file if it is neither.
     """
-    model = model_from_checkpoint(read_checkpoint(path))
+    model = model_from_checkpoint(read_checkpoint(path), source=str(path))
     if fuse:
         model.fuse()
     return model.to(device).eval()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,11 +103,45 @@ def load_model_config(cfg: str | Path | dict, scale: str | None = None) -> Model
         scale = scale or data.get("scale") or next(iter(scales))
         if scale not in scales:
             raise ConfigError(f"{source}: scale {scale!r} not in scales ({', '.join(map(str, scales))})")
+        if not (isinstance(scales[scale], list) and len(scales[scale]) == 2):
+            raise ConfigError(f"{source}: key 'scales': entry {scale!r} must be [depth_multiple, width_multiple], "
+                              f"got {scales[scale]!r:.60}")
         data["depth_multiple"], data["width_multiple"] = scales[scale]
         data["scale"] = scale
     elif scale is not None:
         raise ConfigError(f"{source}: scale {scale!r} requested but the config has no 'scales'")
+    check_sections(data, source)
     return ModelConfig(data, source, lines)
+
+
+def _positive_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def check_sections(data: dict, source: str) -> None:
+    """Raise ConfigError naming the key unless every top-level section has its type: ``nc`` an
+    integer >= 1, positive multiples, ``anchors`` per-level lists of positive numbers,
+    ``backbone`` / ``head`` lists of rows, ``activation`` a name or true/false."""
+    nc = data.get("nc")
+    if isinstance(nc, bool) or not isinstance(nc, int) or nc < 1:
+        raise ConfigError(f"{source}: key 'nc' must be an integer >= 1, got {nc!r:.60}")
+    for key in ("depth_multiple", "width_multiple"):
+        if key in data and not _positive_number(data[key]):
+            raise ConfigError(f"{source}: key {key!r} must be a positive number, got {data[key]!r:.60}")
+    anchors = data.get("anchors")
+    if not (isinstance(anchors, list) and anchors and all(
+            isinstance(a, list) and a and all(_positive_number(v) for v in a) for a in anchors)):
+        raise ConfigError(f"{source}: key 'anchors' must be per-level lists of positive numbers (w0, h0, w1, h1, "
+                          f"...), got {anchors!r:.80}")
+    for key in ("backbone", "head"):
+        if data.get(key) is not None and not isinstance(data[key], list):
+            raise ConfigError(f"{source}: key {key!r} must be a list of rows [from, number, module, args], "
+                              f"got {type(data[key]).__name__} {data[key]!r:.40}")
+    if "activation" in data and not isinstance(data["activation"], (str, bool)):
+        raise ConfigError(f"{source}: key 'activation' must be a name such as LeakyReLU(0.1), got "
+                          f"{data['activation']!r:.60}")
+    if "scale" in data and not isinstance(data["scale"], str):
+        raise ConfigError(f"{source}: key 'scale' must be a name in 'scales', got {data['scale']!r:.60}")
 
 
 def _resolve_arg(value: Any, data: dict) -> Any:

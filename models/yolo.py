@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.blocks import Block
 from models.head import Detect
-from models.parse import load_model_config, parse_model, row_location
+from models.parse import check_sections, load_model_config, parse_model, row_location
 from utils.config import ConfigError
 
 
@@ -32,6 +32,7 @@ class Model(nn.Module):
         config = load_model_config(cfg, scale)
         if nc is not None:
             config.data["nc"] = nc
+            check_sections(config.data, config.source)
         self.yaml = config.data
         self._config = config
         parsed = parse_model(config, ch)

@@ -167,6 +167,17 @@ def test_nonfinite_loss_stops_run(data_root, monkeypatch):
     assert not (data_root / "runs" / "nan_all" / "weights" / "last.pt").exists()
 
 
+def test_nonfinite_loss_counter_spans_epochs(data_root, monkeypatch):
+    """3 batches an epoch, all NaN: the 5 in a row are reached in epoch 1 (the counter restarted
+    each epoch, so such a run trained to the end without a single step)."""
+    monkeypatch.setattr(NaNLoss, "bad", None)
+    monkeypatch.setattr(engine.train.setup, "YoloLoss", NaNLoss)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(NonFiniteLossError, match=r"5 batches in a row \(epoch 1, batch 1\)"):
+            train(tiny_options(data_root, name="nan_epochs", epochs=3, notest=True))
+
+
 def test_finetune_transfers_and_freezes(data_root, tmp_path, caplog):
     """--weights copies the tensors that fit (not the head of another class count); --freeze keeps layers."""
     source = Model(TINY_MODEL)

@@ -24,6 +24,7 @@ from utils.config import ConfigError
 
 T = TypeVar("T")
 _KEY = "cli"
+MIN_IMG_SIZE, MAX_IMG_SIZE = 32, 8192  # px: --img 100000 tried to allocate 28 GB
 
 
 @dataclasses.dataclass(frozen=True)

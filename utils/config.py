@@ -1,13 +1,18 @@
 """Typed configuration objects loaded from YAML.
 
 Every config in the project (hyper-parameters, data sets, run options) is a dataclass. Loading
-rejects unknown keys and wrong types with a message that names the file and the key, so a typo
-in a YAML file never silently falls back to a default.
+rejects unknown keys, wrong types, non-finite numbers and values outside a field's declared
+``Range`` with a message that names the file and the key, so a typo in a YAML file never
+silently falls back to a default. YAML is read with YAML 1.2's number syntax (``1e-3`` is a
+number, not the string YAML 1.1 makes of it) and with size and nesting limits checked on the
+event stream, before anything is built (an alias bomb or 5000 nested lists fail in milliseconds).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -25,19 +30,70 @@ class ConfigError(UserError, ValueError):
     """A config file or mapping is malformed; the message names the file and key."""
 
 
+MAX_YAML_NODES = 100_000  # after alias expansion; YOLOv7-E6E's config has ~3,000
+MAX_YAML_DEPTH = 32  # nested mappings / lists; a model config needs 6
+
+
+class YamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads YAML 1.2 floats without a dot (``1e-3``, ``5E4``)."""
+
+
+YamlLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _check_yaml_size(text: str, source: str) -> None:
+    """Raise ConfigError when ``text`` nests deeper than MAX_YAML_DEPTH or holds more than
+    MAX_YAML_NODES nodes once aliases are expanded. Works on the parser's event stream (no
+    recursion, nothing built): an alias counts the size of the node it names."""
+    anchors: dict[str, int] = {}
+    stack: list[list] = []  # [anchor, expanded size so far] of each open collection
+    for event in yaml.parse(text, Loader=YamlLoader):
+        where = f"{source}:{event.start_mark.line + 1}" if event.start_mark else source
+        if isinstance(event, yaml.CollectionStartEvent):
+            stack.append([event.anchor, 1])
+            if len(stack) > MAX_YAML_DEPTH:
+                raise ConfigError(f"{where}: nested more than {MAX_YAML_DEPTH} levels deep")
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            anchor, size = stack.pop()
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, size = event.anchor, 1
+        elif isinstance(event, yaml.AliasEvent):
+            anchor, size = None, anchors.get(event.anchor, 1)
+        else:
+            continue
+        if anchor is not None:
+            anchors[anchor] = size
+        if stack:
+            stack[-1][1] += size
+        if size > MAX_YAML_NODES or (stack and stack[-1][1] > MAX_YAML_NODES):
+            raise ConfigError(f"{where}: more than {MAX_YAML_NODES:,} nodes once aliases are expanded")
+
+
+def parse_yaml(text: str, source: str = "<yaml>") -> Any:
+    """``text`` parsed as YAML (safe, YAML 1.2 numbers, size limits); errors name ``source`` and line."""
+    try:
+        _check_yaml_size(text, source)
+        return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - YamlLoader is a SafeLoader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}{where}: YAML syntax error: {getattr(e, 'problem', None) or e}") from None
+
+
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping from ``path``; errors name the file (and line, for syntax errors)."""
     path = Path(path)
     try:
         text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: YAML syntax error: {getattr(e, 'problem', e)}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    data = parse_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -95,8 +151,53 @@ def _check_type(value: Any, annotation: Any) -> Any:
     return value
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric config field accepts (inclusive ``at_least`` / ``at_most``,
+    exclusive ``above`` / ``below``); declared with :func:`ranged`, checked by from_mapping."""
+
+    at_least: float | None = None
+    above: float | None = None
+    at_most: float | None = None
+    below: float | None = None
+
+    def error(self, value: float) -> str | None:
+        """Why ``value`` is outside the range, or None."""
+        for bound, fails, word in ((self.at_least, value < (self.at_least or 0), ">="),
+                                   (self.above, value <= (self.above or 0), ">"),
+                                   (self.at_most, value > (self.at_most or 0), "<="),
+                                   (self.below, value >= (self.below or 0), "<")):
+            if bound is not None and fails:
+                return f"must be {word} {bound:g}, got {value:g}"
+        return None
+
+
+PROBABILITY = Range(at_least=0.0, at_most=1.0)
+NON_NEGATIVE = Range(at_least=0.0)
+POSITIVE = Range(above=0.0)
+
+
+def ranged(default: Any, valid: Range) -> Any:
+    """A dataclass field with default ``default`` whose values must lie in ``valid``."""
+    return dataclasses.field(default=default, metadata={"range": valid})
+
+
+def _check_value(field: dataclasses.Field, value: Any) -> None:
+    """Raise TypeError when a number of ``value`` is NaN/inf or outside the field's Range."""
+    numbers = value if isinstance(value, (list, tuple)) else [value]
+    for v in numbers:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise TypeError(f"must be a finite number, got {v}")
+        valid = field.metadata.get("range")
+        if valid is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
+            why = valid.error(v)
+            if why:
+                raise TypeError(why)
+
+
 def from_mapping(cls: type[T], data: Mapping[str, Any], source: str = "<config>") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError.
+    """Build dataclass ``cls`` from ``data``; unknown keys, wrong types, non-finite numbers and
+    values outside a field's ``Range`` raise ConfigError.
 
     ``source`` names where the mapping came from (a file path) for the error message.
     """
@@ -109,6 +210,7 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], source: str = "<config>"
     for key, value in data.items():
         try:
             kwargs[key] = _check_type(value, hints[key])
+            _check_value(fields[key], kwargs[key])
         except TypeError as e:
             raise ConfigError(f"{source}: key {key!r}: {e}") from None
     missing = [
@@ -132,43 +234,46 @@ def apply_overrides(obj: T, overrides: list[str], source: str = "command line") 
         if "=" not in item:
             raise ConfigError(f"{source}: override {item!r} is not key=value")
         key, value = item.split("=", 1)
-        data[key.strip()] = yaml.safe_load(value)
+        data[key.strip()] = parse_yaml(value, f"{source}: {item}")
     return from_mapping(type(obj), data, source)
 
 
 @dataclasses.dataclass(frozen=True)
 class Hyp:
-    """Training hyper-parameters; the keys of YOLOv7's data/hyp.scratch.*.yaml files."""
+    """Training hyper-parameters; the keys of YOLOv7's data/hyp.scratch.*.yaml files.
 
-    lr0: float = 0.01  # initial learning rate (SGD 1e-2, Adam 1e-3)
-    lrf: float = 0.1  # final learning rate as a fraction of lr0
-    momentum: float = 0.937  # SGD momentum / Adam beta1
-    weight_decay: float = 0.0005  # at nominal batch size 64
-    warmup_epochs: float = 3.0
-    warmup_momentum: float = 0.8
-    warmup_bias_lr: float = 0.1
-    box: float = 0.05  # box loss gain
-    cls: float = 0.3  # class loss gain
-    cls_pw: float = 1.0  # class BCE positive weight
-    obj: float = 0.7  # objectness loss gain (scaled with image size)
-    obj_pw: float = 1.0  # objectness BCE positive weight
-    iou_t: float = 0.20  # IoU training threshold (unused by the OTA loss; kept for file compatibility)
-    anchor_t: float = 4.0  # anchor-multiple threshold
-    anchors: float = 0.0  # anchors per output layer for autoanchor (0: keep the config's)
-    fl_gamma: float = 0.0  # focal loss gamma (0: plain BCE)
-    hsv_h: float = 0.015
-    hsv_s: float = 0.7
-    hsv_v: float = 0.4
-    degrees: float = 0.0
-    translate: float = 0.2
-    scale: float = 0.9
-    shear: float = 0.0
-    perspective: float = 0.0
-    flipud: float = 0.0
-    fliplr: float = 0.5
-    mosaic: float = 1.0
-    mixup: float = 0.15
-    copy_paste: float = 0.0
-    paste_in: float = 0.15
+    Each numeric key declares the values it accepts (signs, probabilities in [0, 1]); a file or
+    ``key=value`` override outside them is a ConfigError naming the key."""
+
+    lr0: float = ranged(0.01, POSITIVE)  # initial learning rate (SGD 1e-2, Adam 1e-3)
+    lrf: float = ranged(0.1, NON_NEGATIVE)  # final learning rate as a fraction of lr0
+    momentum: float = ranged(0.937, Range(at_least=0.0, below=1.0))  # SGD momentum / Adam beta1
+    weight_decay: float = ranged(0.0005, NON_NEGATIVE)  # at nominal batch size 64
+    warmup_epochs: float = ranged(3.0, NON_NEGATIVE)
+    warmup_momentum: float = ranged(0.8, Range(at_least=0.0, below=1.0))
+    warmup_bias_lr: float = ranged(0.1, NON_NEGATIVE)
+    box: float = ranged(0.05, NON_NEGATIVE)  # box loss gain
+    cls: float = ranged(0.3, NON_NEGATIVE)  # class loss gain
+    cls_pw: float = ranged(1.0, POSITIVE)  # class BCE positive weight
+    obj: float = ranged(0.7, NON_NEGATIVE)  # objectness loss gain (scaled with image size)
+    obj_pw: float = ranged(1.0, POSITIVE)  # objectness BCE positive weight
+    iou_t: float = ranged(0.20, PROBABILITY)  # IoU training threshold (unused by the OTA loss; kept for file compatibility)
+    anchor_t: float = ranged(4.0, Range(above=1.0))  # anchor-multiple threshold (a ratio: 1 or less matches nothing)
+    anchors: float = ranged(0.0, NON_NEGATIVE)  # anchors per output layer for autoanchor (0: keep the config's)
+    fl_gamma: float = ranged(0.0, NON_NEGATIVE)  # focal loss gamma (0: plain BCE)
+    hsv_h: float = ranged(0.015, PROBABILITY)
+    hsv_s: float = ranged(0.7, PROBABILITY)
+    hsv_v: float = ranged(0.4, PROBABILITY)
+    degrees: float = ranged(0.0, Range(at_least=0.0, at_most=180.0))
+    translate: float = ranged(0.2, Range(at_least=0.0, below=1.0))
+    scale: float = ranged(0.9, Range(at_least=0.0, below=1.0))  # gain 1 +/- scale: 1 would allow a 0-px image
+    shear: float = ranged(0.0, Range(at_least=0.0, below=90.0))
+    perspective: float = ranged(0.0, Range(at_least=0.0, at_most=0.1))
+    flipud: float = ranged(0.0, PROBABILITY)
+    fliplr: float = ranged(0.5, PROBABILITY)
+    mosaic: float = ranged(1.0, PROBABILITY)
+    mixup: float = ranged(0.15, PROBABILITY)
+    copy_paste: float = ranged(0.0, PROBABILITY)
+    paste_in: float = ranged(0.15, PROBABILITY)
     loss_ota: bool = True
-    label_smoothing: float = 0.0
+    label_smoothing: float = ranged(0.0, Range(at_least=0.0, below=1.0))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,3 +26,12 @@ def increment_path(path: str | Path, exist_ok: bool = False) -> Path:
     pattern = re.compile(rf"^{re.escape(path.name)}(\d+)$")
     taken = [int(m.group(1)) for p in path.parent.glob(f"{path.name}*") if (m := pattern.match(p.name))]
     return path.with_name(f"{path.name}{max(taken, default=1) + 1}")
+
+
+def check_writable(folder: Path) -> None:
+    """Raise the OSError (EACCES, EROFS, ENOSPC: command_main prints it as one line naming the
+    folder) when a file cannot be created in ``folder``; writes and removes a probe file. For
+    writers that report a failed write without its OSError (torch's C++ serialisers)."""
+    fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from utils.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -38,34 +40,38 @@ def dist_info_from_env() -> DistInfo:
     )
 
 
+class DeviceError(UserError, ValueError):
+    """A --device that does not exist here; the message names the flag and what there is."""
+
+
 def select_device(device: str = "", local_rank: int = 0) -> torch.device:
     """Parse a device string: '' (CUDA if available, else CPU), 'cpu', '0', '0,1', 'cuda', 'cuda:1', 'mps'.
 
     Under torchrun every process uses CUDA device ``local_rank`` (of those listed, if a list is
-    given). Raises ValueError naming the request when the device does not exist.
+    given). Raises DeviceError naming the request when the device does not exist.
     """
     device = str(device).strip().lower().replace("cuda:", "")
     if device == "cpu":
         return torch.device("cpu")
     if device == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ValueError("--device mps requested but MPS is not available")
+            raise DeviceError("--device mps requested but MPS is not available")
         return torch.device("mps")
     if device in ("", "cuda"):  # '' falls back to the CPU; an explicit 'cuda' must get CUDA
         if torch.cuda.is_available():
             return torch.device(f"cuda:{local_rank}")
         if device == "":
             return torch.device("cpu")
-        raise ValueError("--device 'cuda' requested but CUDA is not available (use --device cpu)")
+        raise DeviceError("--device 'cuda' requested but CUDA is not available (use --device cpu)")
     try:
         ids = [int(x) for x in device.split(",") if x != ""]
     except ValueError:
-        raise ValueError(f"--device {device!r}: expected 'cpu', 'mps' or CUDA indices like '0' or '0,1'") from None
+        raise DeviceError(f"--device {device!r}: expected 'cpu', 'mps' or CUDA indices like '0' or '0,1'") from None
     if not torch.cuda.is_available():
-        raise ValueError(f"--device {device!r} requested but CUDA is not available (use --device cpu)")
+        raise DeviceError(f"--device {device!r} requested but CUDA is not available (use --device cpu)")
     index = ids[local_rank % len(ids)]
     if index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device!r}: CUDA device {index} does not exist ({torch.cuda.device_count()} found)")
+        raise DeviceError(f"--device {device!r}: CUDA device {index} does not exist ({torch.cuda.device_count()} found)")
     return torch.device(f"cuda:{index}")
 
 

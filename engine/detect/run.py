@@ -21,7 +21,7 @@ import numpy as np
 from engine.detect.predictor import Detections, Predictor
 from engine.detect.sources import Frame, Source
 from utils.boxes import xyxy_to_cxcywh
-from utils.cli import option
+from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, option
 from utils.paths import increment_path
 from utils.plots import class_colour, draw_boxes
 
@@ -36,7 +36,8 @@ class DetectOptions:
     source: str = option("", "image, folder, glob, .txt list, video, webcam index or URL (default: the built-in "
                          "shapes val images)")
     img_size: int | None = option(None, "inference size, longer side (default: the checkpoint's validation size, "
-                                  "else 640)", aliases=["--img"], at_least=32)
+                                  "else 640)", aliases=["--img"], at_least=MIN_IMG_SIZE,
+                                  at_most=MAX_IMG_SIZE)
     conf_thres: float = option(0.25, "score threshold", at_least=0.0, at_most=1.0)
     iou_thres: float = option(0.45, "NMS IoU threshold", at_least=0.0, at_most=1.0)
     max_det: int = option(300, "most detections per image", at_least=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from utils.cli import option
+from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, option
 
 FORMATS = ("onnx", "torchscript")
 
@@ -16,7 +16,7 @@ class ExportOptions:
     weights: str = option("", "checkpoint of this project", required=True)
     include: list[str] = option(list(FORMATS), choices=FORMATS)
     img_size: list[int] | None = option(None, "input size: H [W] (default: the checkpoint's validation size)",
-                                        aliases=["--img"], at_least=32)
+                                        aliases=["--img"], at_least=MIN_IMG_SIZE, at_most=MAX_IMG_SIZE)
     batch_size: int = option(1, "batch size of the traced input", at_least=1)
     device: str = option("cpu", "cpu or a CUDA index (the export traces on it)")
     dynamic: bool = option(False, "ONNX: dynamic batch, height and width")
@@ -25,7 +25,7 @@ class ExportOptions:
     iou_thres: float = option(0.45, "--nms default IoU threshold", at_least=0.0, at_most=1.0)
     max_det: int = option(300, "--nms boxes kept per image and class", at_least=1)
     agnostic_nms: bool = option(False, "--nms across classes")
-    opset: int = option(18, "ONNX opset (>= 17)")
+    opset: int = option(18, "ONNX opset (>= 17)", at_least=17)
     onnx_exporter: str = option("dynamo", "torch.onnx.export path: dynamo (torch.export, default) or torchscript "
                                 "(deprecated tracer, much faster to export)", choices=["dynamo", "torchscript"])
     json: bool = option(False, "print the results as one JSON object (last line)")

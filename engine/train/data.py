@@ -8,7 +8,7 @@ from data import DataConfig, DetectionLoader, build_dataloader, load_data_config
 from data.image_weights import image_weights
 from engine.train.options import TrainOptions
 from models.yolo import Model
-from utils.config import Hyp
+from utils.config import ConfigError, Hyp
 from utils.torch_utils import DistInfo, barrier
 
 LOG = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ def build_train_loader(
         seed=opt.seed, rank=info.rank if info.distributed else -1, single_cls=opt.single_cls,
         image_weights=opt.image_weights, pin_memory=pin_memory, names=data.names,
     )
+    if not any(len(labels) for labels in loader.dataset.labels):  # it would train to the end, learning nothing
+        raise ConfigError(f"{data.source}: the train split has no labels at all ({len(loader.dataset)} images, not one "
+                          "box): YOLO labels go in a labels/ folder beside images/, one .txt per image")
     return loader
 
 

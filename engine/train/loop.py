@@ -98,7 +98,9 @@ def fit(run: Run, t0: float | None = None) -> dict[str, Any]:
                 metrics, val_losses = zero_metrics()
             row = epoch_row(epoch, train_losses, metrics, val_losses, lrs)
             run.rows.append(row)
-            improved = row["fitness"] > run.best_fitness
+            # best.pt: the first epoch of the best fitness, and at least the first saved epoch (a run whose
+            # fitness stays 0, or a --nosave run, still gets one; YOLOv7 saves on fitness == best)
+            improved = row["fitness"] > run.best_fitness or not (run.save_dir / "weights" / "best.pt").is_file()
             run.best_fitness = max(run.best_fitness, row["fitness"])
             stop = patience_exhausted(run.rows, epoch, patience=opt.patience, notest=opt.notest)
             if not opt.nosave or final or stop:  # --nosave still keeps the run's last epoch
@@ -172,7 +174,7 @@ def train_one_epoch(run: Run, epoch: int) -> torch.Tensor:
     nb = len(run.train_loader)
     n_warmup = warmup_iterations(hyp, nb)
     mean_losses = torch.zeros(4, device=run.device)
-    n_good, bad_in_row = 0, 0
+    n_good = 0
     run.optimizer.zero_grad(set_to_none=True)
     batches = enumerate(run.train_loader)
     if run.info.is_main:
@@ -185,15 +187,15 @@ def train_one_epoch(run: Run, epoch: int) -> torch.Tensor:
             accumulate = apply_warmup(run.optimizer, ni, n_warmup, run.lf(epoch), hyp, run.batch_size)
         items = train_step(run, batch, step=(ni + 1) % accumulate == 0 or i == nb - 1)
         if items is None:
-            bad_in_row += 1
+            run.bad_steps_in_row += 1  # counted across epochs: a 1-batch epoch must not reset it
             warnings.warn(f"epoch {epoch} batch {i}: non-finite loss, step skipped", stacklevel=1)
-            if bad_in_row >= MAX_BAD_STEPS:
+            if run.bad_steps_in_row >= MAX_BAD_STEPS:
                 raise NonFiniteLossError(
-                    f"loss was NaN/inf for {bad_in_row} batches in a row (epoch {epoch}, batch {i}): training "
-                    "diverged; lower lr0 or check the labels. The last saved checkpoint is intact."
+                    f"loss was NaN/inf for {run.bad_steps_in_row} batches in a row (epoch {epoch}, batch {i}): "
+                    "training diverged; lower lr0 or check the labels. The last saved checkpoint is intact."
                 )
             continue
-        bad_in_row = 0
+        run.bad_steps_in_row = 0
         mean_losses = (mean_losses * n_good + items) / (n_good + 1)
         n_good += 1
         if run.info.is_main:

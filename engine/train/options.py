@@ -6,8 +6,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from utils.cli import check_ranges, option
-from utils.config import ConfigError, Hyp, apply_overrides, from_mapping, load
+from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, check_ranges, option
+from utils.config import ConfigError, Hyp, apply_overrides, from_mapping, load, read_yaml
 from utils.paths import resolve_path
 
 DEFAULT_DATA = "shapes"
@@ -32,7 +32,8 @@ class TrainOptions:
                                   metavar="key=value")
     epochs: int = option(15, at_least=1)
     batch_size: int = option(16, "total batch size over all processes", at_least=1)
-    img_size: list[int] = option([256, 256], "train [val] image size", aliases=["--img"], at_least=32)
+    img_size: list[int] = option([256, 256], "train [val] image size", aliases=["--img"],
+                                  at_least=MIN_IMG_SIZE, at_most=MAX_IMG_SIZE)
     rect: bool = option(False, "rectangular training batches (no mosaic)")
     resume: str = option("", "resume the newest last.pt, or PATH", nargs="?", const="last")
     nosave: bool = option(False, "save only the final checkpoint")
@@ -52,12 +53,13 @@ class TrainOptions:
     exist_ok: bool = option(False, "reuse project/name instead of incrementing")
     linear_lr: bool = option(False, "linear instead of cosine learning-rate decay")
     label_smoothing: float = option(0.0, at_least=0.0, below=1.0)
-    save_period: int = option(-1, "also save epoch<N>.pt every N epochs")
-    freeze: list[int] = option([0], "first N layers, or layer indices")
+    save_period: int = option(-1, "also save epoch<N>.pt every N epochs (-1: never)", at_least=-1)
+    freeze: list[int] = option([0], "first N layers, or layer indices", at_least=0)
     seed: int = option(0)
     deterministic: bool = option(False, "deterministic kernels (slower; exact reruns)")
-    patience: int = option(100, "stop after this many epochs without gain")
-    close_mosaic: int = option(AUTO_CLOSE_MOSAIC, "no mosaic in the last N epochs (-1: the recipe's, 0 or 10)")
+    patience: int = option(100, "stop after this many epochs without gain", at_least=1)
+    close_mosaic: int = option(AUTO_CLOSE_MOSAIC, "no mosaic in the last N epochs (-1: the recipe's, 0 or 10)",
+                               at_least=-1)
     json: bool = option(False, "print the final summary as one JSON object")
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,3 +102,30 @@ def find_resume_checkpoint(opt: TrainOptions) -> Path:
     if not candidates:
         raise ConfigError(f"--resume: no weights/last.pt found under {opt.project}")
     return candidates[-1]
+
+
+RESUME_MAY_CHANGE = ("resume", "device")  # what a resume changes in opt.yaml
+
+
+def resume_run_dir(path: Path, ckpt_opt: dict[str, Any]) -> Path:
+    """The run folder a --resume of ``path`` writes into, after checking ``path`` belongs to it:
+    ``<run>/weights/<name>.pt`` with ``<run>/opt.yaml`` holding the checkpoint's run arguments.
+    Anything else (a checkpoint copied into another folder, or into another run) is refused: the
+    resume would overwrite files it does not own. Nothing is written here."""
+    path = path.resolve()
+    run = path.parent.parent
+    hint = f"to start a new run from it, use --weights {path}"
+    if path.parent.name != "weights":
+        raise ConfigError(f"--resume {path}: not in the weights/ folder of a run, so there is no run to continue; "
+                          f"{hint}")
+    saved_file = run / "opt.yaml"
+    if not saved_file.is_file():
+        raise ConfigError(f"--resume {path}: {run} has no opt.yaml, so it is not the run this checkpoint "
+                          f"belongs to; {hint}")
+    saved = read_yaml(saved_file)
+    differ = sorted(k for k in set(saved) | set(ckpt_opt)
+                    if k not in RESUME_MAY_CHANGE and saved.get(k) != ckpt_opt.get(k))
+    if differ:
+        raise ConfigError(f"--resume {path}: {saved_file} does not match the checkpoint's run arguments "
+                          f"({', '.join(differ[:3])} differ), so the checkpoint belongs to another run; {hint}")
+    return run

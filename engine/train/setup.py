@@ -23,14 +23,14 @@ from engine.train.data import build_train_loader, build_val_loader, check_anchor
 from engine.train.ema import ModelEMA
 from engine.train.log import TensorBoardLog, write_results_csv
 from engine.train.optim import accumulation_steps, build_optimizer, lr_lambda, scaled_weight_decay
-from engine.train.options import DEFAULT_CFG, TrainOptions, find_resume_checkpoint, load_hyp
+from engine.train.options import DEFAULT_CFG, TrainOptions, find_resume_checkpoint, load_hyp, resume_run_dir
 from engine.train.plots import plot_labels
 from engine.train.recipe import apply_recipe
 from engine.train.validation import validation_loss
 from models.checkpoint_io import model_from_checkpoint, read_checkpoint, transfer_weights
 from models.loss import YoloLoss
 from models.yolo import Model
-from utils.checkpoint import load_checkpoint, set_rng_state
+from utils.checkpoint import CheckpointError, load_checkpoint, set_rng_state
 from utils.config import ConfigError, Hyp, from_mapping
 from utils.paths import increment_path, resolve_path
 from utils.torch_utils import DistInfo, barrier, seed_everything
@@ -70,6 +70,7 @@ class Run:
     channels_last: bool = False
     val_loss_fn: YoloLoss | None = None  # plain (non-OTA) assignment, on the EMA model (rank 0)
     class_maps: list[float] = dataclasses.field(default_factory=list)  # per-class mAP@.5:.95, last validation
+    bad_steps_in_row: int = 0  # consecutive non-finite losses, across epochs
 
 
 def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
@@ -80,8 +81,8 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
         ckpt = load_checkpoint(path)
         if ckpt["epoch"] < 0 or "optimizer" not in ckpt:
             raise ConfigError(f"--resume {path}: this training has finished (the checkpoint is stripped)")
+        save_dir = resume_run_dir(path, ckpt["opt"])  # only the run the checkpoint belongs to
         opt = dataclasses.replace(TrainOptions.from_dict(ckpt["opt"], str(path)), resume=str(path), device=opt.device)
-        save_dir = path.resolve().parent.parent
     else:
         save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
     if info.world_size > 1 and opt.batch_size % info.world_size:
@@ -97,10 +98,6 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     nc, names = (1, ["item"]) if opt.single_cls else (data_cfg.nc, list(data_cfg.names))
     model = _build_model(opt, nc, names, ckpt).to(device)
     opt = _round_img_size(opt, int(model.stride.max()))
-    if info.is_main:
-        (save_dir / "weights").mkdir(parents=True, exist_ok=True)
-        (save_dir / "hyp.yaml").write_text(yaml.safe_dump(dataclasses.asdict(hyp), sort_keys=False))
-        (save_dir / "opt.yaml").write_text(yaml.safe_dump(opt.to_dict(), sort_keys=False))
     _freeze(model, opt.freeze)
     channels_last = device.type in ("cpu", "cuda")  # 1.4x faster training on CPU (oneDNN), faster AMP on CUDA
     if channels_last:
@@ -128,7 +125,12 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     if ckpt is not None:
         _restore(run, ckpt)
     run.model = _wrap_ddp(model, opt, info, device)
-    if info.is_main:
+    if info.is_main:  # every input is checked: only now is anything written
+        (save_dir / "weights").mkdir(parents=True, exist_ok=True)
+        (save_dir / "hyp.yaml").write_text(yaml.safe_dump(dataclasses.asdict(hyp), sort_keys=False))
+        (save_dir / "opt.yaml").write_text(yaml.safe_dump(opt.to_dict(), sort_keys=False))
+        if ckpt is not None:
+            write_results_csv(run.rows, save_dir / "results.csv")
         run.tb = TensorBoardLog(save_dir, run.start_epoch)
         if ckpt is None:
             plot_labels(train_loader, names, save_dir)
@@ -138,7 +140,7 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
 def _build_model(opt: TrainOptions, nc: int, names: list[str], ckpt: dict | None) -> Model:
     """The model to train: from the resume checkpoint, fine-tuned from --weights, or from scratch."""
     if ckpt is not None:
-        model = model_from_checkpoint(ckpt, "train_model")
+        model = model_from_checkpoint(ckpt, "train_model", source=f"--resume {opt.resume}")
     elif opt.weights:
         source = read_checkpoint(resolve_path(opt.weights))  # ours, or an official YOLOv7 file
         model = Model(resolve_path(opt.cfg) if opt.cfg else source["model_cfg"], nc=nc)
@@ -160,9 +162,16 @@ def _round_img_size(opt: TrainOptions, stride: int) -> TrainOptions:
     return dataclasses.replace(opt, img_size=sizes)
 
 
-def _freeze(model: nn.Module, freeze: list[int]) -> None:
+def _freeze(model: Model, freeze: list[int]) -> None:
     """--freeze N: the first N layers; --freeze i j k: those layers. Frozen weights get no gradient."""
+    n = len(model.model)
     layers = list(range(freeze[0])) if len(freeze) == 1 else freeze
+    if len(freeze) == 1 and freeze[0] >= n:
+        raise ConfigError(f"--freeze {freeze[0]}: the model has {n} layers; freezing them all leaves nothing to "
+                          f"train (at most {n - 1})")
+    if len(freeze) > 1 and (max(freeze) >= n or len(set(freeze)) >= n):
+        raise ConfigError(f"--freeze {' '.join(map(str, freeze))}: the model has layers 0..{n - 1} and at least one "
+                          "must train")
     prefixes = tuple(f"model.{i}." for i in layers)
     if not prefixes:
         return
@@ -183,7 +192,11 @@ def _amp_dtype(device: torch.device) -> torch.dtype | None:
 
 def _restore(run: Run, ckpt: dict[str, Any]) -> None:
     """Continue from ``ckpt``: optimizer, schedule position, scaler, EMA, rows, best fitness, RNG."""
-    run.optimizer.load_state_dict(ckpt["optimizer"])
+    try:
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:  # torch's messages for a state of another model
+        raise CheckpointError(f"--resume {run.opt.resume}: its optimizer state does not fit the model "
+                              f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
     run.start_epoch = ckpt["epoch"] + 1
     run.scheduler.last_epoch = run.start_epoch  # the optimizer already holds this epoch's lr
     if ckpt.get("scaler"):
@@ -194,8 +207,6 @@ def _restore(run: Run, ckpt: dict[str, Any]) -> None:
     run.rows = list(ckpt["metrics"])
     run.class_maps = list(ckpt.get("class_maps", run.class_maps))  # absent before --image-weights existed
     set_rng_state(ckpt["rng"])
-    if run.info.is_main:
-        write_results_csv(run.rows, run.save_dir / "results.csv")
     LOG.info("resuming %s from epoch %d", run.opt.resume, run.start_epoch)
 
 

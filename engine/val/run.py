@@ -23,7 +23,8 @@ from engine.val.report import (
     save_plots,
 )
 from models import load_model
-from utils.cli import option
+from utils.checkpoint import CheckpointError
+from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, option
 from utils.coco_eval import GroundTruth, coco_evaluate
 from utils.coco_json import load_detections, load_ground_truth
 from utils.paths import increment_path
@@ -39,7 +40,8 @@ class ValOptions:
     weights: str = option("", "checkpoint (.pt) to evaluate")
     data: str = option("shapes", "data-set YAML or built-in name (default: shapes)")
     batch_size: int = option(32, at_least=1)
-    img_size: int = option(640, "inference size (pixels)", aliases=["--img"], at_least=32)
+    img_size: int = option(640, "inference size (pixels)", aliases=["--img"], at_least=MIN_IMG_SIZE,
+                             at_most=MAX_IMG_SIZE)
     conf_thres: float = option(0.001, "object confidence threshold", at_least=0.0, at_most=1.0)
     iou_thres: float = option(0.65, "IoU threshold for NMS", at_least=0.0, at_most=1.0)
     task: str = option("val", choices=["val", "test", "speed"])
@@ -69,6 +71,9 @@ def run_val(opt: ValOptions) -> dict:
     split = "test" if opt.task == "test" else "val"
     model = load_model(opt.weights, device, fuse=True)
     data = load_data_config(opt.data)
+    if not opt.single_cls and model.nc != data.nc:  # class indices would mean other classes
+        raise CheckpointError(f"{opt.weights}: the checkpoint has {model.nc} classes but {data.source} has "
+                              f"{data.nc} classes (train on this data set, or pass its own data YAML)")
     stride = int(model.stride.max())
     sources = data.split(split)
     loader, dataset = build_dataloader(sources, data.nc, img_size=opt.img_size, batch_size=opt.batch_size,
