@@ -193,7 +193,7 @@ def test_resume_after_kill(data_root):
     straight = Path(train(tiny_options(data_root, name="kill_straight", **changes))["save_dir"])
     opt = tiny_options(data_root, name="killed", **changes)
     cmd = [sys.executable, "train.py", "--data", opt.data, "--cfg", opt.cfg, "--epochs", "3", "--batch-size", "8",
-           "--img-size", "64", "64", "--workers", "0", "--device", "cpu", "--noautoanchor", "--save-period", "1",
+           "--img-size", "64", "64", "--workers", "0", "--threads", "1", "--device", "cpu", "--noautoanchor", "--save-period", "1",
            "--project", opt.project, "--name", opt.name, *opt.overrides]
     assert train_cli.parse_options(cmd[2:]) == opt
     last = Path(opt.project) / opt.name / "weights" / "last.pt"
