@@ -4,6 +4,7 @@ resume after a crash, non-finite losses."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import os
 import signal
@@ -32,6 +33,7 @@ from models.checkpoint_io import load_model
 from models.loss import YoloLoss
 from models.yolo import Model
 from utils.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from utils.precision import resolve_precision
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +76,9 @@ def test_short_training(data_root, small_nominal_batch):
     assert list(run.glob("events.out.tfevents.*"))
     ckpt = load_checkpoint(run / "weights" / "last.pt")
     assert ckpt["epoch"] == -1 and "optimizer" not in ckpt and ckpt["model"]["model.0.conv.weight"].dtype == torch.float16
-    assert TrainOptions.from_dict(ckpt["opt"]) == opt
+    # the checkpoint stores the options as run: --precision auto resolved for this machine
+    resolved = dataclasses.replace(opt, precision=resolve_precision(opt.precision, torch.device("cpu")))
+    assert TrainOptions.from_dict(ckpt["opt"]) == resolved
     model = load_model(run / "weights" / "last.pt", "cpu")
     pred, _ = model(torch.rand(1, 3, 64, 64))
     assert pred.shape == (1, 3 * (8 * 8 + 4 * 4), 10) and torch.isfinite(pred).all()
