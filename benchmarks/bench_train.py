@@ -1,21 +1,30 @@
-"""Training throughput of the real training step, next to this machine's measured fp32 peak.
+"""Training throughput: the model step and the real train.py loop, per precision, next to this
+machine's measured peak, all in one run.
 
-    python benchmarks/bench_train.py [--cfg yolov7-tiny.yaml] [--img 320 640] [--batch 16] [--iters 3] [--json]
+    python benchmarks/bench_train.py [--cfg yolov7-tiny.yaml] [--img 320] [--batch 16] [--iters 6]
+                                     [--precision fp32 bf16] [--loop] [--loop-images 480] [--json]
 
-For each image size: the shapes set's augmented loader (as train.py builds it) and the real
-step (forward, YoloLoss, backward, SGD step, EMA update), timed phase by phase after warm-up
-iterations. Reports images/s, achieved GFLOP/s = 3 x forward GFLOPs x images/s (backward costs
-about twice the forward), the time split (data, forward, loss, backward, optimizer, EMA), and
-the measured peak of a large fp32 matmul and a 3x3 convolution in the same run.
+Step: the training step alone (forward, YoloLoss, backward, SGD step, EMA update) on batches
+the shapes set's augmented loader made beforehand, timed phase by phase after warm-up steps.
+Loop (``--loop``): train.py's own epoch loop (``engine`` setup and ``train_one_epoch``, its
+loader, workers and progress bar) on the first ``--loop-images`` shapes images; epoch 0 warms
+up (it also draws the train_batch pictures), epoch 1 is timed, worker start-up included, and
+the time the loop waits for batches is reported. Achieved GFLOP/s = 3 x forward GFLOPs x img/s
+(backward costs about twice the forward). The peak is a large matmul and a 3x3 convolution,
+fp32 and bf16, measured in the same run: figures from other machines compare through it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,17 +33,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data import build_dataloader, load_data_config  # noqa: E402
 from engine.train.ema import ModelEMA  # noqa: E402
-from engine.train.optim import build_optimizer  # noqa: E402
-from engine.train.options import DEFAULT_HYP  # noqa: E402
+from engine.train.optim import accumulation_steps, build_optimizer  # noqa: E402
+from engine.train.options import DEFAULT_HYP, TrainOptions  # noqa: E402
 from models.loss import YoloLoss  # noqa: E402
 from models.yolo import Model, count_flops  # noqa: E402
 from utils.config import Hyp, load  # noqa: E402
 from utils.paths import resolve_path  # noqa: E402
+from utils.precision import PRECISIONS, autocast, cpu_has_native_bf16, resolve_precision  # noqa: E402
 
-PHASES = ("data", "forward", "loss", "backward", "optimizer", "ema")
+PHASES = ("forward", "loss", "backward", "optimizer", "ema")
+CPU = torch.device("cpu")
 
 
-def _timed(fn, repeats: int) -> float:
+def _timed(fn: Callable[[], Any], repeats: int) -> float:
     """Best wall time of ``fn()`` over ``repeats`` runs (after one warm-up run)."""
     fn()
     best = float("inf")
@@ -45,90 +56,172 @@ def _timed(fn, repeats: int) -> float:
     return best
 
 
-def peak_gflops() -> dict[str, float]:
-    """Measured fp32 GFLOP/s: a 2048^3 matmul, and a 3x3 128->128 conv forward on 16 x 80x80 in
-    both memory formats (the better one is the conv peak)."""
+def peak_gflops(precisions: list[str]) -> dict[str, float]:
+    """Measured GFLOP/s of a 2048^3 matmul and of a 3x3 128->128 conv forward on 16 x 80x80
+    (channels-last, as the trainer runs), per precision; ``conv3x3_gflops`` is the fp32 conv."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    matmul = 2 * 2048**3 / _timed(lambda: a @ b, 5) / 1e9
-    conv = nn.Conv2d(128, 128, 3, padding=1, bias=False).eval()
-    x = torch.randn(16, 128, 80, 80)
-    flops = 2 * 16 * 128 * 128 * 9 * 80 * 80
-    with torch.no_grad():
-        nchw = flops / _timed(lambda: conv(x), 3) / 1e9
-        conv_cl, x_cl = conv.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-        nhwc = flops / _timed(lambda: conv_cl(x_cl), 3) / 1e9
-    return {"matmul_gflops": round(matmul, 1), "conv3x3_gflops": round(max(nchw, nhwc), 1),
-            "conv3x3_nchw_gflops": round(nchw, 1), "conv3x3_channels_last_gflops": round(nhwc, 1)}
+    conv = nn.Conv2d(128, 128, 3, padding=1, bias=False).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(16, 128, 80, 80).contiguous(memory_format=torch.channels_last)
+    conv_flops = 2 * 16 * 128 * 128 * 9 * 80 * 80
+    out = {}
+    for p in dict.fromkeys(["fp32", *precisions]):
+        with torch.no_grad(), autocast(CPU, p):
+            out[f"matmul_{p}_gflops"] = round(2 * 2048**3 / _timed(lambda: a @ b, 5) / 1e9, 1)
+            out[f"conv3x3_{p}_gflops"] = round(conv_flops / _timed(lambda: conv(x), 3) / 1e9, 1)
+    out["conv3x3_gflops"] = out["conv3x3_fp32_gflops"]
+    return out
 
 
-def bench_size(cfg: str, img: int, batch: int, iters: int, warmup: int, channels_last: bool, workers: int) -> dict:
-    """Time ``iters`` training steps at ``img`` pixels; returns img/s, GFLOP/s and the phase split."""
+def step_rate(cfg: str, img: int, batch: int, iters: int, warmup: int, precision: str) -> dict:
+    """Time ``iters`` training steps at ``img`` pixels on batches made beforehand (no data time)."""
     hyp = load(Hyp, resolve_path(DEFAULT_HYP))
     data = load_data_config("shapes")
-    model = Model(cfg, nc=data.nc).train()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    stride = int(model.stride.max())
-    loader, _ = build_dataloader(data.train, data.nc, img_size=img, batch_size=batch, stride=stride, hyp=hyp,
-                                 augment=True, shuffle=True, workers=workers, names=data.names)
+    torch.manual_seed(0)
+    model = Model(cfg, nc=data.nc).train().to(memory_format=torch.channels_last)
+    loader, _ = build_dataloader(data.train, data.nc, img_size=img, batch_size=batch, stride=int(model.stride.max()),
+                                 hyp=hyp, augment=True, shuffle=True, names=data.names)
+    batches = iter(loader)
+    batches = [next(batches) for _ in range(min(warmup + iters, 4))]  # cycled: the step does not depend on content
     loss_fn = YoloLoss(model.head, hyp, train_size=img)
     optimizer = build_optimizer(model, "SGD", hyp, hyp.weight_decay)
     ema = ModelEMA(model)
-    forward_gflops = count_flops(model, img) / 1e9
+    accumulate = accumulation_steps(batch)
     totals = dict.fromkeys(PHASES, 0.0)
-    batches = iter(loader)
     for step in range(warmup + iters):
+        b = batches[step % len(batches)]
+        images = b.images.float().div_(255).contiguous(memory_format=torch.channels_last)
         t0 = time.perf_counter()
-        b = next(batches)
-        images = b.images.float().div_(255)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(CPU, precision):
+            raw = model(images)
         t1 = time.perf_counter()
-        out = model(images)
+        loss, _ = loss_fn([r.float() for r in raw], b.targets, tuple(images.shape[-2:]))
         t2 = time.perf_counter()
-        loss, _ = loss_fn(out, b.targets, tuple(images.shape[-2:]))
-        t3 = time.perf_counter()
         loss.backward()
+        t3 = time.perf_counter()
+        if (step + 1) % accumulate == 0:  # as the trainer: one optimizer step per nominal batch of 64
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         t4 = time.perf_counter()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % accumulate == 0:
+            ema.update(model)
         t5 = time.perf_counter()
-        ema.update(model)
-        t6 = time.perf_counter()
         if step >= warmup:
-            for name, dt in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5), strict=True):
+            for name, dt in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
                 totals[name] += dt
     seconds = sum(totals.values())
-    img_s = iters * batch / seconds
-    return {
-        "img_size": img, "batch": batch, "img_per_s": round(img_s, 2),
-        "forward_gflops_per_img": round(forward_gflops, 3),
-        "achieved_gflops": round(3 * forward_gflops * img_s, 1),
-        "split_pct": {k: round(100 * v / seconds, 1) for k, v in totals.items()},
-        "step_s": round(seconds / iters, 3),
-    }
+    return {"img_per_s": round(iters * batch / seconds, 2), "step_s": round(seconds / iters, 3),
+            "split_pct": {k: round(100 * v / seconds, 1) for k, v in totals.items()}}
+
+
+class _WaitTimed:
+    """A loader whose iteration records the time spent waiting for each batch."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader, self.wait_s = loader, 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        it = iter(self.loader)
+        while True:
+            t = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.wait_s += time.perf_counter() - t
+            yield batch
+
+
+def _subset_data(root: Path, n_images: int, folder: Path) -> Path:
+    """A data-set YAML: the first ``n_images`` shapes train images, the shapes val split."""
+    data = load_data_config("shapes")
+    images = sorted(p for p in data.train[0].iterdir() if p.suffix == ".jpg")[:n_images]
+    (folder / "train.txt").write_text("".join(f"{p}\n" for p in images))
+    yaml_path = folder / "subset.yaml"
+    yaml_path.write_text(f"path: {root}\ntrain: {folder / 'train.txt'}\nval: images/val\n"
+                         f"names: {list(data.names)}\n")
+    return yaml_path
+
+
+def loop_rate(cfg: str, img: int, batch: int, n_images: int, precision: str, workers: int) -> dict:
+    """img/s of train.py's epoch loop (epoch 1, after a warm-up epoch 0) on ``n_images`` images."""
+    from engine.train.loop import train_one_epoch
+    from engine.train.setup import setup
+    from utils.torch_utils import dist_info_from_env
+
+    threads = torch.get_num_threads()  # train.py's own choice of threads must not leak into the next case
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        data = _subset_data(load_data_config("shapes").root, n_images, folder)
+        opt = TrainOptions(cfg=cfg, data=str(data), img_size=[img, img], batch_size=batch, epochs=2, workers=workers,
+                           project=str(folder / "runs"), noautoanchor=True, precision=precision,
+                           threads=torch.get_num_threads())  # as many as the step had
+        run = setup(opt, dist_info_from_env(), CPU)
+        train_one_epoch(run, 0)
+        run.train_loader = timed = _WaitTimed(run.train_loader)
+        t = time.perf_counter()
+        train_one_epoch(run, 1)
+        seconds = time.perf_counter() - t
+        if run.tb is not None:
+            run.tb.close()
+    used = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    images = len(timed.loader.dataset)
+    return {"img_per_s": round(images / seconds, 2), "epoch_s": round(seconds, 2),
+            "data_wait_pct": round(100 * timed.wait_s / seconds, 1), "images": images,
+            "workers": run.opt.workers, "threads": used}
+
+
+def bench_size(args: argparse.Namespace, img: int, precisions: list[str]) -> dict:
+    """Step (and loop) rates of every precision at ``img`` pixels."""
+    forward_gflops = count_flops(Model(args.cfg, nc=5), img) / 1e9
+    out: dict[str, Any] = {"img_size": img, "batch": args.batch, "forward_gflops_per_img": round(forward_gflops, 3)}
+    for p in precisions:
+        r = {"step": step_rate(args.cfg, img, args.batch, args.iters, args.warmup, p)}
+        print(f"@{img} {p} step: {r['step']['img_per_s']} img/s, split % {r['step']['split_pct']}", flush=True)
+        for w in args.workers if args.loop else []:
+            r[f"loop_w{w}"] = loop = loop_rate(args.cfg, img, args.batch, args.loop_images, p, w)
+            loop["loop_over_step"] = round(loop["img_per_s"] / r["step"]["img_per_s"], 3)
+            print(f"@{img} {p} loop, {w} workers: {loop['img_per_s']} img/s, loop/step {loop['loop_over_step']}, "
+                  f"data wait {loop['data_wait_pct']}%, threads {loop['threads']}", flush=True)
+        for v in r.values():
+            v["achieved_gflops"] = round(3 * forward_gflops * v["img_per_s"], 1)
+        out[p] = r
+    for p in precisions if "fp32" in precisions else []:
+        for kind, v in out[p].items():
+            v["speedup_vs_fp32"] = round(v["img_per_s"] / out["fp32"][kind]["img_per_s"], 3)
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg", default="yolov7-tiny.yaml")
-    p.add_argument("--img", nargs="+", type=int, default=[320, 640])
+    p.add_argument("--img", nargs="+", type=int, default=[320])
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--iters", type=int, default=3, help="timed steps per size")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per size")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--contiguous", action="store_true", help="NCHW memory format (the trainer uses channels_last)")
+    p.add_argument("--iters", type=int, default=8, help="timed steps per size and precision (a multiple of the"
+                   " accumulation steps, 64 / batch, so optimizer and EMA steps count in proportion)")
+    p.add_argument("--warmup", type=int, default=4, help="untimed steps per size and precision")
+    p.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32", "auto"],
+                   help="precisions to compare ('auto': bf16 on CPUs with native bf16, else fp32)")
+    p.add_argument("--loop", action="store_true", help="also time train.py's epoch loop with its loader")
+    p.add_argument("--loop-images", type=int, default=480, help="images per timed loop epoch")
+    p.add_argument("--workers", type=int, nargs="+", default=[-1],
+                   help="loader workers of the loop, one loop per count (-1: train.py's choice)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    channels_last = not args.contiguous
-    result = {"cfg": args.cfg, "threads": torch.get_num_threads(), "channels_last": channels_last,
-              "peak": peak_gflops(), "sizes": []}
+    logging.basicConfig(level=logging.WARNING)
+    precisions = list(dict.fromkeys(resolve_precision(x, CPU) for x in args.precision))
+    result: dict[str, Any] = {"cfg": args.cfg, "threads": torch.get_num_threads(), "native_bf16": cpu_has_native_bf16(),
+                              "precisions": precisions, "peak": peak_gflops(precisions), "sizes": []}
+    print(f"{args.cfg}, {result['threads']} threads, native bf16: {result['native_bf16']}; peak GFLOP/s: "
+          + ", ".join(f"{k.removesuffix('_gflops')} {v}" for k, v in result["peak"].items()), flush=True)
     for img in args.img:
-        r = bench_size(args.cfg, img, args.batch, args.iters, args.warmup, channels_last, args.workers)
-        result["sizes"].append(r)
-        print(f"{args.cfg} @{img}, batch {args.batch}: {r['img_per_s']} img/s, {r['achieved_gflops']} GFLOP/s "
-              f"(peak: matmul {result['peak']['matmul_gflops']}, conv {result['peak']['conv3x3_gflops']}); "
-              f"split % {r['split_pct']}")
+        result["sizes"].append(bench_size(args, img, precisions))
     if args.json:
         print(json.dumps(result))
 

@@ -27,6 +27,10 @@ from data.transforms import letterbox, normalized_to_pixels, pixels_to_normalize
 from utils.config import Hyp
 
 LOGGER = logging.getLogger(__name__)
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+# reduction factor -> cv2.imread flag (libjpeg scales while decoding)
+REDUCED_DECODE = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                  8: cv2.IMREAD_REDUCED_COLOR_8}
 Shapes = tuple[tuple[int, int], tuple[tuple[float, float], tuple[int, int]]] | None
 
 
@@ -110,13 +114,21 @@ class DetectionDataset(Dataset):
     def _disk_path(self, index: int) -> Path:
         return Path(self.files[index] + ".npy")  # beside the image; a.jpg and a.png do not collide
 
-    def _read(self, index: int) -> np.ndarray:
-        """Original RGB image [h0, w0, 3] (EXIF orientation applied), from the disk cache if enabled
-        and not older than the image."""
+    def _reduction(self, index: int) -> int:
+        """The JPEG decoder's downscale (1, 2, 4 or 8) that still leaves the long side at least
+        ``img_size``: decoding at 1/2 or 1/4 size costs a fraction of a full decode that is then shrunk."""
+        if self.cache == "disk" or Path(self.files[index]).suffix.lower() not in JPEG_SUFFIXES:
+            return 1  # the disk cache keeps original sizes; other formats have no reduced decode
+        long_side = self.shapes[index].max()
+        return max((f for f in REDUCED_DECODE if long_side / f >= self.img_size), default=1)
+
+    def _read(self, index: int, reduction: int = 1) -> np.ndarray:
+        """RGB image [h0, w0, 3] (EXIF orientation applied; about [h0 / r, w0 / r] when decoded at
+        ``reduction`` r), from the disk cache if enabled and not older than the image."""
         npy = self._disk_path(index)
         if self.cache == "disk" and npy.is_file() and npy.stat().st_mtime_ns >= Path(self.files[index]).stat().st_mtime_ns:
             return np.load(npy, allow_pickle=False)
-        bgr = cv2.imread(self.files[index], cv2.IMREAD_COLOR)
+        bgr = cv2.imread(self.files[index], REDUCED_DECODE[reduction])
         if bgr is None:
             raise FileNotFoundError(f"{self.files[index]}: cannot read image (changed since the label scan?)")
         img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -135,13 +147,16 @@ class DetectionDataset(Dataset):
         h0, w0 = int(self.shapes[index, 1]), int(self.shapes[index, 0])
         if self._ram[index] is not None:
             return self._ram[index], (h0, w0)
-        img = self._read(index)
-        h0, w0 = img.shape[:2]
+        reduction = self._reduction(index)
+        img = self._read(index, reduction)
+        if reduction == 1:
+            h0, w0 = img.shape[:2]
         r = self.img_size / max(h0, w0)
-        if r != 1:
+        size = (round(w0 * r), round(h0 * r))  # from the original size: the same whatever the decode
+        if img.shape[1::-1] != size:
             # area averaging is the better downscale; training keeps YOLOv7's faster linear
             interp = cv2.INTER_LINEAR if self.augment or r > 1 else cv2.INTER_AREA
-            img = cv2.resize(img, (round(w0 * r), round(h0 * r)), interpolation=interp)
+            img = cv2.resize(img, size, interpolation=interp)
         return img, (h0, w0)
 
     def letterboxed(self, index: int) -> tuple[np.ndarray, np.ndarray, Shapes]:

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from data.config import datasets_root
 from data.dataset import DetectionDataset, Shapes
@@ -45,7 +45,7 @@ class Batch(NamedTuple):
 
 def collate(samples: list[tuple]) -> Batch:
     """Stack dataset samples into a Batch, writing each target's image index into column 0."""
-    images, targets, paths, shapes, indices = zip(*samples, strict=False)
+    images, targets, paths, shapes, indices = zip(*samples, strict=True)
     for i, t in enumerate(targets):
         t[:, 0] = i
     return Batch(torch.stack(images), torch.cat(targets, 0), list(paths), list(shapes),
@@ -61,6 +61,38 @@ def _worker_init(worker_id: int) -> None:
     cv2.setNumThreads(0)
 
 
+class _PassSampler(Sampler[tuple[int, bool, int]]):
+    """The indices of ``sampler``, each tagged with the pass state of ``dataset`` when the pass
+    starts: (epoch, mosaic, index). Workers are persistent (not restarted each epoch), so their
+    copies of the dataset learn the epoch and the mosaic switch from the index they receive."""
+
+    def __init__(self, sampler: Sampler[int], dataset: DetectionDataset) -> None:
+        self.sampler, self.dataset = sampler, dataset
+
+    def __iter__(self) -> Iterator[tuple[int, bool, int]]:
+        epoch, mosaic = self.dataset.epoch, self.dataset.mosaic
+        return ((epoch, mosaic, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class _PassDataset(Dataset):
+    """``dataset`` indexed by ``_PassSampler``'s (epoch, mosaic, index)."""
+
+    def __init__(self, dataset: DetectionDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, bool, int]) -> tuple:
+        epoch, mosaic, index = key
+        self.dataset.set_epoch(epoch)
+        self.dataset.mosaic = mosaic
+        return self.dataset[index]
+
+
 class DetectionLoader:
     """Iterable of ``Batch``; each pass is one epoch.
 
@@ -68,22 +100,22 @@ class DetectionLoader:
     ``loader.sampler.set_epoch(e)``, as with a DistributedSampler) selects the next pass's shuffle
     and augmentation stream, and each pass advances it by one, so a loop that never calls it still
     sees new augmentations every epoch. ``close_mosaic()`` turns mosaic (and so mixup) off for the
-    remaining passes. Workers are not persistent, so both changes reach them.
+    remaining passes. Workers persist across passes; both changes reach them with the indices.
     """
 
-    def __init__(self, loader: DataLoader, dataset: DetectionDataset) -> None:
-        self.loader, self.dataset = loader, dataset
+    def __init__(self, loader: DataLoader, dataset: DetectionDataset, sampler: Sampler[int]) -> None:
+        self.loader, self.dataset, self._sampler = loader, dataset, sampler
 
     @property
     def batch_size(self) -> int:
         return self.loader.batch_size
 
     @property
-    def sampler(self) -> Sampler:
-        return self.loader.sampler
+    def sampler(self) -> Sampler[int]:
+        return self._sampler
 
     def set_epoch(self, epoch: int) -> None:
-        self.loader.sampler.set_epoch(epoch)
+        self._sampler.set_epoch(epoch)
 
     def close_mosaic(self) -> None:
         self.dataset.mosaic = False
@@ -92,7 +124,7 @@ class DetectionLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
-        sampler = self.loader.sampler
+        sampler = self._sampler
         epoch = sampler.epoch
         self.dataset.set_epoch(epoch)
         try:
@@ -167,13 +199,14 @@ def build_dataloader(
     else:
         sampler = SeededSampler(len(dataset), shuffle, seed)
     loader = DataLoader(
-        dataset,
+        _PassDataset(dataset),
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=_PassSampler(sampler, dataset),
         num_workers=workers,
         pin_memory=pin_memory,
         collate_fn=collate,
         worker_init_fn=_worker_init if workers > 0 else None,
+        persistent_workers=workers > 0,  # no start-up (fork, imports, first batches) every epoch
         drop_last=False,
     )
-    return DetectionLoader(loader, dataset), dataset
+    return DetectionLoader(loader, dataset, sampler), dataset

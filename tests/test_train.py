@@ -4,6 +4,7 @@ resume after a crash, non-finite losses."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import os
 import signal
@@ -32,6 +33,7 @@ from models.checkpoint_io import load_model
 from models.loss import YoloLoss
 from models.yolo import Model
 from utils.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from utils.precision import resolve_precision
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +76,9 @@ def test_short_training(data_root, small_nominal_batch):
     assert list(run.glob("events.out.tfevents.*"))
     ckpt = load_checkpoint(run / "weights" / "last.pt")
     assert ckpt["epoch"] == -1 and "optimizer" not in ckpt and ckpt["model"]["model.0.conv.weight"].dtype == torch.float16
-    assert TrainOptions.from_dict(ckpt["opt"]) == opt
+    # the checkpoint stores the options as run: --precision auto resolved for this machine
+    resolved = dataclasses.replace(opt, precision=resolve_precision(opt.precision, torch.device("cpu")))
+    assert TrainOptions.from_dict(ckpt["opt"]) == resolved
     model = load_model(run / "weights" / "last.pt", "cpu")
     pred, _ = model(torch.rand(1, 3, 64, 64))
     assert pred.shape == (1, 3 * (8 * 8 + 4 * 4), 10) and torch.isfinite(pred).all()
@@ -204,8 +208,9 @@ def test_resume_after_kill(data_root):
     straight = Path(train(tiny_options(data_root, name="kill_straight", **changes))["save_dir"])
     opt = tiny_options(data_root, name="killed", **changes)
     cmd = [sys.executable, "train.py", "--data", opt.data, "--cfg", opt.cfg, "--epochs", "3", "--batch-size", "8",
-           "--img-size", "64", "64", "--workers", "0", "--device", "cpu", "--noautoanchor", "--save-period", "1",
-           "--project", opt.project, "--name", opt.name, *opt.overrides]
+           "--img-size", "64", "64", "--workers", "0", "--threads", "1", "--device", "cpu", "--noautoanchor", "--save-period", "1",
+           "--project", opt.project, "--name", opt.name, "--hyp", opt.hyp, "--optimizer", "SGD",
+           "--close-mosaic", "0", *opt.overrides]
     assert train_cli.parse_options(cmd[2:]) == opt
     last = Path(opt.project) / opt.name / "weights" / "last.pt"
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from engine.train.speed import SPEED_TAGS
 from engine.val.evaluator import TRAIN_METRICS
 
 LOSS_NAMES = ("box_loss", "obj_loss", "cls_loss")
@@ -83,6 +84,11 @@ class TensorBoardLog:
             if key != "epoch":
                 self.writer.add_scalar(key, value, step)
 
+    def speed(self, timing: dict[str, Any]) -> None:
+        """An epoch's timing row as ``speed/*`` scalars (img/s, achieved GFLOP/s, data wait %)."""
+        for name in SPEED_TAGS:
+            self.writer.add_scalar(f"speed/{name}", timing[name], int(timing["epoch"]))
+
     def image(self, tag: str, image_hwc: Any, step: int) -> None:
         """An RGB uint8 [H, W, 3] numpy image."""
         self.writer.add_image(tag, image_hwc, step, dataformats="HWC")
@@ -93,9 +99,12 @@ class TensorBoardLog:
 
 def progress_header() -> str:
     """Column titles of the per-epoch progress bar."""
-    return ("%10s" * 8) % ("Epoch", "mem", "box", "obj", "cls", "total", "labels", "img_size")
+    return ("%10s" * 9) % ("Epoch", "mem", "box", "obj", "cls", "total", "labels", "img_size", "img/s")
 
 
-def progress_line(epoch: int, epochs: int, memory: str, mean_losses: torch.Tensor, n_targets: int, img_size: int) -> str:
-    """One progress-bar description: epoch, memory, running mean losses [4], targets, size."""
-    return ("%10s" * 2 + "%10.4g" * 6) % (f"{epoch}/{epochs - 1}", memory, *mean_losses.tolist(), n_targets, img_size)
+def progress_line(epoch: int, epochs: int, memory: str, mean_losses: torch.Tensor, n_targets: int, img_size: int,
+                  img_per_s: float) -> str:
+    """One progress-bar description: epoch, memory, running mean losses [4], targets, size, and
+    the training images per second of the epoch so far."""
+    return ("%10s" * 2 + "%10.4g" * 6 + "%10.1f") % (f"{epoch}/{epochs - 1}", memory, *mean_losses.tolist(), n_targets,
+                                                    img_size, img_per_s)

@@ -32,6 +32,7 @@ from engine.train.optim import apply_warmup, warmup_iterations
 from engine.train.options import TrainOptions
 from engine.train.plots import plot_results, plot_train_batch
 from engine.train.setup import Run, setup
+from engine.train.speed import EpochTimer, append_timing_csv
 from engine.train.validation import evaluate_for_training
 from utils.checkpoint import (
     CHECKPOINT_VERSION,
@@ -41,6 +42,7 @@ from utils.checkpoint import (
     strip_checkpoint,
 )
 from utils.errors import UserError
+from utils.precision import autocast
 from utils.torch_utils import (
     any_flag,
     broadcast_flag,
@@ -72,9 +74,13 @@ def train(opt: TrainOptions) -> dict[str, Any]:
     info = dist_info_from_env()
     device = select_device(opt.device, info.local_rank)
     init_process_group(info, device)
+    threads = torch.get_num_threads()
     try:
-        return fit(setup(opt, info, device), t0)
+        run = setup(opt, info, device)
+        torch.set_num_threads(run.opt.threads)  # the run's own (setup chose them); the caller's come back
+        return fit(run, t0)
     finally:
+        torch.set_num_threads(threads)
         destroy_process_group()
 
 
@@ -86,7 +92,10 @@ def fit(run: Run, t0: float | None = None) -> dict[str, Any]:
     opt, t0 = run.opt, time.time() if t0 is None else t0
     epoch = run.start_epoch - 1
     for epoch in range(run.start_epoch, opt.epochs):
-        train_losses = train_one_epoch(run, epoch)
+        timer = EpochTimer(run.forward_gflops)
+        train_losses = train_one_epoch(run, epoch, timer)
+        timing = timer.row(epoch, run.precision, threads=opt.threads, workers=opt.workers,
+                           processes=run.info.world_size)
         lrs = [g["lr"] for g in run.optimizer.param_groups]
         run.scheduler.step()
         stop = False
@@ -106,8 +115,10 @@ def fit(run: Run, t0: float | None = None) -> dict[str, Any]:
             if not opt.nosave or final or stop:  # --nosave still keeps the run's last epoch
                 save_epoch(run, epoch, improved)
             write_results_csv(run.rows, run.save_dir / "results.csv")
+            append_timing_csv(timing, run.save_dir / "timing.csv")
             if run.tb is not None:
                 run.tb.epoch(row)
+                run.tb.speed(timing)
         if broadcast_flag(stop, run.device):
             LOG.info("early stop: no fitness gain in the last %d epochs", opt.patience)
             break
@@ -139,13 +150,6 @@ def set_sampling(loader: DetectionLoader, epoch: int, opt: TrainOptions, nc: int
         set_image_weights(loader, nc, class_maps)
 
 
-def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA (bf16 or fp16), nothing on CPU."""
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=amp_dtype)
-
-
 def prepare_images(
     images: torch.Tensor, *, multi_scale: bool, base_size: int, stride: int, channels_last: bool
 ) -> torch.Tensor:
@@ -164,8 +168,11 @@ def prepare_images(
     return images
 
 
-def train_one_epoch(run: Run, epoch: int) -> torch.Tensor:
-    """One pass over the training set; returns the mean (box, obj, cls, total) loss per batch [4]."""
+def train_one_epoch(run: Run, epoch: int, timer: EpochTimer | None = None) -> torch.Tensor:
+    """One pass over the training set; returns the mean (box, obj, cls, total) loss per batch [4].
+
+    ``timer`` (default: a new one) counts the epoch's images, time and data wait.
+    """
     opt, hyp = run.opt, run.hyp
     seed_everything(opt.seed + 10_000 * epoch + run.info.rank)
     set_sampling(run.train_loader, epoch, opt, run.nc, run.class_maps)
@@ -176,7 +183,8 @@ def train_one_epoch(run: Run, epoch: int) -> torch.Tensor:
     mean_losses = torch.zeros(4, device=run.device)
     n_good = 0
     run.optimizer.zero_grad(set_to_none=True)
-    batches = enumerate(run.train_loader)
+    timer = timer or EpochTimer(run.forward_gflops)
+    batches = enumerate(timer.batches(run.train_loader))
     if run.info.is_main:
         LOG.info(progress_header())
         batches = tqdm(batches, total=nb, bar_format="{l_bar}{bar:10}{r_bar}")
@@ -186,6 +194,7 @@ def train_one_epoch(run: Run, epoch: int) -> torch.Tensor:
         if n_warmup and ni <= n_warmup:
             accumulate = apply_warmup(run.optimizer, ni, n_warmup, run.lf(epoch), hyp, run.batch_size)
         items = train_step(run, batch, step=(ni + 1) % accumulate == 0 or i == nb - 1)
+        timer.images += len(batch.paths)
         if items is None:
             run.bad_steps_in_row += 1  # counted across epochs: a 1-batch epoch must not reset it
             warnings.warn(f"epoch {epoch} batch {i}: non-finite loss, step skipped", stacklevel=1)
@@ -200,7 +209,8 @@ def train_one_epoch(run: Run, epoch: int) -> torch.Tensor:
         n_good += 1
         if run.info.is_main:
             batches.set_description(progress_line(
-                epoch, opt.epochs, memory_string(run.device), mean_losses, len(batch.targets), batch.images.shape[-1]
+                epoch, opt.epochs, memory_string(run.device), mean_losses, len(batch.targets), batch.images.shape[-1],
+                timer.img_per_s() * run.info.world_size,
             ))
             if epoch == 0 and i < N_BATCH_PLOTS:
                 plot_train_batch(batch, i, save_dir=run.save_dir, names=run.names, tb=run.tb)
@@ -217,8 +227,9 @@ def train_step(run: Run, batch: Batch, step: bool) -> torch.Tensor | None:
     images = prepare_images(batch.images.to(run.device, non_blocking=True).float().div_(255),
                             multi_scale=run.opt.multi_scale, base_size=run.opt.img_size[0],
                             stride=int(unwrap(model).stride.max()), channels_last=run.channels_last)
-    with autocast(run.device, run.amp_dtype):
-        loss, items = run.loss_fn(model(images), batch.targets.to(run.device), tuple(images.shape[-2:]))
+    with autocast(run.device, run.precision):  # the forward only: the loss and OTA cost run in fp32
+        raw = model(images)
+    loss, items = run.loss_fn([r.float() for r in raw], batch.targets.to(run.device), tuple(images.shape[-2:]))
     if run.info.world_size > 1:
         loss = loss * run.info.world_size  # DDP averages gradients; YOLOv7's loss is a sum over images
     if any_flag(not torch.isfinite(loss).item(), run.device):
@@ -246,6 +257,7 @@ def make_checkpoint(run: Run, epoch: int) -> dict[str, Any]:
         "nc": run.nc,
         "hyp": dataclasses.asdict(run.hyp),
         "opt": run.opt.to_dict(),
+        "precision": run.precision,  # of the training forward passes; the weights are fp32
         "epoch": epoch,
         "best_fitness": run.best_fitness,
         "optimizer": run.optimizer.state_dict(),

@@ -9,6 +9,7 @@ from typing import Any
 from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, check_ranges, option
 from utils.config import ConfigError, Hyp, apply_overrides, from_mapping, load, read_yaml
 from utils.paths import resolve_path
+from utils.precision import PRECISIONS
 
 DEFAULT_DATA = "shapes"
 DEFAULT_CFG = "cfg/yolov7-tiny.yaml"
@@ -47,7 +48,12 @@ class TrainOptions:
     optimizer: str = option(AUTO_OPTIMIZER, "auto: the recipe's (SGD; AdamW for short runs)",
                             choices=[AUTO_OPTIMIZER, "SGD", "Adam", "AdamW"], shortcuts={"--adam": "Adam"})
     sync_bn: bool = option(False, "SyncBatchNorm under DDP (CUDA)")
-    workers: int = option(2, "data-loader workers per process", at_least=0)
+    workers: int = option(2, "data-loader workers per process (-1: one per model thread)", at_least=-1)
+    threads: int = option(0, "the model's CPU threads (0: the usable cores other work leaves free; "
+                          "the choice is stored, so a resume computes alike)", at_least=0)
+    precision: str = option("auto", "forward-pass precision: auto (bf16 on CPUs with native bf16 and on CUDA "
+                            "GPUs that have it, else fp16 on CUDA, fp32 otherwise), fp32, bf16 or fp16; "
+                            "loss, optimizer, validation and export stay fp32", choices=PRECISIONS)
     project: str = option("runs/train")
     name: str = option("exp")
     exist_ok: bool = option(False, "reuse project/name instead of incrementing")

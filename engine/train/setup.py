@@ -29,10 +29,12 @@ from engine.train.recipe import apply_recipe
 from engine.train.validation import validation_loss
 from models.checkpoint_io import model_from_checkpoint, read_checkpoint, transfer_weights
 from models.loss import YoloLoss
-from models.yolo import Model
+from models.yolo import Model, count_flops
 from utils.checkpoint import CheckpointError, load_checkpoint, set_rng_state
 from utils.config import ConfigError, Hyp, from_mapping
+from utils.cpu import split_cores
 from utils.paths import increment_path, resolve_path
+from utils.precision import precision_reason, resolve_precision
 from utils.torch_utils import DistInfo, barrier, seed_everything
 
 LOG = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     lf: Callable[[float], float]
     scaler: torch.amp.GradScaler
-    amp_dtype: torch.dtype | None
+    precision: str  # resolved: 'fp32', 'bf16' or 'fp16' (utils.precision)
     loss_fn: YoloLoss
     train_loader: DetectionLoader
     val_loader: DetectionLoader | None
@@ -71,6 +73,7 @@ class Run:
     val_loss_fn: YoloLoss | None = None  # plain (non-OTA) assignment, on the EMA model (rank 0)
     class_maps: list[float] = dataclasses.field(default_factory=list)  # per-class mAP@.5:.95, last validation
     bad_steps_in_row: int = 0  # consecutive non-finite losses, across epochs
+    forward_gflops: float = 0.0  # per training image, for the achieved GFLOP/s in timing.csv
 
 
 def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
@@ -89,6 +92,7 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
         raise ConfigError(f"--batch-size {opt.batch_size} is not a multiple of the {info.world_size} processes")
     if info.world_size > 1 and opt.image_weights:
         raise ConfigError("--image-weights is not supported with DDP (several torchrun processes), as in YOLOv7")
+    opt = _resolve_machine_options(opt, device, info.world_size)
     batch_size = opt.batch_size // info.world_size
     seed_everything(opt.seed + info.rank, opt.deterministic)
     data_cfg = load_data(opt, info)
@@ -111,16 +115,16 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     optimizer = build_optimizer(model, opt.optimizer, hyp, scaled_weight_decay(hyp.weight_decay, opt.batch_size))
     lf = lr_lambda(opt.epochs, hyp.lrf, opt.linear_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
-    amp_dtype = _amp_dtype(device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=opt.precision == "fp16")  # bf16 needs no loss scaling
     ema = ModelEMA(model) if info.is_main else None
     val_loss_fn = validation_loss(ema.module, hyp, opt.img_size[0]) if ema is not None else None
     run = Run(
         opt=opt, hyp=hyp, info=info, device=device, save_dir=save_dir if info.is_main else None, model=model,
-        ema=ema, optimizer=optimizer, scheduler=scheduler, lf=lf, scaler=scaler, amp_dtype=amp_dtype,
+        ema=ema, optimizer=optimizer, scheduler=scheduler, lf=lf, scaler=scaler, precision=opt.precision,
         loss_fn=YoloLoss(model.head, hyp, train_size=opt.img_size[0]), train_loader=train_loader,
         val_loader=val_loader, nc=nc, names=names, batch_size=batch_size, accumulate=accumulate,
         channels_last=channels_last, class_maps=[0.0] * nc, val_loss_fn=val_loss_fn,
+        forward_gflops=count_flops(model, opt.img_size[0]) / 1e9,
     )
     if ckpt is not None:
         _restore(run, ckpt)
@@ -183,11 +187,22 @@ def _freeze(model: Model, freeze: list[int]) -> None:
     LOG.info("froze %d parameter tensors in layers %s", frozen, layers)
 
 
-def _amp_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 where the GPU supports it (no loss scaling needed), else fp16; None on CPU."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def _resolve_machine_options(opt: TrainOptions, device: torch.device, processes: int) -> TrainOptions:
+    """``opt`` with --precision, --threads and --workers made concrete for this machine, and said
+    (``train`` applies the threads).
+
+    The resolved values go to opt.yaml and the checkpoint, so a resume (whose options are the
+    checkpoint's) computes exactly as the run it continues: CPU kernels' float sums depend on
+    the thread count. ``processes``: training processes sharing this machine's cores.
+    """
+    try:
+        precision = resolve_precision(opt.precision, device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    cores = split_cores(opt.threads, opt.workers, processes=processes)
+    why = f" ({opt.precision}: {precision_reason(precision, device)})" if opt.precision == "auto" else ""
+    LOG.info("precision %s%s; %s", precision, why, cores.describe())
+    return dataclasses.replace(opt, precision=precision, threads=cores.threads, workers=cores.workers)
 
 
 def _restore(run: Run, ckpt: dict[str, Any]) -> None:
