@@ -120,11 +120,16 @@ def _paste_object(img: np.ndarray, obj: PoolObject, window: tuple[int, int, int,
     if rw <= MIN_OBJECT or rh <= MIN_OBJECT:
         return None
     polygon = obj.polygon * np.float32([rw / ws, rh / hs])
-    mask = fill_mask((rh, rw), [polygon]).astype(bool)
+    # one pixel more than the scaled crop: the mask may reach 1 px past the outline (fill_mask),
+    # and it must be the very mask fill_mask gives for the pasted polygon in the whole image
+    h, w = img.shape[:2]
+    ph, pw = min(rh + 1, h - y1), min(rw + 1, w - x1)
+    mask = fill_mask((ph, pw), [polygon]).astype(bool)
     if mask.sum() <= MIN_MASK_PIXELS:
         return None
     patch = cv2.resize(obj.crop, (rw, rh), interpolation=cv2.INTER_LINEAR)
-    img[y1:y1 + rh, x1:x1 + rw][mask] = patch[mask]
+    patch = cv2.copyMakeBorder(patch, 0, 1, 0, 1, cv2.BORDER_REPLICATE)[:ph, :pw]
+    img[y1:y1 + ph, x1:x1 + pw][mask] = patch[mask]
     polygon = polygon + np.float32([x1, y1])
     return extent(polygon), polygon
 

@@ -90,7 +90,10 @@ def flip(polygons: Polygons, size: float, axis: int) -> Polygons:
 
 
 def fill_mask(shape: tuple[int, int], polygons: Sequence[np.ndarray]) -> np.ndarray:
-    """uint8 [h, w] mask, 1 inside ``polygons`` (pixel vertices, sub-pixel precise), 0 elsewhere."""
+    """uint8 [h, w] mask, 1 inside ``polygons`` (pixel vertices, sub-pixel precise), 0 elsewhere.
+
+    OpenCV also fills the pixels its edges pass through, so the mask reaches up to 1 px past
+    the outline (its extent is the polygon's extent within 1 px)."""
     mask = np.zeros(shape, np.uint8)
     shift = 4  # cv2 fixed point: vertices to 1/16 px
     pts = [np.round((p - 0.5) * (1 << shift)).astype(np.int32) for p in polygons if len(p) >= 3]
@@ -101,8 +104,12 @@ def fill_mask(shape: tuple[int, int], polygons: Sequence[np.ndarray]) -> np.ndar
 
 def merge_parts(parts: Sequence[np.ndarray]) -> np.ndarray:
     """One polygon from a multi-part outline (COCO's occluded objects): each further part is
-    joined to the first by a there-and-back bridge, which adds no area and keeps the extent."""
-    merged = [parts[0], parts[0][:1]]
+    joined at its point nearest to the outline so far by a there-and-back bridge, which adds no
+    area and keeps the extent (``fill_mask`` draws it as a 1 px line)."""
+    merged = parts[0]
     for part in parts[1:]:
-        merged += [part, part[:1], parts[0][:1]]
-    return np.concatenate(merged, 0)
+        d = ((merged[:, None] - part[None]) ** 2).sum(-1)
+        i, j = np.unravel_index(int(d.argmin()), d.shape)
+        part = np.roll(part, -j, 0)
+        merged = np.concatenate([merged[:i + 1], part, part[:1], merged[i:]], 0)
+    return merged

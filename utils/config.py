@@ -8,6 +8,7 @@ in a YAML file never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from collections.abc import Mapping
@@ -19,6 +20,12 @@ import yaml
 from utils.errors import UserError
 
 T = TypeVar("T")
+LOGGER = logging.getLogger(__name__)
+# Hyp keys read only so that YOLOv7's own hyp files load: nothing here uses them (the OTA and
+# YOLOv5-rule assignments use anchor_t, not iou_t; anchors come from the model config and
+# autoanchor). A non-default value is warned about once per process, never silently dropped.
+COMPAT_ONLY_KEYS = ("iou_t", "anchors")
+_warned: set[tuple[str, Any]] = set()
 
 
 class ConfigError(UserError, ValueError):
@@ -152,9 +159,9 @@ class Hyp:
     cls_pw: float = 1.0  # class BCE positive weight
     obj: float = 0.7  # objectness loss gain (scaled with image size)
     obj_pw: float = 1.0  # objectness BCE positive weight
-    iou_t: float = 0.20  # IoU training threshold (unused by the OTA loss; kept for file compatibility)
+    iou_t: float = 0.20  # IoU training threshold (unused: COMPAT_ONLY_KEYS)
     anchor_t: float = 4.0  # anchor-multiple threshold
-    anchors: float = 0.0  # anchors per output layer for autoanchor (0: keep the config's)
+    anchors: float = 0.0  # anchors per output layer (unused: COMPAT_ONLY_KEYS; the model config sets them)
     fl_gamma: float = 0.0  # focal loss gamma (0: plain BCE)
     hsv_h: float = 0.015
     hsv_s: float = 0.7
@@ -168,7 +175,15 @@ class Hyp:
     fliplr: float = 0.5
     mosaic: float = 1.0
     mixup: float = 0.15
-    copy_paste: float = 0.0
-    paste_in: float = 0.15
+    copy_paste: float = 0.0  # fraction of polygon objects mirrored and pasted (data.paste; needs segments)
+    paste_in: float = 0.15  # probability of pasting pool objects into a sample (data.paste; needs segments)
     loss_ota: bool = True
     label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in COMPAT_ONLY_KEYS and value != f.default and (f.name, value) not in _warned:
+                _warned.add((f.name, value))
+                LOGGER.warning("hyp %s=%g is ignored: the key is read only so YOLOv7 hyp files load "
+                               "(default %g)", f.name, value, f.default)
