@@ -237,3 +237,26 @@ def test_compat_only_hyp_keys_warn_once_when_changed(caplog):
     with caplog.at_level(logging.WARNING):
         Hyp(iou_t=0.31), Hyp(iou_t=0.31), Hyp()
     assert caplog.text.count("iou_t=0.31 is ignored") == 1
+
+
+def test_plot_images_draws_polygon_outlines_in_the_class_colour():
+    from utils.plots import class_colour, plot_images
+
+    images = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
+    targets = torch.tensor([[0, 3, 0.5, 0.5, 0.5, 0.5]])
+    diamond = np.float32([[32, 16], [48, 32], [32, 48], [16, 32]])
+    plain = plot_images(images, targets)
+    drawn = plot_images(images, targets, polygons=[[diamond]])
+    assert (plain[24:40, 40:46] == 0).all()  # the boxes alone leave the diamond's right edge black
+    edge = drawn[24:40, 38:46].reshape(-1, 3)
+    assert (edge == class_colour(3)).all(1).any()
+
+
+def test_preview_reports_the_polygons_it_draws(shapes_root, tmp_path):
+    from data import preview
+
+    data = tmp_path / "small.yaml"
+    data.write_text(f"path: {shapes_root}\ntrain: images/train\nval: images/val\nnames: [a, b, c, d, e]\n")
+    result = preview.main(["--data", str(data), "--img", "64", "--batch", "2", "--out", str(tmp_path / "p.png"),
+                           "paste_in=1"])
+    assert (tmp_path / "p.png").is_file() and result["polygons"] == result["boxes"] > 0
