@@ -21,7 +21,7 @@ MIN_IMAGE_SIDE = 10
 MIN_POLYGON_POINTS = 3  # 7+ columns; 2 points would read as a box row
 _EXIF_ORIENTATION = 0x0112
 _EPS = 1e-6  # tolerance for coordinates printed as 1.0000001
-_NO_POLYGON = np.zeros((0, 2), np.float32)  # the segment of a box row
+NO_SEGMENT = np.zeros((0, 2), np.float32)  # the segment of a box row
 
 
 def verify_image(path: Path) -> tuple[tuple[int, int], str | None]:
@@ -53,16 +53,16 @@ def _row_to_box(values: list[float], nc: int) -> tuple[list[float] | None, np.nd
     normalised ([0, 2] for a box row), error or None)."""
     n = len(values)
     if n != 5 and (n % 2 == 0 or n < 1 + 2 * MIN_POLYGON_POINTS):
-        return None, _NO_POLYGON, f"{n} columns (expected 5 for a box, or 1 + 2k for a polygon of k >= {MIN_POLYGON_POINTS} points)"
+        return None, NO_SEGMENT, f"{n} columns (expected 5 for a box, or 1 + 2k for a polygon of k >= {MIN_POLYGON_POINTS} points)"
     if not np.isfinite(values).all():
-        return None, _NO_POLYGON, "value is not a finite number"
+        return None, NO_SEGMENT, "value is not a finite number"
     cls = values[0]
     if not cls.is_integer() or not 0 <= cls < nc:
-        return None, _NO_POLYGON, f"class id {cls:g} is not an integer in 0..{nc - 1}"
+        return None, NO_SEGMENT, f"class id {cls:g} is not an integer in 0..{nc - 1}"
     coords = np.array(values[1:])
     if coords.min() < -_EPS or coords.max() > 1 + _EPS:
-        return None, _NO_POLYGON, "coordinate outside 0..1 (labels must be normalised)"
-    polygon = _NO_POLYGON
+        return None, NO_SEGMENT, "coordinate outside 0..1 (labels must be normalised)"
+    polygon = NO_SEGMENT
     if n == 5:
         cx, cy, w, h = coords
         x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
@@ -71,7 +71,7 @@ def _row_to_box(values: list[float], nc: int) -> tuple[list[float] | None, np.nd
         (x1, y1), (x2, y2) = polygon.min(0), polygon.max(0)
     x1, y1, x2, y2 = np.clip([x1, y1, x2, y2], 0, 1)
     if x2 - x1 <= 0 or y2 - y1 <= 0:
-        return None, _NO_POLYGON, None
+        return None, NO_SEGMENT, None
     return [cls, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], polygon, None
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.labels import read_label_file, verify_image
+from data.labels import NO_SEGMENT, read_label_file, verify_image
 from data.polygons import merge_parts
 from data.sources import IMAGE_SUFFIXES, coco_image_dir, is_coco_json, label_path, list_images, read_coco
 from utils.config import ConfigError
@@ -65,9 +65,6 @@ def _fingerprint(sources: list[Path], nc: int) -> str:
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
-_NO_SEGMENT = np.zeros((0, 2), np.float32)
-
-
 def _empty() -> np.ndarray:
     return np.zeros((0, 5), np.float32)
 
@@ -97,14 +94,14 @@ def _coco_polygon(ann: dict, width: float, height: float, where: str) -> tuple[n
     when it has none or an RLE mask, which stays a box); parts of a split outline are merged."""
     seg = ann.get("segmentation")
     if not isinstance(seg, list) or not seg:
-        return _NO_SEGMENT, None
+        return NO_SEGMENT, None
     try:
         parts = [np.array(part, np.float64).reshape(-1, 2) for part in seg]
     except (TypeError, ValueError):
-        return _NO_SEGMENT, f"{where}: annotation {ann.get('id')}: malformed segmentation polygon, box kept"
+        return NO_SEGMENT, f"{where}: annotation {ann.get('id')}: malformed segmentation polygon, box kept"
     parts = [p for p in parts if len(p) >= 3 and np.isfinite(p).all()]
     if not parts:
-        return _NO_SEGMENT, f"{where}: annotation {ann.get('id')}: segmentation polygon under 3 points, box kept"
+        return NO_SEGMENT, f"{where}: annotation {ann.get('id')}: segmentation polygon under 3 points, box kept"
     return (merge_parts(parts) / [width, height]).clip(0, 1).astype(np.float32), None
 
 
