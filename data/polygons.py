@@ -56,6 +56,14 @@ def extent(p: np.ndarray) -> np.ndarray:
     return np.concatenate([p.min(0), p.max(0)]).astype(np.float32)
 
 
+def area(p: np.ndarray) -> float:
+    """Area enclosed by polygon ``p`` [k, 2] (shoelace formula; 0 under 3 points)."""
+    if len(p) < 3:
+        return 0.0
+    x, y = p[:, 0].astype(np.float64), p[:, 1].astype(np.float64)
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
 def clip_rows(labels: np.ndarray, polygons: Polygons, window: tuple[float, float, float, float]) -> np.ndarray:
     """Cut each polygon row to ``window`` (xyxy) in place and write its extent into ``labels``
     [n, 5] (cls, xyxy); box rows are left to the caller. Returns ``labels``."""

@@ -13,10 +13,11 @@ import math
 import cv2
 import numpy as np
 
-from data.polygons import Polygons, clip_polygon, extent, flip, warp_points
+from data.polygons import Polygons, area, clip_polygon, extent, flip, warp_points
 from utils.boxes import clip_boxes, cxcywh_to_xyxy, xyxy_to_cxcywh
 
 PAD_VALUE = 114  # grey used for letterbox and mosaic borders, as YOLOv5/v7
+VISIBLE_AREA = 0.1  # a warped object keeps at least this fraction of its area (box, or outline)
 
 
 def normalized_to_pixels(labels: np.ndarray, w: float, h: float, pad_w: float = 0, pad_h: float = 0) -> np.ndarray:
@@ -123,7 +124,7 @@ def warp_boxes(boxes: np.ndarray, matrix: np.ndarray, out_size: tuple[int, int])
 
 
 def box_candidates(before: np.ndarray, after: np.ndarray, wh_thr: float = 2, ar_thr: float = 20,
-                   area_thr: float = 0.1, eps: float = 1e-16) -> np.ndarray:
+                   area_thr: float = VISIBLE_AREA, eps: float = 1e-16) -> np.ndarray:
     """Boolean [n]: boxes (xyxy [n, 4], before and after a warp scaled by its gain) that stay
     wider and taller than ``wh_thr`` px, keep ``area_thr`` of their area, aspect below ``ar_thr``."""
     w1, h1 = before[:, 2] - before[:, 0], before[:, 3] - before[:, 1]
@@ -140,17 +141,24 @@ def warp_labels(labels: np.ndarray, polygons: Polygons, matrix: np.ndarray,
     A box row becomes the box around its 4 warped corners; a polygon row is warped, cut to the
     image and its box is the cut polygon's extent, tight after any rotation or shear (as
     YOLOv7 does when segments exist, exactly rather than through 1000 resampled points).
-    Rows that become too small or too thin are dropped (``box_candidates``).
+    Rows that become too small or too thin are dropped (``box_candidates``); a polygon row must
+    keep ``VISIBLE_AREA`` of its outline's area (a rotation changes the area of a tight box, not
+    of the outline: YOLOv7 instead lowers the box-area threshold to 1 % when segments exist).
     """
     boxes = warp_boxes(labels[:, 1:5], matrix, out_size)
-    polygons = list(polygons)
-    window = (0, 0, out_size[1], out_size[0])
-    for i, p in enumerate(polygons):
-        if p is not None:
-            polygons[i] = clip_polygon(warp_points(p, matrix), window)
-            boxes[i] = extent(polygons[i])
     gain = math.sqrt(abs(np.linalg.det(matrix[:2, :2])))  # area scale, so small-box tests are fair
     keep = box_candidates(labels[:, 1:5] * gain, boxes)
+    polygons = list(polygons)
+    window = (0, 0, out_size[1], out_size[0])
+    rows = [i for i, p in enumerate(polygons) if p is not None]
+    visible = np.zeros(len(rows), bool)
+    for k, i in enumerate(rows):
+        before = area(polygons[i])
+        polygons[i] = clip_polygon(warp_points(polygons[i], matrix), window)
+        boxes[i] = extent(polygons[i])
+        visible[k] = area(polygons[i]) > VISIBLE_AREA * before * gain**2
+    if rows:
+        keep[rows] = visible & box_candidates(labels[rows, 1:5] * gain, boxes[rows], area_thr=0)
     out = np.concatenate([labels[keep, :1], boxes[keep]], 1).astype(np.float32)
     return out, [p for p, k in zip(polygons, keep, strict=True) if k]
 

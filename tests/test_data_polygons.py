@@ -18,7 +18,7 @@ from data.paste import PoolObject, copy_paste, paste_in
 from data.polygons import clip_polygon, extent, fill_mask
 from data.scan import CACHE_VERSION, load_or_scan
 from data.shapes import ShapesSpec, ensure_shapes
-from data.transforms import perspective_matrix, random_perspective
+from data.transforms import perspective_matrix, random_perspective, warp_labels
 from utils.config import Hyp
 
 SMALL = ShapesSpec(splits=(("train", 10), ("val", 2)), min_side=64, max_side=128, min_object=12, max_object=40)
@@ -260,3 +260,16 @@ def test_preview_reports_the_polygons_it_draws(shapes_root, tmp_path):
     result = preview.main(["--data", str(data), "--img", "64", "--batch", "2", "--out", str(tmp_path / "p.png"),
                            "paste_in=1"])
     assert (tmp_path / "p.png").is_file() and result["polygons"] == result["boxes"] > 0
+
+
+def test_the_candidate_filter_keeps_an_object_by_its_visible_outline():
+    # an L (area 1900) moved up until only its foot (y 0..9, 900 px) is in the image: its box kept
+    # 9 % of the box area before (a box row is dropped) but 47 % of the outline is visible
+    ell = np.float32([[0, 0], [10, 0], [10, 90], [100, 90], [100, 100], [0, 100]])
+    labels = np.float32([[0, 0, 0, 100, 100], [0, 0, 0, 100, 100]])
+    up = np.float64([[1, 0, 0], [0, 1, -91], [0, 0, 1]])
+    out, polygons = warp_labels(labels, [ell, None], up, (200, 200))
+    assert len(out) == 1 and polygons[0] is not None
+    np.testing.assert_allclose(out[0, 1:], [0, 0, 100, 9], atol=1e-4)
+    out, _ = warp_labels(labels[:1], [ell], np.float64([[1, 0, -95], [0, 1, -91], [0, 0, 1]]), (200, 200))
+    assert len(out) == 0  # 5 x 9 px of 1900 left: dropped
