@@ -30,7 +30,7 @@ from utils.config import Hyp, apply_overrides, load  # noqa: E402
 
 def loader_rate(sources: list[Path], nc: int, hyp: Hyp, img: int, batch: int, batches: int, workers: int) -> float:
     """Images per second of the augmenting training loader, start-up batch excluded."""
-    loader, _ = build_dataloader(sources, nc, img, batch, hyp=hyp, augment=True, shuffle=True, workers=workers)
+    loader, _ = build_dataloader(sources, nc, img_size=img, batch_size=batch, hyp=hyp, augment=True, shuffle=True, workers=workers)
     it = iter(loader)
     next(it)
     start, n = time.perf_counter(), 0
@@ -41,7 +41,7 @@ def loader_rate(sources: list[Path], nc: int, hyp: Hyp, img: int, batch: int, ba
 
 def pool_time(sources: list[Path], nc: int, hyp: Hyp, img: int) -> float:
     """Seconds to cut one epoch's paste-in pool (each worker does this once per epoch)."""
-    _, dataset = build_dataloader(sources, nc, img, 1, hyp=hyp, augment=True)
+    _, dataset = build_dataloader(sources, nc, img_size=img, batch_size=1, hyp=hyp, augment=True)
     start = time.perf_counter()
     dataset.augmenter.pool()
     return time.perf_counter() - start
