@@ -2,9 +2,11 @@
 
     python benchmarks/bench_dataloader.py [--data shapes] [--img 640] [--batch 16] [--batches 12]
                                           [--workers 0 2] [--model cfg/yolov7-tiny.yaml] [--json]
+    python benchmarks/bench_dataloader.py paste_in=1 copy_paste=0.5 --workers 0 2   # hyp overrides first
 
-Each worker count gets a fresh loader (hyp.scratch.tiny augmentation when cfg/hyp has it); the
-first batch (worker start-up) is not timed. With ``--model``, also times one training step of
+Each worker count gets a fresh loader (hyp.scratch.tiny augmentation when cfg/hyp has it, then
+the overrides); the first batch (worker start-up, and the paste-in pool of the epoch) is not
+timed; the pool's cut time is reported apart (``paste_in_pool_s``, once per epoch and worker). With ``--model``, also times one training step of
 that model (forward + backward of a summed output, batch ``--batch``, on CPU) to compare what
 the trainer consumes with what one worker feeds. Prints one JSON object last.
 """
@@ -23,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from data import build_dataloader, load_data_config  # noqa: E402
-from utils.config import Hyp, load  # noqa: E402
+from utils.config import Hyp, apply_overrides, load  # noqa: E402
 
 
 def loader_rate(sources: list[Path], nc: int, hyp: Hyp, img: int, batch: int, batches: int, workers: int) -> float:
@@ -35,6 +37,14 @@ def loader_rate(sources: list[Path], nc: int, hyp: Hyp, img: int, batch: int, ba
     for _ in range(batches):
         n += len(next(it).paths)
     return n / (time.perf_counter() - start)
+
+
+def pool_time(sources: list[Path], nc: int, hyp: Hyp, img: int) -> float:
+    """Seconds to cut one epoch's paste-in pool (each worker does this once per epoch)."""
+    _, dataset = build_dataloader(sources, nc, img_size=img, batch_size=1, hyp=hyp, augment=True)
+    start = time.perf_counter()
+    dataset.augmenter.pool()
+    return time.perf_counter() - start
 
 
 def model_rate(cfg: str, nc: int, img: int, batch: int, steps: int = 3) -> float:
@@ -60,11 +70,15 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--model", default=None, help="also time a training step of this model config")
     p.add_argument("--json", action="store_true", help="(accepted; the JSON summary is always printed last)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="hyper-parameter overrides")
     args = p.parse_args()
     cfg = load_data_config(args.data)
     hyp_file = ROOT / "cfg" / "hyp" / "hyp.scratch.tiny.yaml"
-    hyp = load(Hyp, hyp_file) if hyp_file.is_file() else Hyp()
-    result = {"data": args.data, "img_size": args.img, "batch": args.batch, "threads": torch.get_num_threads()}
+    hyp = apply_overrides(load(Hyp, hyp_file) if hyp_file.is_file() else Hyp(), args.overrides)
+    result = {"data": args.data, "img_size": args.img, "batch": args.batch, "threads": torch.get_num_threads(),
+              "copy_paste": hyp.copy_paste, "paste_in": hyp.paste_in}
+    if hyp.paste_in > 0:
+        result["paste_in_pool_s"] = round(pool_time(cfg.train, cfg.nc, hyp, args.img), 3)
     for w in args.workers:
         result[f"images_per_s_workers_{w}"] = round(loader_rate(cfg.train, cfg.nc, hyp, args.img, args.batch,
                                                                 args.batches, w), 1)

@@ -1,13 +1,17 @@
 """The training augmentation pipeline, driven by the hyper-parameters (``utils.config.Hyp``).
 
-Per sample: mosaic of 4 (80 %) or 9 images with probability ``hyp.mosaic`` (then mixup with a
-second mosaic with probability ``hyp.mixup``), else a letterboxed single image; then random
-perspective (``degrees``, ``translate``, ``scale``, ``shear``, ``perspective``), the
-albumentations stage (blur, median blur, grey, CLAHE at 1 % each), HSV jitter (``hsv_h/s/v``)
-and flips (``flipud``, ``fliplr``).
+Per sample: mosaic of 4 (80 %) or 9 images with probability ``hyp.mosaic`` (copy-paste on the
+mosaic canvas with ``hyp.copy_paste``, then mixup with a second mosaic with probability
+``hyp.mixup``), else a letterboxed single image; then random perspective (``degrees``,
+``translate``, ``scale``, ``shear``, ``perspective``), paste-in with probability
+``hyp.paste_in`` (objects of a per-epoch pool, ``data.paste``), the albumentations stage (blur,
+median blur, grey, CLAHE at 1 % each), HSV jitter (``hsv_h/s/v``) and flips (``flipud``,
+``fliplr``). Polygon rows travel through every geometric step and define their boxes
+(``data.polygons``); copy-paste and paste-in need them and do nothing on box-only data.
 
-``copy_paste`` and ``paste_in`` are accepted (they are keys of YOLOv7's hyp files) and ignored:
-both need instance masks or YOLOv7's per-object crop bank, which this loader does not keep.
+Paste-in pool: YOLOv7 builds a whole extra 4-image mosaic per pasted sample (and repeats until
+it has 30 objects); here the objects of ``POOL_IMAGES`` images drawn from (seed, epoch) are cut
+once per epoch (per worker), and each sample draws from that pool with its own generator.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from data.mosaic import mosaic, place4, place9
+from data.paste import PoolObject, build_pool, copy_paste, paste_in
+from data.polygons import Polygons
 from data.transforms import augment_hsv, flip_lr, flip_ud, mixup, pixels_to_normalized, random_perspective
 from utils.config import Hyp
 
@@ -43,32 +49,52 @@ def build_albumentations(transforms: list[A.BasicTransform] | None = None) -> A.
         return None
     if transforms is None:
         transforms = [A.Blur(p=0.01), A.MedianBlur(p=0.01), A.ToGray(p=0.01), A.CLAHE(p=0.01)]
-    boxes = A.BboxParams(format="pascal_voc", label_fields=["classes"], min_visibility=0.1, clip=True)
+    boxes = A.BboxParams(format="pascal_voc", label_fields=["classes", "rows"], min_visibility=0.1, clip=True)
     with warnings.catch_warnings():  # the default set has no box transform; boxes still pass through
         warnings.filterwarnings("ignore", "Got processor for bboxes", UserWarning)
         return A.Compose(transforms, bbox_params=boxes)
 
 
 def apply_albumentations(compose: A.Compose, img: np.ndarray, labels: np.ndarray,
-                         seed: int) -> tuple[np.ndarray, np.ndarray]:
+                         seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run ``compose`` (from ``build_albumentations``) with ``seed`` on an image [h, w, 3] and its
-    labels [n, 5] (cls, x1, y1, x2, y2 pixels); returns the new image and float32 labels [m, 5]."""
+    labels [n, 5] (cls, x1, y1, x2, y2 pixels); returns the new image, float32 labels [m, 5] and
+    the input row of each (int [m], to keep polygons beside their rows)."""
     compose.set_random_seed(seed)
-    out = compose(image=img, bboxes=labels[:, 1:5], classes=labels[:, 0])
+    out = compose(image=img, bboxes=labels[:, 1:5], classes=labels[:, 0], rows=np.arange(len(labels)))
     boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
     classes = np.asarray(out["classes"], np.float32).reshape(-1, 1)
-    return out["image"], np.concatenate([classes, boxes], 1)
+    return out["image"], np.concatenate([classes, boxes], 1), np.asarray(out["rows"], np.int64).reshape(-1)
+
+
+Sample = tuple[np.ndarray, np.ndarray, Polygons]  # RGB image, labels [n, 5] cls xyxy pixels, polygons
 
 
 class Augmenter:
-    """Callable (index, rng) -> (RGB image [s, s, 3], labels [n, 5] cls cx cy w h normalised, None)."""
+    """Callable (index, rng) -> (RGB image [s, s, 3], labels [n, 5] cls cx cy w h normalised, None);
+    ``sample(index, rng)`` gives the same sample before normalisation, with its polygons."""
 
     def __init__(self, dataset: DetectionDataset, hyp: Hyp) -> None:
         self.dataset, self.hyp = dataset, hyp
         self.albumentations = build_albumentations()
+        self.copy_paste = hyp.copy_paste if dataset.has_segments else 0.0
+        self.paste_in = hyp.paste_in if dataset.has_segments else 0.0
+        self._pool: tuple[int, list[PoolObject]] | None = None  # (epoch, objects)
 
-    def _mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """A mosaic around sample ``index``, warped to img_size; labels [n, 5] (cls, xyxy pixels)."""
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pool": None}  # workers cut their own pool: nothing big to pickle
+
+    def pool(self) -> list[PoolObject]:
+        """The paste-in objects of the dataset's current epoch (cut on first use, from (seed, epoch))."""
+        ds = self.dataset
+        if self._pool is None or self._pool[0] != ds.epoch:
+            rng = np.random.default_rng((ds.seed, ds.epoch, len(ds), 1))  # no sample index reaches len(ds)
+            self._pool = ds.epoch, build_pool(lambda i: (ds.load_image(i)[0], ds.labels[i], ds.segments[i]),
+                                              len(ds), rng)
+        return self._pool[1]
+
+    def _mosaic(self, index: int, rng: np.random.Generator) -> Sample:
+        """A mosaic around sample ``index``, copy-pasted and warped to img_size."""
         ds, s = self.dataset, self.dataset.img_size
         nine = rng.random() < MOSAIC9_PROBABILITY
         indices = [index, *rng.integers(0, len(ds), 8 if nine else 3).tolist()]
@@ -78,36 +104,47 @@ class Augmenter:
             placements = place9(tuple(int(v) for v in rng.integers(0, s, 2)), sizes, s)
         else:
             placements = place4(tuple(int(v) for v in rng.integers(s // 2, 3 * s // 2, 2)), sizes, 2 * s)
-        img, labels = mosaic(loaded, [ds.labels[i] for i in indices], placements, 2 * s)
-        return self._warp(img, labels, rng, (s, s))
+        img, labels, polygons = mosaic(loaded, [ds.labels[i] for i in indices], placements, 2 * s,
+                                       [ds.segments[i] for i in indices])
+        if self.copy_paste > 0:
+            img, labels, polygons = copy_paste(img, labels, polygons, self.copy_paste, rng)
+        return self._warp((img, labels, polygons), rng, (s, s))
 
-    def _warp(self, img: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
-              out_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _warp(self, sample: Sample, rng: np.random.Generator, out_size: tuple[int, int] | None = None) -> Sample:
         h = self.hyp
+        img, labels, polygons = sample
         return random_perspective(img, labels, rng, h.degrees, h.translate, h.scale, h.shear, h.perspective,
-                                  out_size)
+                                  out_size, polygons)
 
-    def _albumentations(self, img: np.ndarray, labels: np.ndarray,
-                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _albumentations(self, sample: Sample, rng: np.random.Generator) -> Sample:
         if self.albumentations is None:
-            return img, labels
-        return apply_albumentations(self.albumentations, img, labels, int(rng.integers(2**31)))
+            return sample
+        img, labels, rows = apply_albumentations(self.albumentations, *sample[:2], int(rng.integers(2**31)))
+        return img, labels, [sample[2][r] for r in rows]
 
-    def __call__(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, None]:
+    def sample(self, index: int, rng: np.random.Generator) -> Sample:
+        """Augmented sample ``index``: RGB image [s, s, 3], labels [n, 5] (cls, xyxy pixels), polygons
+        (pixels, None for box rows)."""
         ds, h = self.dataset, self.hyp
         if ds.mosaic and rng.random() < h.mosaic:
-            img, labels = self._mosaic(index, rng)
+            img, labels, polygons = self._mosaic(index, rng)
             if rng.random() < h.mixup:
-                img2, labels2 = self._mosaic(int(rng.integers(len(ds))), rng)
+                img2, labels2, polygons2 = self._mosaic(int(rng.integers(len(ds))), rng)
                 img, labels = mixup(img, labels, img2, labels2, rng)
+                polygons = polygons + polygons2
         else:
-            img, labels, _ = ds.letterboxed(index)
-            img, labels = self._warp(img, labels, rng)  # moves the image: no letterbox shapes to report
-        img, labels = self._albumentations(img, labels, rng)
-        labels = pixels_to_normalized(labels, img.shape[1], img.shape[0])
+            img, labels, polygons, _ = ds.letterboxed(index)
+            img, labels, polygons = self._warp((img, labels, polygons), rng)  # no letterbox shapes to report
+        if self.paste_in > 0 and rng.random() < self.paste_in:
+            img, labels, polygons = paste_in(img, labels, polygons, self.pool(), rng)
+        img, labels, polygons = self._albumentations((img, labels, polygons), rng)
         img = augment_hsv(img, rng, h.hsv_h, h.hsv_s, h.hsv_v)
         if rng.random() < h.flipud:
-            img, labels = flip_ud(img, labels)
+            img, labels, polygons = flip_ud(img, labels, polygons)
         if rng.random() < h.fliplr:
-            img, labels = flip_lr(img, labels)
-        return img, labels, None
+            img, labels, polygons = flip_lr(img, labels, polygons)
+        return img, labels, polygons
+
+    def __call__(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, None]:
+        img, labels, _ = self.sample(index, rng)
+        return img, pixels_to_normalized(labels, img.shape[1], img.shape[0]), None

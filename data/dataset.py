@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data.augment import Augmenter
+from data.polygons import Polygons, to_pixels
 from data.scan import ScanResult
 from data.transforms import letterbox, normalized_to_pixels, pixels_to_normalized
 from utils.config import Hyp
@@ -39,7 +40,8 @@ class DetectionDataset(Dataset):
 
     Attributes for evaluation and autoanchor (index i = dataset index, as in ``Batch.indices``):
     ``files[i]``; ``labels[i]`` float32 [n, 5] (cls, cx, cy, w, h) normalised to the original
-    image, non-crowd; ``crowd[i]`` same format, crowd boxes; ``image_ids[i]``; ``category_ids``
+    image, non-crowd; ``segments[i]`` their n polygons (float32 [k, 2] normalised, [0, 2] for a
+    box row); ``crowd[i]`` same format, crowd boxes; ``image_ids[i]``; ``category_ids``
     (class index -> original category id); ``shapes`` float [N, 2] original (width, height), as
     YOLOv7's ``dataset.shapes``.
     """
@@ -69,6 +71,8 @@ class DetectionDataset(Dataset):
         self.files = [scan.files[i] for i in order]
         self.labels = [scan.labels[i].copy() for i in order]
         self.crowd = [scan.crowd[i].copy() for i in order]
+        self.segments = [scan.segments[i] for i in order]
+        self.has_segments = any(len(s) for image in self.segments for s in image)
         if single_cls:
             for lab in self.labels + self.crowd:
                 lab[:, 0] = 0
@@ -79,6 +83,9 @@ class DetectionDataset(Dataset):
         self.batch_size = batch_size
         self._ram: list[np.ndarray | None] = [None] * len(self.files)
         self.augmenter = Augmenter(self, self.hyp) if augment else None
+        if augment and not self.has_segments and (self.hyp.copy_paste > 0 or self.hyp.paste_in > 0):
+            LOGGER.warning("copy_paste=%g, paste_in=%g have no effect: the labels have no polygons (box-only data "
+                           "set; both cut objects out by their outlines)", self.hyp.copy_paste, self.hyp.paste_in)
         if cache == "ram":
             with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # OpenCV decodes without the GIL
                 self._ram = list(pool.map(lambda i: self.load_image(i)[0], range(len(self.files))))
@@ -159,21 +166,23 @@ class DetectionDataset(Dataset):
             img = cv2.resize(img, size, interpolation=interp)
         return img, (h0, w0)
 
-    def letterboxed(self, index: int) -> tuple[np.ndarray, np.ndarray, Shapes]:
-        """Image ``index`` letterboxed to its target shape; labels [n, 5] (cls, xyxy pixels)."""
+    def letterboxed(self, index: int) -> tuple[np.ndarray, np.ndarray, Polygons, Shapes]:
+        """Image ``index`` letterboxed to its target shape; labels [n, 5] (cls, xyxy pixels) and their
+        polygons (pixels, None for box rows)."""
         img, (h0, w0) = self.load_image(index)
         h, w = img.shape[:2]
         target = tuple(self.batch_shapes[index // self.batch_size]) if self.rect else self.img_size
         img, (gw, gh), pad = letterbox(img, target, self.stride, auto=False, scaleup=self.augment)
         gains = (w * gw / w0, h * gh / h0)  # original -> letterboxed, per axis
         labels = normalized_to_pixels(self.labels[index], w0 * gains[0], h0 * gains[1], *pad)
-        return img, labels, ((h0, w0), (gains, pad))
+        polygons = to_pixels(self.segments[index], w0 * gains[0], h0 * gains[1], *pad)
+        return img, labels, polygons, ((h0, w0), (gains, pad))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, Shapes, int]:
         if self.augmenter is not None:
             img, labels, shapes = self.augmenter(index, self.rng(index))
         else:
-            img, pixel_labels, shapes = self.letterboxed(index)
+            img, pixel_labels, _, shapes = self.letterboxed(index)
             labels = pixels_to_normalized(pixel_labels, img.shape[1], img.shape[0])
         targets = torch.zeros((len(labels), 6))
         targets[:, 1:] = torch.from_numpy(labels)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from data.polygons import Polygons, clip_rows, to_pixels
 from data.transforms import PAD_VALUE, normalized_to_pixels
 
 # (canvas y1, y2, x1, x2), (image y1, y2, x1, x2): the pasted window in each coordinate frame
@@ -54,16 +55,19 @@ def place9(offset: tuple[int, int], sizes: Sequence[tuple[int, int]], cell: int)
 
 
 def mosaic(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], placements: Sequence[Placement],
-           canvas: int) -> tuple[np.ndarray, np.ndarray]:
+           canvas: int, segments: Sequence[Sequence[np.ndarray]] | None = None
+           ) -> tuple[np.ndarray, np.ndarray, Polygons]:
     """Paste ``images`` (RGB [h, w, 3]) with their labels ([n, 5] cls, cx, cy, w, h normalised
-    to each image) onto a grey ``canvas`` x ``canvas`` image at ``placements``.
+    to each image) and segments (per image, per row [k, 2] normalised, [0, 2] for a box row;
+    default none) onto a grey ``canvas`` x ``canvas`` image at ``placements``.
 
-    Returns (canvas image, labels [m, 5] cls, x1, y1, x2, y2 in canvas pixels, clipped; boxes
-    left with no area are dropped).
+    Returns (canvas image, labels [m, 5] cls, x1, y1, x2, y2 in canvas pixels, their polygons
+    in canvas pixels (None for box rows)); each image's boxes and polygons are cut to its own
+    window, and rows left with no area are dropped.
     """
     img = np.full((canvas, canvas, 3), PAD_VALUE, np.uint8)
-    out = []
-    for image, lab, ((y1, y2, x1, x2), (iy1, iy2, ix1, ix2)) in zip(images, labels, placements, strict=False):
+    out, polygons = [], []
+    for k, (image, lab, ((y1, y2, x1, x2), (iy1, iy2, ix1, ix2))) in enumerate(zip(images, labels, placements, strict=True)):
         if y2 <= y1 or x2 <= x1:
             continue
         img[y1:y2, x1:x2] = image[iy1:iy2, ix1:ix2]
@@ -72,7 +76,9 @@ def mosaic(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], placement
         # clip each image's boxes to its own window: the rest of the image is not on the canvas
         pix[:, [1, 3]] = pix[:, [1, 3]].clip(x1, x2)
         pix[:, [2, 4]] = pix[:, [2, 4]].clip(y1, y2)
-        out.append(pix)
+        polys = [None] * len(pix) if segments is None else to_pixels(segments[k], w, h, x1 - ix1, y1 - iy1)
+        out.append(clip_rows(pix, polys, (x1, y1, x2, y2)))
+        polygons += polys
     boxes = np.concatenate(out, 0) if out else np.zeros((0, 5), np.float32)
     keep = (boxes[:, 3] > boxes[:, 1]) & (boxes[:, 4] > boxes[:, 2])
-    return img, boxes[keep]
+    return img, boxes[keep], [p for p, k in zip(polygons, keep, strict=True) if k]

@@ -2,7 +2,8 @@
 
 The cache is keyed by a hash of the file list with each file's size and modification time (and
 ``nc``, and the class names for VOC sources, which name classes by string), so an edited, added or removed file triggers a rescan and an unchanged set loads in
-milliseconds. It is plain json: loading it never runs code.
+milliseconds. It is plain json: loading it never runs code. ``CACHE_VERSION`` is part of the
+key: a cache written by another format version is rebuilt (2: segments are kept).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.labels import read_label_file, verify_image
+from data.labels import NO_SEGMENT, read_label_file, verify_image
+from data.polygons import merge_parts
 from data.sources import (
     IMAGE_SUFFIXES,
     coco_image_dir,
@@ -43,6 +45,7 @@ class ScanResult:
     shapes: list[tuple[int, int]]  # original (height, width) after EXIF rotation
     labels: list[np.ndarray]  # each float32 [n, 5] = cls, cx, cy, w, h normalised (non-crowd)
     crowd: list[np.ndarray]  # each float32 [m, 5], same format, COCO iscrowd boxes
+    segments: list[list[np.ndarray]]  # per label row a polygon float32 [k, 2] normalised; [0, 2]: box row
     image_ids: list[int]
     category_ids: list[int]  # contiguous class index -> original category id
     counts: dict[str, int]  # found / missing / empty / corrupt images
@@ -99,20 +102,36 @@ def _scan_yolo_image(image: Path, nc: int) -> tuple[dict | None, list[str], str]
     shape, error = verify_image(image)
     if error:
         return None, [f"{image}: {error}"], "corrupt"
-    entry = {"file": str(image), "shape": list(shape), "labels": _empty(), "crowd": _empty()}
+    entry = {"file": str(image), "shape": list(shape), "labels": _empty(), "crowd": _empty(), "segments": []}
     path = label_path(image)
     if not path.is_file():
         return entry, [], "missing"
-    labels, notes, error = read_label_file(path, nc)
+    labels, segments, notes, error = read_label_file(path, nc)
     if error:
         return None, notes + [error], "corrupt"
-    entry["labels"] = labels
+    entry["labels"], entry["segments"] = labels, segments
     return entry, notes, "found" if len(labels) else "empty"
 
 
+def _coco_polygon(ann: dict, width: float, height: float, where: str) -> tuple[np.ndarray, str | None]:
+    """The ``segmentation`` polygon of a non-crowd annotation, normalised float32 [k, 2] ([0, 2]
+    when it has none or an RLE mask, which stays a box); parts of a split outline are merged."""
+    seg = ann.get("segmentation")
+    if not isinstance(seg, list) or not seg:
+        return NO_SEGMENT, None
+    try:
+        parts = [np.array(part, np.float64).reshape(-1, 2) for part in seg]
+    except (TypeError, ValueError):
+        return NO_SEGMENT, f"{where}: annotation {ann.get('id')}: malformed segmentation polygon, box kept"
+    parts = [p for p in parts if len(p) >= 3 and np.isfinite(p).all()]
+    if not parts:
+        return NO_SEGMENT, f"{where}: annotation {ann.get('id')}: segmentation polygon under 3 points, box kept"
+    return (merge_parts(parts) / [width, height]).clip(0, 1).astype(np.float32), None
+
+
 def _coco_boxes(annotations: list[dict], width: float, height: float, cat_index: dict, where: str):
-    """COCO annotations of one image -> (labels [n, 5], crowd [m, 5], messages)."""
-    labels, crowd, messages = [], [], []
+    """COCO annotations of one image -> (labels [n, 5], crowd [m, 5], segments of the labels, messages)."""
+    labels, crowd, segments, messages = [], [], [], []
     for ann in annotations:
         x, y, w, h = ann.get("bbox", (0, 0, 0, 0))
         if ann.get("category_id") not in cat_index:
@@ -124,8 +143,15 @@ def _coco_boxes(annotations: list[dict], width: float, height: float, cat_index:
             messages.append(f"{where}: annotation {ann.get('id')}: zero-size box dropped")
             continue
         row = [cat_index[ann["category_id"]], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
-        (crowd if ann.get("iscrowd", 0) else labels).append(row)
-    return (np.array(labels, np.float32).reshape(-1, 5), np.array(crowd, np.float32).reshape(-1, 5), messages)
+        if ann.get("iscrowd", 0):
+            crowd.append(row)
+            continue
+        polygon, note = _coco_polygon(ann, width, height, where)
+        labels.append(row)
+        segments.append(polygon)
+        messages += [note] if note else []
+    return (np.array(labels, np.float32).reshape(-1, 5), np.array(crowd, np.float32).reshape(-1, 5), segments,
+            messages)
 
 
 def _scan_coco(json_path: Path, nc: int, pool: ThreadPoolExecutor):
@@ -149,11 +175,12 @@ def _scan_coco(json_path: Path, nc: int, pool: ThreadPoolExecutor):
             counts["corrupt"] += 1
             continue
         where = f"{json_path}: image {info['id']}"
-        labels, crowd, notes = _coco_boxes(by_image.get(info["id"], []), info.get("width", shape[1]),
+        labels, crowd, segments, notes = _coco_boxes(by_image.get(info["id"], []), info.get("width", shape[1]),
                                            info.get("height", shape[0]), cat_index, where)
         messages += notes
         counts["found" if len(labels) + len(crowd) else "empty"] += 1
-        entries.append({"file": str(path), "shape": list(shape), "labels": labels, "crowd": crowd, "id": info["id"]})
+        entries.append({"file": str(path), "shape": list(shape), "labels": labels, "crowd": crowd,
+                        "segments": segments, "id": info["id"]})
     return entries, messages, counts, category_ids
 
 
@@ -180,6 +207,7 @@ def _scan(sources: list[Path], nc: int, names: list[str] | None) -> ScanResult:
         shapes=[tuple(e["shape"]) for e in entries],
         labels=[e["labels"] for e in entries],
         crowd=[e["crowd"] for e in entries],
+        segments=[e.get("segments") or [NO_SEGMENT] * len(e["labels"]) for e in entries],  # VOC: boxes only
         image_ids=[e.get("id", _image_id(Path(e["file"]), i)) for i, e in enumerate(entries)],
         category_ids=category_ids,
         counts=counts,
@@ -206,13 +234,15 @@ def drop_too_thin(result: ScanResult, img_size: int) -> ScanResult:
         LOGGER.warning("... and %d more images too thin at --img-size %d", len(dropped) - MAX_MESSAGES_SHOWN, img_size)
     pick = lambda items: [items[i] for i in keep]  # noqa: E731
     return dataclasses.replace(result, files=pick(result.files), shapes=pick(result.shapes), labels=pick(result.labels),
-                               crowd=pick(result.crowd), image_ids=pick(result.image_ids))
+                               crowd=pick(result.crowd), segments=pick(result.segments),
+                               image_ids=pick(result.image_ids))
 
 
 def _to_json(result: ScanResult, key: str) -> dict:
     data = dataclasses.asdict(result)
     data["labels"] = [a.tolist() for a in result.labels]
     data["crowd"] = [a.tolist() for a in result.crowd]
+    data["segments"] = [[s.ravel().tolist() for s in image] for image in result.segments]
     return {"version": CACHE_VERSION, "hash": key, "result": data}
 
 
@@ -220,6 +250,7 @@ def _from_json(data: dict) -> ScanResult:
     r = data["result"]
     r["labels"] = [np.array(a, np.float32).reshape(-1, 5) for a in r["labels"]]
     r["crowd"] = [np.array(a, np.float32).reshape(-1, 5) for a in r["crowd"]]
+    r["segments"] = [[np.array(s, np.float32).reshape(-1, 2) for s in image] for image in r["segments"]]
     r["shapes"] = [tuple(s) for s in r["shapes"]]
     return ScanResult(**r)
 

@@ -6,8 +6,8 @@ couple of CPU cores in minutes: objects are 20-100 px, at most 6 per image, neve
 
 Layout under the root (``$ELAN_YOLO_DATASETS/shapes`` by default, see data/shapes.yaml)::
 
-    images/{train,val}/000001.jpg   labels/{train,val}/000001.txt   (cls cx cy w h, normalised)
-    annotations/instances_{train,val}.json   (COCO; category ids 1..5, image id = file stem)
+    images/{train,val}/000001.jpg   labels/{train,val}/000001.txt   (cls x1 y1 x2 y2 ..., polygons, normalised)
+    annotations/instances_{train,val}.json   (COCO with segmentation polygons; category ids 1..5, image id = file stem)
     .complete.json                            (the parameters it was generated with)
 """
 
@@ -22,14 +22,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.boxes import box_ioa
+
 CLASSES = ("circle", "square", "triangle", "star", "cross")
+CIRCLE_VERTICES = 32  # a multiple of 4: vertices on the axes, so the polygon's extent is the circle's
 
 
 @dataclasses.dataclass(frozen=True)
 class ShapesSpec:
     """Generation parameters; a change here regenerates existing copies on next use."""
 
-    version: int = 1
+    version: int = 2  # 2: polygon labels (every outline is known exactly)
     seed: int = 0
     splits: tuple[tuple[str, int], ...] = (("train", 1500), ("val", 200))
     min_side: int = 256  # image width and height are drawn from [min_side, max_side]
@@ -81,13 +84,6 @@ def _polygon(cls: int, size: float, angle: float) -> np.ndarray:
     return pts @ np.array([[c, s], [-s, c]])
 
 
-def _ioa(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """Fraction of each xyxy box in ``others`` [n, 4] covered by ``box`` [4]."""
-    iw = (np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0])).clip(0)
-    ih = (np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1])).clip(0)
-    return iw * ih / ((others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1]))
-
-
 def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> list[int]:
     """A random RGB colour far (> 120 in RGB distance) from the background's mean colour."""
     mean = background.reshape(-1, 3).mean(0)
@@ -98,12 +94,14 @@ def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> lis
     return colour.tolist()
 
 
-def draw_image(rng: np.random.Generator, spec: ShapesSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One sample: RGB uint8 [h, w, 3], classes int [n], boxes float [n, 4] xyxy pixels."""
+def draw_image(rng: np.random.Generator, spec: ShapesSpec
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """One sample: RGB uint8 [h, w, 3], classes int [n], boxes float [n, 4] xyxy pixels (each the
+    extent of its outline), outlines [k, 2] pixels."""
     h, w = (int(v) for v in rng.integers(spec.min_side, spec.max_side + 1, 2))
     img = _background(rng, h, w)
     sizes = np.sort(rng.uniform(spec.min_object, spec.max_object, rng.integers(1, spec.max_objects + 1)))[::-1]
-    classes, boxes = [], np.zeros((0, 4))
+    classes, boxes, outlines = [], np.zeros((0, 4)), []
     for size in sizes:  # largest first, so later (smaller) shapes are drawn on top, fully visible
         cls = int(rng.integers(len(CLASSES)))
         pts = None if cls == 0 else _polygon(cls, size, rng.uniform(0, 2 * np.pi))
@@ -112,7 +110,7 @@ def draw_image(rng: np.random.Generator, spec: ShapesSpec) -> tuple[np.ndarray, 
         for _ in range(20):
             centre = rng.uniform(-lo + 1, np.array([w, h]) - hi - 1)
             box = np.concatenate([centre + lo, centre + hi])
-            if len(boxes) == 0 or _ioa(box, boxes).max() <= spec.max_ioa:
+            if len(boxes) == 0 or box_ioa(box, boxes).max() <= spec.max_ioa:
                 break
         else:
             continue
@@ -123,7 +121,11 @@ def draw_image(rng: np.random.Generator, spec: ShapesSpec) -> tuple[np.ndarray, 
             cv2.fillPoly(img, [np.round(centre + pts).astype(np.int32)], colour, cv2.LINE_AA)
         classes.append(cls)
         boxes = np.concatenate([boxes, box[None]])
-    return img, np.array(classes, np.int64), boxes
+        if pts is None:
+            a = np.arange(CIRCLE_VERTICES) * 2 * np.pi / CIRCLE_VERTICES
+            pts = np.stack([np.cos(a), np.sin(a)], 1) * size / 2
+        outlines.append(centre + pts)
+    return img, np.array(classes, np.int64), boxes, outlines
 
 
 def _write_split(root: Path, split: str, count: int, split_index: int, spec: ShapesSpec) -> None:
@@ -133,19 +135,19 @@ def _write_split(root: Path, split: str, count: int, split_index: int, spec: Sha
     coco = {"images": [], "annotations": [],
             "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)]}
     for i in range(1, count + 1):
-        img, classes, boxes = draw_image(np.random.default_rng([spec.seed, split_index, i]), spec)
+        img, classes, boxes, outlines = draw_image(np.random.default_rng([spec.seed, split_index, i]), spec)
         h, w = img.shape[:2]
         name = f"{i:06d}"
         cv2.imwrite(str(root / "images" / split / f"{name}.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
                     [cv2.IMWRITE_JPEG_QUALITY, spec.jpeg_quality])
-        rows = [f"{c} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} {(b[2] - b[0]) / w:.6f} "
-                f"{(b[3] - b[1]) / h:.6f}" for c, b in zip(classes, boxes, strict=False)]
+        rows = [f"{c} " + " ".join(f"{v:.6f}" for v in (o / [w, h]).clip(0, 1).ravel()) for c, o in zip(classes, outlines, strict=True)]
         (root / "labels" / split / f"{name}.txt").write_text("".join(r + "\n" for r in rows))
         coco["images"].append({"id": i, "file_name": f"{name}.jpg", "width": w, "height": h})
-        for c, b in zip(classes, boxes, strict=False):
+        for c, b, o in zip(classes, boxes, outlines, strict=True):
             bw, bh = float(b[2] - b[0]), float(b[3] - b[1])
             coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i, "category_id": int(c) + 1,
-                                        "bbox": [float(b[0]), float(b[1]), bw, bh], "area": bw * bh, "iscrowd": 0})
+                                        "bbox": [float(b[0]), float(b[1]), bw, bh], "area": bw * bh, "iscrowd": 0,
+                                        "segmentation": [np.round(o, 2).ravel().tolist()]})
     (root / "annotations").mkdir(exist_ok=True)
     (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
 

@@ -13,9 +13,11 @@ import math
 import cv2
 import numpy as np
 
+from data.polygons import Polygons, area, clip_polygon, extent, flip, warp_points
 from utils.boxes import clip_boxes, cxcywh_to_xyxy, xyxy_to_cxcywh
 
 PAD_VALUE = 114  # grey used for letterbox and mosaic borders, as YOLOv5/v7
+VISIBLE_AREA = 0.1  # a warped object keeps at least this fraction of its area (box, or outline)
 
 
 def normalized_to_pixels(labels: np.ndarray, w: float, h: float, pad_w: float = 0, pad_h: float = 0) -> np.ndarray:
@@ -122,13 +124,43 @@ def warp_boxes(boxes: np.ndarray, matrix: np.ndarray, out_size: tuple[int, int])
 
 
 def box_candidates(before: np.ndarray, after: np.ndarray, wh_thr: float = 2, ar_thr: float = 20,
-                   area_thr: float = 0.1, eps: float = 1e-16) -> np.ndarray:
+                   area_thr: float = VISIBLE_AREA, eps: float = 1e-16) -> np.ndarray:
     """Boolean [n]: boxes (xyxy [n, 4], before and after a warp scaled by its gain) that stay
     wider and taller than ``wh_thr`` px, keep ``area_thr`` of their area, aspect below ``ar_thr``."""
     w1, h1 = before[:, 2] - before[:, 0], before[:, 3] - before[:, 1]
     w2, h2 = after[:, 2] - after[:, 0], after[:, 3] - after[:, 1]
     aspect = np.maximum(w2 / (h2 + eps), h2 / (w2 + eps))
     return (w2 > wh_thr) & (h2 > wh_thr) & (w2 * h2 / (w1 * h1 + eps) > area_thr) & (aspect < ar_thr)
+
+
+def warp_labels(labels: np.ndarray, polygons: Polygons, matrix: np.ndarray,
+                out_size: tuple[int, int]) -> tuple[np.ndarray, Polygons]:
+    """Labels [n, 5] (cls, xyxy pixels) and their polygons (None for box rows) through ``matrix``
+    into an image of ``out_size`` (h, w).
+
+    A box row becomes the box around its 4 warped corners; a polygon row is warped, cut to the
+    image and its box is the cut polygon's extent, tight after any rotation or shear (as
+    YOLOv7 does when segments exist, exactly rather than through 1000 resampled points).
+    Rows that become too small or too thin are dropped (``box_candidates``); a polygon row must
+    keep ``VISIBLE_AREA`` of its outline's area (a rotation changes the area of a tight box, not
+    of the outline: YOLOv7 instead lowers the box-area threshold to 1 % when segments exist).
+    """
+    boxes = warp_boxes(labels[:, 1:5], matrix, out_size)
+    gain = math.sqrt(abs(np.linalg.det(matrix[:2, :2])))  # area scale, so small-box tests are fair
+    keep = box_candidates(labels[:, 1:5] * gain, boxes)
+    polygons = list(polygons)
+    window = (0, 0, out_size[1], out_size[0])
+    rows = [i for i, p in enumerate(polygons) if p is not None]
+    visible = np.zeros(len(rows), bool)
+    for k, i in enumerate(rows):
+        before = area(polygons[i])
+        polygons[i] = clip_polygon(warp_points(polygons[i], matrix), window)
+        boxes[i] = extent(polygons[i])
+        visible[k] = area(polygons[i]) > VISIBLE_AREA * before * gain**2
+    if rows:
+        keep[rows] = visible & box_candidates(labels[rows, 1:5] * gain, boxes[rows], area_thr=0)
+    out = np.concatenate([labels[keep, :1], boxes[keep]], 1).astype(np.float32)
+    return out, [p for p, k in zip(polygons, keep, strict=True) if k]
 
 
 def random_perspective(
@@ -141,21 +173,21 @@ def random_perspective(
     shear: float = 0.0,
     perspective: float = 0.0,
     out_size: tuple[int, int] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random affine/perspective warp of ``img`` and its labels [n, 5] (cls, xyxy pixels).
+    polygons: Polygons | None = None,
+) -> tuple[np.ndarray, np.ndarray, Polygons]:
+    """Random affine/perspective warp of ``img``, its labels [n, 5] (cls, xyxy pixels) and their
+    ``polygons`` (pixels, None for box rows; default all None), see ``warp_labels``.
 
-    ``out_size`` (h, w) defaults to the input size (a mosaic passes half its canvas). Boxes that
-    become too small or too thin are dropped (``box_candidates``).
+    ``out_size`` (h, w) defaults to the input size (a mosaic passes half its canvas). Returns
+    (image, labels, polygons) of the rows kept.
     """
     size = img.shape[:2]
     out_size = out_size or size
     matrix = perspective_matrix(rng, size, out_size, degrees, translate, scale, shear, perspective)
     if not np.allclose(matrix, np.eye(3)) or out_size != size:
         img = warp_image(img, matrix, out_size)
-    boxes = warp_boxes(labels[:, 1:5], matrix, out_size)
-    gain = math.sqrt(abs(np.linalg.det(matrix[:2, :2])))  # area scale, so small-box tests are fair
-    keep = box_candidates(labels[:, 1:5] * gain, boxes)
-    return img, np.concatenate([labels[keep, :1], boxes[keep]], 1).astype(np.float32)
+    labels, polygons = warp_labels(labels, [None] * len(labels) if polygons is None else polygons, matrix, out_size)
+    return img, labels, polygons
 
 
 def augment_hsv(img: np.ndarray, rng: np.random.Generator, hgain: float, sgain: float, vgain: float) -> np.ndarray:
@@ -172,18 +204,18 @@ def augment_hsv(img: np.ndarray, rng: np.random.Generator, hgain: float, sgain: 
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
-def flip_lr(img: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror left-right; labels [n, 5] (cls, cx, cy, w, h) normalised."""
+def flip_lr(img: np.ndarray, labels: np.ndarray, polygons: Polygons) -> tuple[np.ndarray, np.ndarray, Polygons]:
+    """Mirror left-right; labels [n, 5] (cls, xyxy pixels) and their polygons (pixels, None for box rows)."""
     labels = labels.copy()
-    labels[:, 1] = 1 - labels[:, 1]
-    return np.ascontiguousarray(img[:, ::-1]), labels
+    labels[:, [1, 3]] = img.shape[1] - labels[:, [3, 1]]
+    return np.ascontiguousarray(img[:, ::-1]), labels, flip(polygons, img.shape[1], 0)
 
 
-def flip_ud(img: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror up-down; labels [n, 5] (cls, cx, cy, w, h) normalised."""
+def flip_ud(img: np.ndarray, labels: np.ndarray, polygons: Polygons) -> tuple[np.ndarray, np.ndarray, Polygons]:
+    """Mirror up-down; labels [n, 5] (cls, xyxy pixels) and their polygons (pixels, None for box rows)."""
     labels = labels.copy()
-    labels[:, 2] = 1 - labels[:, 2]
-    return np.ascontiguousarray(img[::-1]), labels
+    labels[:, [2, 4]] = img.shape[0] - labels[:, [4, 2]]
+    return np.ascontiguousarray(img[::-1]), labels, flip(polygons, img.shape[0], 1)
 
 
 def mixup(img1: np.ndarray, labels1: np.ndarray, img2: np.ndarray, labels2: np.ndarray,

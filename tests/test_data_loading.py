@@ -13,7 +13,7 @@ import pytest
 
 from data import load_data_config, shapes
 from data.labels import read_label_file
-from data.scan import load_or_scan
+from data.scan import CACHE_VERSION, load_or_scan
 from data.shapes import ShapesSpec, ensure_shapes
 from data.sources import files_in_folder, files_in_list
 from utils.config import ConfigError
@@ -69,7 +69,7 @@ def test_coco_category_mapping_and_crowd(tmp_path):
 def test_polygon_rows_become_boxes_and_duplicates_are_dropped(tmp_path):
     path = tmp_path / "x.txt"
     path.write_text("1 0.1 0.2 0.5 0.2 0.5 0.6 0.1 0.6\n0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n2 0.5 0.5 0 0.1\n")
-    labels, notes, error = read_label_file(path, nc=3)
+    labels, segments, notes, error = read_label_file(path, nc=3)
     assert error is None
     np.testing.assert_allclose(labels, [[1, 0.3, 0.4, 0.4, 0.4], [0, 0.5, 0.5, 0.2, 0.2]], atol=1e-6)
     assert any("duplicate" in n for n in notes) and any(":4: zero-size" in n for n in notes)
@@ -77,7 +77,8 @@ def test_polygon_rows_become_boxes_and_duplicates_are_dropped(tmp_path):
 
 BAD_LABELS = {
     "four_cols": ("0 0.5 0.5 0.2\n", "4 columns"),
-    "seven_cols": ("0 0.5 0.5 0.2 0.2 0.9 0.1\n", "7 columns"),
+    "six_cols": ("0 0.5 0.5 0.2 0.2 0.9\n", "6 columns"),
+    "two_point_polygon": ("0 0.1 0.1 0.5 0.5 0.9 0.1 0.2\n", "8 columns"),
     "negative": ("0 0.5 -0.5 0.2 0.2\n", "outside 0..1"),
     "above_one": ("0 1.5 0.5 0.2 0.2\n", "outside 0..1"),
     "class_id": ("0 0.5 0.5 0.2 0.2\n5 0.5 0.5 0.2 0.2\n", "class id 5"),
@@ -127,7 +128,7 @@ def test_cache_is_reused_then_rebuilt_when_a_label_changes(tmp_path):
     images = _corrupt_set(tmp_path)
     cache = tmp_path / "labels.cache.json"
     first, cached = load_or_scan([images], 2, cache)
-    assert not cached and json.loads(cache.read_text())["version"] == 2  # plain json, no pickle
+    assert not cached and json.loads(cache.read_text())["version"] == CACHE_VERSION == 2  # plain json, no pickle
     again, cached = load_or_scan([images], 2, cache)
     assert cached and again.files == first.files and again.messages == first.messages
     label = tmp_path / "labels" / "good0.txt"
@@ -156,8 +157,10 @@ def test_shapes_objects_are_large_enough_and_inside():
     rng = np.random.default_rng(1)
     spec = ShapesSpec()
     for _ in range(30):
-        img, classes, boxes = shapes.draw_image(rng, spec)
+        img, classes, boxes, outlines = shapes.draw_image(rng, spec)
         h, w = img.shape[:2]
+        for box, outline in zip(boxes, outlines, strict=True):  # each box is its outline's extent
+            np.testing.assert_allclose(np.concatenate([outline.min(0), outline.max(0)]), box, atol=1e-9)
         assert spec.min_side <= min(h, w) and max(h, w) <= spec.max_side
         assert len(classes) >= 1 and set(classes.tolist()) <= set(range(len(shapes.CLASSES)))
         assert (boxes[:, 2:] - boxes[:, :2]).min() >= 16 * 0.8  # rotated triangles are a bit flatter

@@ -71,11 +71,12 @@ def test_normalized_pixel_round_trip():
 def test_flips_move_boxes_with_pixels(flip):
     h, w, box = 60, 80, (10, 5, 30, 25)
     img = white_box_image(h, w, box)
-    labels = pixels_to_normalized(np.array([[1, *box]], np.float32), w, h)
-    out, flipped = (flip_lr if flip == "lr" else flip_ud)(img, labels)
-    expected = normalized_to_pixels(flipped, w, h)[0, 1:]
-    np.testing.assert_allclose(white_extent(out), expected, atol=1e-4)
-    assert flipped[0, 0] == 1 and (flipped[:, 3:] == labels[:, 3:]).all()
+    labels = np.array([[1, *box]], np.float32)
+    polygon = np.float32([[10, 5], [30, 5], [30, 25], [10, 25]])
+    out, flipped, polygons = (flip_lr if flip == "lr" else flip_ud)(img, labels, [polygon, None])
+    np.testing.assert_allclose(white_extent(out), flipped[0, 1:], atol=1e-4)
+    assert flipped[0, 0] == 1 and polygons[1] is None
+    np.testing.assert_allclose(np.concatenate([polygons[0].min(0), polygons[0].max(0)]), flipped[0, 1:])
 
 
 def test_warp_boxes_known_affine_matrix():
@@ -98,7 +99,7 @@ def test_warp_boxes_rotation_and_perspective():
 def test_warp_image_matches_warped_box():
     img = white_box_image(64, 64, (8, 16, 24, 40))
     rng = np.random.default_rng(3)
-    out, labels = random_perspective(img, np.array([[0, 8, 16, 24, 40]], np.float32), rng,
+    out, labels, _ = random_perspective(img, np.array([[0, 8, 16, 24, 40]], np.float32), rng,
                                      degrees=0, translate=0.1, scale=0.3, out_size=(64, 64))
     assert len(labels) == 1
     np.testing.assert_allclose(white_extent(out), labels[0, 1:], atol=1.5)
@@ -107,7 +108,7 @@ def test_warp_image_matches_warped_box():
 def test_random_perspective_with_no_jitter_is_identity():
     img = white_box_image(40, 50, (5, 6, 20, 30))
     labels = np.array([[2, 5, 6, 20, 30]], np.float32)
-    out, out_labels = random_perspective(img, labels, np.random.default_rng(0), 0, 0, 0, 0, 0)
+    out, out_labels, _ = random_perspective(img, labels, np.random.default_rng(0), 0, 0, 0, 0, 0)
     assert (out == img).all()
     np.testing.assert_allclose(out_labels, labels)
 
@@ -116,7 +117,7 @@ def test_random_perspective_drops_boxes_that_become_tiny():
     img = np.zeros((100, 100, 3), np.uint8)
     labels = np.array([[0, 10, 10, 13, 13], [1, 20, 20, 80, 80]], np.float32)  # 3 px box -> 1.5 px
     rng = np.random.default_rng(0)
-    _, out = random_perspective(img, labels, rng, translate=0, scale=0)  # scale drawn from [1, 1]
+    _, out, _ = random_perspective(img, labels, rng, translate=0, scale=0)  # scale drawn from [1, 1]
     assert out[:, 0].tolist() == [0, 1]
     m = np.array([[0.5, 0, 0], [0, 0.5, 0], [0, 0, 1]])  # same boxes at half size: the tiny one goes
     from data import transforms
@@ -124,7 +125,7 @@ def test_random_perspective_drops_boxes_that_become_tiny():
     orig = transforms.perspective_matrix
     transforms.perspective_matrix = lambda *a, **k: m
     try:
-        _, out = random_perspective(img, labels, rng)
+        _, out, _ = random_perspective(img, labels, rng)
     finally:
         transforms.perspective_matrix = orig
     assert out[:, 0].tolist() == [1]
@@ -156,14 +157,14 @@ def test_place9_windows_inside_canvas():
 def test_mosaic_boxes_follow_pasted_images():
     imgs = [white_box_image(40, 30, (2, 10, 15, 30)) for _ in range(4)]
     labels = [pixels_to_normalized(np.array([[i, 2, 10, 15, 30]], np.float32), 30, 40) for i in range(4)]
-    canvas, out = mosaic(imgs, labels, place4((25, 50), [(40, 30)] * 4, 100), 100)
+    canvas, out, _ = mosaic(imgs, labels, place4((25, 50), [(40, 30)] * 4, 100), 100)
     assert out[:, 0].tolist() == [0, 1, 2, 3]
     # images 0 and 2 start at x = -5 (cropped): their boxes are clipped at the canvas edge
     np.testing.assert_allclose(out[:, 1:], [[0, 20, 10, 40], [27, 20, 40, 40], [0, 60, 10, 80], [27, 60, 40, 80]],
                                atol=1e-5)
     for _, x1, y1, x2, y2 in out:
         assert (canvas[int(y1):int(y2), int(x1):int(x2)] == 255).all()
-    _, out = mosaic(imgs, labels, place4((12, 50), [(40, 30)] * 4, 100), 100)
+    _, out, _ = mosaic(imgs, labels, place4((12, 50), [(40, 30)] * 4, 100), 100)
     assert out[:, 0].tolist() == [1, 3]  # boxes of images 0 and 2 lie wholly in their cropped parts
 
 
@@ -217,18 +218,18 @@ def test_albumentations_pixel_stage_returns_boxes_and_classes_unchanged():
     every_time = build_albumentations([A.Blur(p=1), A.MedianBlur(p=1), A.ToGray(p=1), A.CLAHE(p=1)])
     for compose in (default, every_time):
         for seed in range(5):
-            out, out_labels = apply_albumentations(compose, img, labels, seed)
+            out, out_labels, _ = apply_albumentations(compose, img, labels, seed)
             assert out.shape == img.shape and out_labels.dtype == np.float32
             np.testing.assert_allclose(out_labels, labels, atol=1e-4)
     assert not np.array_equal(out, img)  # the p=1 set did change the pixels
-    _, empty = apply_albumentations(every_time, img, _labels(), 0)
+    _, empty, _ = apply_albumentations(every_time, img, _labels(), 0)
     assert empty.shape == (0, 5)
 
 
 def test_albumentations_geometric_transform_moves_boxes_with_pixels():
     A = pytest.importorskip("albumentations")
     img = white_box_image(60, 100, (10, 5, 30, 25))
-    out, labels = apply_albumentations(build_albumentations([A.HorizontalFlip(p=1)]), img, _labels((3, 10, 5, 30, 25)), 0)
+    out, labels, _ = apply_albumentations(build_albumentations([A.HorizontalFlip(p=1)]), img, _labels((3, 10, 5, 30, 25)), 0)
     np.testing.assert_allclose(labels, _labels((3, 70, 5, 90, 25)), atol=1e-4)
     np.testing.assert_allclose(white_extent(out), labels[0, 1:])
 
@@ -237,10 +238,10 @@ def test_albumentations_crop_drops_mostly_hidden_boxes_with_their_classes():
     A = pytest.importorskip("albumentations")
     img = np.zeros((60, 100, 3), np.uint8)
     labels = _labels((4, 45, 0, 65, 20), (1, 10, 10, 30, 30), (7, 20, 35, 60, 55))  # 25 %, all, half inside
-    _, out = apply_albumentations(build_albumentations([A.Crop(0, 0, 50, 60)]), img, labels, 0)
+    _, out, _ = apply_albumentations(build_albumentations([A.Crop(0, 0, 50, 60)]), img, labels, 0)
     np.testing.assert_allclose(out, _labels((4, 45, 0, 50, 20), (1, 10, 10, 30, 30), (7, 20, 35, 50, 55)), atol=1e-4)
     labels[0, 1] = 49  # now 1 / 16 of its area is inside the crop: under min_visibility 0.1
-    _, out = apply_albumentations(build_albumentations([A.Crop(0, 0, 50, 60)]), img, labels[[1, 0, 2]], 0)
+    _, out, _ = apply_albumentations(build_albumentations([A.Crop(0, 0, 50, 60)]), img, labels[[1, 0, 2]], 0)
     np.testing.assert_allclose(out, _labels((1, 10, 10, 30, 30), (7, 20, 35, 50, 55)), atol=1e-4)
 
 

@@ -60,3 +60,11 @@ def letterbox_to_original(
     out[..., 0::2] = (out[..., 0::2] - pad[0]) / ratio[0]
     out[..., 1::2] = (out[..., 1::2] - pad[1]) / ratio[1]
     return clip_boxes(out, original_shape)
+
+
+def box_ioa(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Intersection of xyxy ``box`` [4] with each of ``boxes`` [n, 4] over that box's area: [n],
+    how much of each is covered by ``box`` (the occlusion test of mosaic pastes)."""
+    iw = (np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])).clip(0)
+    ih = (np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])).clip(0)
+    return iw * ih / ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) + 1e-9)

@@ -11,6 +11,7 @@ event stream, before anything is built (an alias bomb or 5000 nested lists fail 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 import types
@@ -24,6 +25,12 @@ import yaml
 from utils.errors import UserError
 
 T = TypeVar("T")
+LOGGER = logging.getLogger(__name__)
+# Hyp keys read only so that YOLOv7's own hyp files load: nothing here uses them (the OTA and
+# YOLOv5-rule assignments use anchor_t, not iou_t; anchors come from the model config and
+# autoanchor). A non-default value is warned about once per process, never silently dropped.
+COMPAT_ONLY_KEYS = ("iou_t", "anchors")
+_warned: set[tuple[str, Any]] = set()
 
 
 class ConfigError(UserError, ValueError):
@@ -257,9 +264,9 @@ class Hyp:
     cls_pw: float = ranged(1.0, POSITIVE)  # class BCE positive weight
     obj: float = ranged(0.7, NON_NEGATIVE)  # objectness loss gain (scaled with image size)
     obj_pw: float = ranged(1.0, POSITIVE)  # objectness BCE positive weight
-    iou_t: float = ranged(0.20, PROBABILITY)  # IoU training threshold (unused by the OTA loss; kept for file compatibility)
+    iou_t: float = ranged(0.20, PROBABILITY)  # IoU training threshold (unused: COMPAT_ONLY_KEYS)
     anchor_t: float = ranged(4.0, Range(above=1.0))  # anchor-multiple threshold (a ratio: 1 or less matches nothing)
-    anchors: float = ranged(0.0, NON_NEGATIVE)  # anchors per output layer for autoanchor (0: keep the config's)
+    anchors: float = ranged(0.0, NON_NEGATIVE)  # anchors per output layer (unused: COMPAT_ONLY_KEYS; the model config sets them)
     fl_gamma: float = ranged(0.0, NON_NEGATIVE)  # focal loss gamma (0: plain BCE)
     hsv_h: float = ranged(0.015, PROBABILITY)
     hsv_s: float = ranged(0.7, PROBABILITY)
@@ -273,7 +280,15 @@ class Hyp:
     fliplr: float = ranged(0.5, PROBABILITY)
     mosaic: float = ranged(1.0, PROBABILITY)
     mixup: float = ranged(0.15, PROBABILITY)
-    copy_paste: float = ranged(0.0, PROBABILITY)
-    paste_in: float = ranged(0.15, PROBABILITY)
+    copy_paste: float = ranged(0.0, PROBABILITY)  # fraction of polygon objects mirrored and pasted (data.paste)
+    paste_in: float = ranged(0.15, PROBABILITY)  # probability of pasting pool objects into a sample (data.paste)
     loss_ota: bool = True
     label_smoothing: float = ranged(0.0, Range(at_least=0.0, below=1.0))
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in COMPAT_ONLY_KEYS and value != f.default and (f.name, value) not in _warned:
+                _warned.add((f.name, value))
+                LOGGER.warning("hyp %s=%g is ignored: the key is read only so YOLOv7 hyp files load "
+                               "(default %g)", f.name, value, f.default)

@@ -78,12 +78,16 @@ def plot_images(
     max_size: int = 1920,
     max_subplots: int = 16,
     conf_thres: float = 0.25,
+    *,
+    polygons: Sequence[Sequence[np.ndarray | None]] | None = None,
 ) -> np.ndarray:
     """A grid of up to ``max_subplots`` batch images with their boxes, like YOLOv7's train_batch0.jpg.
 
     ``images`` [B, 3, H, W] (uint8, or float 0..1); ``targets`` [N, 6] = (image index, cls,
     cx, cy, w, h), normalised (as in a Batch) or in input pixels (when every value is > 1.01
     somewhere, i.e. predictions); a 7th column is a score: boxes below ``conf_thres`` are skipped.
+    ``polygons``: per image, one outline per target row of that image ([k, 2] pixels of the
+    batch image, None for a box row), drawn in the row's class colour.
     Returns the RGB uint8 grid [H', W', 3]; writes it to ``fname`` when given.
     """
     imgs = _to_uint8_images(images)[:max_subplots]
@@ -102,6 +106,12 @@ def plot_images(
             rows_i = rows_i[rows_i[:, 6] >= conf_thres]
         boxes = cxcywh_to_xyxy(rows_i[:, 2:6]) * (np.array([w, h, w, h]) if normalised else 1)
         tile = cv2.resize(img, (tw, th), interpolation=cv2.INTER_AREA) if scale < 1 else img
+        if polygons is not None:
+            tile = np.ascontiguousarray(tile).copy()
+            for cls, outline in zip(rows_i[:, 1], polygons[i], strict=True):
+                if outline is not None and len(outline) >= 2:
+                    pts = np.round(np.asarray(outline) * scale * 16).astype(np.int32)  # 4-bit sub-pixel
+                    cv2.polylines(tile, [pts], True, class_colour(int(cls)), 1, cv2.LINE_AA, 4)
         tile = draw_boxes(tile, boxes * scale, rows_i[:, 1].astype(int),
                           rows_i[:, 6] if t.shape[1] > 6 else None, names)
         if paths is not None:
