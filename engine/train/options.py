@@ -13,6 +13,7 @@ from utils.paths import resolve_path
 DEFAULT_DATA = "shapes"
 DEFAULT_CFG = "cfg/yolov7-tiny.yaml"
 DEFAULT_HYP = "cfg/hyp/hyp.shapes.yaml"
+EVOLVE_TRIALS = 30  # a bare --evolve: tens of trials suit the TPE sampler (engine/evolve/run.py)
 
 
 @dataclasses.dataclass
@@ -56,6 +57,13 @@ class TrainOptions:
     patience: int = option(100, "stop after this many epochs without gain")
     close_mosaic: int = option(0, "no mosaic in the last N epochs")
     json: bool = option(False, "print the final summary as one JSON object")
+    noplots: bool = option(False, "write no pictures (labels, batches, results.png, validation plots)")
+    evolve: int | None = option(None, f"evolve the hyper-parameters with Optuna: N trials (bare: {EVOLVE_TRIALS})",
+                                nargs="?", const=EVOLVE_TRIALS, at_least=1, metavar="N")
+    evolve_prune: bool = option(True, "prune hopeless trials (on; --no-evolve-prune: every trial to the end)",
+                                shortcuts={"--no-evolve-prune": False})
+    evolve_storage: str = option("", "Optuna storage URL, e.g. postgresql://... (default: <run>/study.db)")
+    evolve_study: str = option("", "study name in the storage (default: the newest, else --name)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for opt.yaml and checkpoints)."""

@@ -127,7 +127,7 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     run.model = _wrap_ddp(model, opt, info, device)
     if info.is_main:
         run.tb = TensorBoardLog(save_dir, run.start_epoch)
-        if ckpt is None:
+        if ckpt is None and not opt.noplots:
             plot_labels(train_loader, names, save_dir)
     return run
 
