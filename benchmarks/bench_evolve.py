@@ -57,6 +57,7 @@ def main() -> None:
                      "best_fitness": round(summary["fitness"], 4),
                      "hyp_file_fitness": round(float(rows[0]["fitness"]), 4),
                      "states": [r["state"] for r in rows], "epochs_run": sum(int(r["epochs_run"] or 0) for r in rows)}
+        print(json.dumps({name: out[name]}), flush=True)  # each study's numbers as soon as they exist
     print(json.dumps(out))
 
 

@@ -108,12 +108,12 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
         trial_host, _, pid = who.rpartition(":")
         if trial_host != host or not pid.isdigit() or _alive(int(pid)) or int(pid) == os.getpid():
             continue
-        try:
+        try:  # the reason first: a finished trial takes no more attributes
+            storage.set_trial_user_attr(t._trial_id, "error", f"process {who} died during the trial")
             if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:  # another process got there first
             continue
-        storage.set_trial_user_attr(t._trial_id, "error", f"process {who} died during the trial")
         retry(study, storage.get_trial(t._trial_id))
         failed.append(t.number)
     return failed
