@@ -109,6 +109,25 @@ def test_refused_under_ddp(root, monkeypatch):
         evolve(tiny_options(root, name="ddp", evolve=1))
 
 
+def test_storage_url_and_study_name(root, tmp_path):
+    def fake_train(opt, *, on_epoch_end):  # the storage is under test here, not the trainer
+        assert on_epoch_end(0, {"fitness": 0.25}) is False
+        return {"epochs": 1, "fitness": 0.25}
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    opt = tiny_options(root, project=str(tmp_path / "out"), name="w1", evolve=2, evolve_storage=url,
+                       evolve_study="mine")
+    summary = evolve(opt, train_fn=fake_train)
+    assert summary["study"] == "mine" and summary["save_dir"] == str(tmp_path / "out" / "w1")
+    assert len(optuna.load_study(study_name="mine", storage=url).trials) == 2
+    assert evolve(opt, train_fn=fake_train)["trials"] == 2  # already done: nothing more runs
+    with pytest.raises(ConfigError, match="--epochs"):  # a continuation must be the same experiment
+        evolve(tiny_options(root, project=str(tmp_path / "out"), name="w1", evolve=3, epochs=5,
+                            evolve_storage=url, evolve_study="mine"), train_fn=fake_train)
+    with pytest.raises(ConfigError, match="--evolve-storage"):
+        evolve(tiny_options(root, name="bad", evolve=1, evolve_storage="nosuchdb://x"), train_fn=fake_train)
+
+
 def running_trials(db: Path) -> list[int]:
     with sqlite3.connect(db, timeout=30) as con:
         return [n for (n,) in con.execute("select number from trials where state = 'RUNNING'")]

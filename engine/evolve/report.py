@@ -91,7 +91,9 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
     plots = {"evolve_history.png": lambda: vis.plot_optimization_history(study)}
     params = None
     if n_complete >= IMPORTANCE_MIN_TRIALS:
-        importances = optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():  # equal fitness everywhere: importances are equal, said once in the plot
+            warnings.filterwarnings("ignore", message="Target and region quantiles")
+            importances = optuna.importance.get_param_importances(study)
         params = list(importances)[:SLICE_PARAMS]
         plots["evolve_importances.png"] = lambda: vis.plot_param_importances(study)
     else:
@@ -101,6 +103,7 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
     written = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Target and region quantiles")
         for name, plot in plots.items():
             axes = plot()
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()

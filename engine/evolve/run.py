@@ -38,7 +38,7 @@ from engine.evolve.study import (
     study_name,
     worker_id,
 )
-from engine.train.options import TrainOptions, load_hyp
+from engine.train.options import EVOLVE_TRIALS, TrainOptions, load_hyp
 from utils.config import ConfigError
 from utils.errors import UserError
 from utils.torch_utils import dist_info_from_env
@@ -99,8 +99,12 @@ def evolve(
             pruner=pruner or default_pruner(opt),
         )
         _check_same_command(study, opt, keys, url)
-    LOG.info("evolve: study '%s' in %s, %d trials (%s), %d keys searched: %s; outputs in %s", name, url,
-             opt.evolve, "pruning" if opt.evolve_prune else "no pruning", len(keys), " ".join(keys), folder)
+    LOG.info("evolve: study '%s' in %s, %d trials%s (%s), %d keys searched: %s; outputs in %s", name, url,
+             opt.evolve, " (the default; --evolve N to choose)" if opt.evolve == EVOLVE_TRIALS else "",
+             "pruning" if opt.evolve_prune else "no pruning", len(keys), " ".join(keys), folder)
+    if len(_counted(study)) >= opt.evolve:
+        LOG.info("evolve: the study already holds %d trials; pass a larger --evolve N to run more",
+                 len(_counted(study)))
     for number in fail_dead_trials(study):
         LOG.info("evolve: trial %d's process died: marked failed, retried once", number)
     board = report.EvolveBoard(folder)
