@@ -43,7 +43,7 @@ def rows(folder: Path) -> list[dict[str, str]]:
 
 def cli_args(root: Path, name: str, trials: int) -> list[str]:
     return ["--evolve", str(trials), "--data", str(root / "tiny.yaml"), "--cfg", str(root / "tiny_model.yaml"),
-            "--epochs", "2", "--img", "64", "--batch-size", "8", "--workers", "0", "--device", "cpu",
+            "--epochs", "1", "--img", "64", "--batch-size", "8", "--workers", "0", "--device", "cpu",
             "--project", str(root / "runs"), "--name", name, "--noautoanchor", *QUICK]
 
 
