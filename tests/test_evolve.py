@@ -72,6 +72,9 @@ def test_three_trials_write_csv_and_hyp_train_accepts(root):
     assert list(folder.glob("events.out.tfevents.*"))
     weights = [p.parent.name for p in folder.glob("trials/trial*/weights")]
     assert weights == [f"trial{summary['best_trial']}"]  # only the best trial keeps its checkpoint
+    best_dir = folder / "trials" / f"trial{summary['best_trial']}"
+    assert (best_dir / "results.png").is_file() and (best_dir / "val" / "confusion_matrix.png").is_file()
+    assert len(list(folder.glob("trials/*/results.png"))) == 1
     assert not list(folder.glob("trials/*/train_batch0.jpg"))  # no pictures in trial folders
     assert train_cli.main(["--hyp", str(folder / "hyp_evolved.yaml"), "--data", str(root / "tiny.yaml"), "--cfg",
                            str(root / "tiny_model.yaml"), "--epochs", "1", "--img", "64", "--batch-size", "8",

@@ -208,10 +208,8 @@ def _finish(study: optuna.Study, opt: TrainOptions, folder: Path, url: str) -> d
     report.write_csv(study, folder / "evolve.csv")
     best = report.write_best_hyp(study, folder / "hyp_evolved.yaml")
     plots = report.write_plots(study, folder)
-    if best is not None and (folder / "trials" / f"trial{best.number}" / "results.csv").is_file():
-        from engine.train.plots import plot_results
-
-        plot_results(folder / "trials" / f"trial{best.number}" / "results.csv")
+    if best is not None:
+        _plot_trial(folder / "trials" / f"trial{best.number}", opt)
     n = len(_counted(study))
     if best is not None:
         LOG.info("evolve: %d trials; best trial %d, fitness %.4f; train with: python train.py --hyp %s",
@@ -219,3 +217,18 @@ def _finish(study: optuna.Study, opt: TrainOptions, folder: Path, url: str) -> d
     return {"save_dir": str(folder), "storage": url, "study": study.study_name, "trials": n,
             "best_trial": best.number if best else -1, "fitness": best.value if best else 0.0,
             "hyp": str(folder / "hyp_evolved.yaml") if best else "", "plots": [p.name for p in plots]}
+
+
+def _plot_trial(run_dir: Path, opt: TrainOptions) -> None:
+    """The pictures a training run makes, for the best trial only (its run made none): results.png,
+    and val.py's plots of its final weights in ``val/``."""
+    from engine.train.plots import plot_results
+    from engine.val import ValOptions, run_val
+
+    if (run_dir / "results.csv").is_file():
+        plot_results(run_dir / "results.csv")
+    weights = run_dir / "weights" / "last.pt"
+    if weights.is_file() and not (run_dir / "val").is_dir():
+        run_val(ValOptions(weights=str(weights), data=opt.data, batch_size=opt.batch_size, img_size=opt.img_size[-1],
+                           device=opt.device, single_cls=opt.single_cls, project=str(run_dir), name="val",
+                           exist_ok=True, workers=0))
