@@ -3,6 +3,7 @@
     python train.py --data coco.yaml --cfg yolov7.yaml --hyp cfg/hyp/hyp.scratch.p5.yaml --epochs 300
     python train.py --resume                   # continue the newest runs/train/*/weights/last.pt
     python train.py lr0=0.02 mosaic=0.5        # key=value overrides of the hyper-parameters
+    python train.py --evolve 20 --epochs 3     # 20 Optuna trials; hyp_evolved.yaml in runs/evolve/exp
     torchrun --nproc_per_node 2 train.py --batch-size 32 --device 0,1   # DDP (gloo on CPU)
 
 The work happens in engine.train.loop.train; this file only parses the command line.
@@ -42,9 +43,14 @@ def parse_options(argv: list[str] | None = None) -> TrainOptions:
 def main(argv: list[str] | None = None) -> int:
     opt = parse_options(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from engine.train import train  # imported here so --help stays fast
+    if opt.evolve:
+        from engine.evolve import evolve  # imported here so --help stays fast
 
-    summary = train(opt)
+        summary = evolve(opt)
+    else:
+        from engine.train import train
+
+        summary = train(opt)
     if opt.json and summary:
         print(json.dumps(summary))
     return 0

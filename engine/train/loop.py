@@ -17,6 +17,7 @@ import math
 import random
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +59,19 @@ from utils.torch_utils import (
 LOG = logging.getLogger(__name__)
 MAX_BAD_STEPS = 5  # consecutive non-finite losses that stop the run
 N_BATCH_PLOTS = 3  # train_batch0..2.jpg
+# on_epoch_end(epoch, results row) -> True to stop after this epoch (hyper-parameter evolution prunes with it)
+EpochCallback = Callable[[int, dict[str, float]], bool]
 
 
 class NonFiniteLossError(UserError, RuntimeError):
     """Training diverged: the loss was NaN/inf for MAX_BAD_STEPS batches in a row."""
 
 
-def train(opt: TrainOptions) -> dict[str, Any]:
+def train(opt: TrainOptions, *, on_epoch_end: EpochCallback | None = None) -> dict[str, Any]:
     """Train as ``opt`` says; return the summary (best and final metrics, time, run folder).
 
-    Under torchrun every process calls this; rank 0 logs, evaluates and saves.
+    Under torchrun every process calls this; rank 0 logs, evaluates and saves. ``on_epoch_end``:
+    see :func:`fit`.
     """
     opt.check()
     t0 = time.time()
@@ -78,16 +82,18 @@ def train(opt: TrainOptions) -> dict[str, Any]:
     try:
         run = setup(opt, info, device)
         torch.set_num_threads(run.opt.threads)  # the run's own (setup chose them); the caller's come back
-        return fit(run, t0)
+        return fit(run, t0, on_epoch_end=on_epoch_end)
     finally:
         torch.set_num_threads(threads)
         destroy_process_group()
 
 
-def fit(run: Run, t0: float | None = None) -> dict[str, Any]:
+def fit(run: Run, t0: float | None = None, *, on_epoch_end: EpochCallback | None = None) -> dict[str, Any]:
     """Run the epochs from ``run.start_epoch``; save, early-stop; strip the final checkpoints.
 
-    ``t0``: when the run started (for the reported time; default now).
+    ``t0``: when the run started (for the reported time; default now). ``on_epoch_end(epoch, row)``
+    is called on rank 0 after each epoch's results row; returning True stops the run there like
+    --patience does (the epoch is saved and the run finishes normally).
     """
     opt, t0 = run.opt, time.time() if t0 is None else t0
     epoch = run.start_epoch - 1
@@ -98,11 +104,11 @@ def fit(run: Run, t0: float | None = None) -> dict[str, Any]:
                            processes=run.info.world_size)
         lrs = [g["lr"] for g in run.optimizer.param_groups]
         run.scheduler.step()
-        stop = False
+        why_stop = ""  # rank 0 decides; the others learn it through broadcast_flag
         if run.info.is_main:
             final = epoch == opt.epochs - 1
             if not opt.notest or final:
-                metrics, val_losses, run.class_maps = validate(run, plots=final)
+                metrics, val_losses, run.class_maps = validate(run, plots=final and not opt.noplots)
             else:
                 metrics, val_losses = zero_metrics()
             row = epoch_row(epoch, train_losses, metrics, val_losses, lrs)
@@ -111,7 +117,11 @@ def fit(run: Run, t0: float | None = None) -> dict[str, Any]:
             # fitness stays 0, or a --nosave run, still gets one; YOLOv7 saves on fitness == best)
             improved = row["fitness"] > run.best_fitness or not (run.save_dir / "weights" / "best.pt").is_file()
             run.best_fitness = max(run.best_fitness, row["fitness"])
-            stop = patience_exhausted(run.rows, epoch, patience=opt.patience, notest=opt.notest)
+            if patience_exhausted(run.rows, epoch, patience=opt.patience, notest=opt.notest):
+                why_stop = f"no fitness gain in the last {opt.patience} epochs"
+            if on_epoch_end is not None and on_epoch_end(epoch, dict(row)) and not final:
+                why_stop = "the caller's on_epoch_end asked for it"
+            stop = bool(why_stop)
             if not opt.nosave or final or stop:  # --nosave still keeps the run's last epoch
                 save_epoch(run, epoch, improved)
             write_results_csv(run.rows, run.save_dir / "results.csv")
@@ -119,8 +129,8 @@ def fit(run: Run, t0: float | None = None) -> dict[str, Any]:
             if run.tb is not None:
                 run.tb.epoch(row)
                 run.tb.speed(timing)
-        if broadcast_flag(stop, run.device):
-            LOG.info("early stop: no fitness gain in the last %d epochs", opt.patience)
+        if broadcast_flag(bool(why_stop), run.device):
+            LOG.info("early stop after epoch %d: %s", epoch, why_stop or "rank 0 said so")
             break
     return finish(run, epoch, time.time() - t0)
 
@@ -212,7 +222,7 @@ def train_one_epoch(run: Run, epoch: int, timer: EpochTimer | None = None) -> to
                 epoch, opt.epochs, memory_string(run.device), mean_losses, len(batch.targets), batch.images.shape[-1],
                 timer.img_per_s() * run.info.world_size,
             ))
-            if epoch == 0 and i < N_BATCH_PLOTS:
+            if epoch == 0 and i < N_BATCH_PLOTS and not opt.noplots:
                 plot_train_batch(batch, i, save_dir=run.save_dir, names=run.names, tb=run.tb)
     return mean_losses.cpu()
 
@@ -295,7 +305,8 @@ def finish(run: Run, last_epoch: int, seconds: float) -> dict[str, Any]:
     for name in ("last.pt", "best.pt"):
         if (weights / name).is_file():
             strip_checkpoint(weights / name)
-    plot_results(run.save_dir / "results.csv")
+    if not run.opt.noplots:
+        plot_results(run.save_dir / "results.csv")
     if run.tb is not None:
         run.tb.close()
     best = max(run.rows, key=lambda r: r["fitness"]) if run.rows else {}

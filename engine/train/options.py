@@ -16,6 +16,7 @@ DEFAULT_CFG = "cfg/yolov7-tiny.yaml"
 DEFAULT_HYP = "cfg/hyp/hyp.shapes.yaml"  # the shapes recipe (engine/train/recipe.py)
 AUTO_OPTIMIZER = "auto"  # --optimizer auto, --close-mosaic -1, no --hyp: the recipe chooses
 AUTO_CLOSE_MOSAIC = -1
+EVOLVE_TRIALS = 30  # a bare --evolve: tens of trials suit the TPE sampler (engine/evolve/run.py)
 
 
 @dataclasses.dataclass
@@ -67,6 +68,13 @@ class TrainOptions:
     close_mosaic: int = option(AUTO_CLOSE_MOSAIC, "no mosaic in the last N epochs (-1: the recipe's, 0 or 10)",
                                at_least=-1)
     json: bool = option(False, "print the final summary as one JSON object")
+    noplots: bool = option(False, "write no pictures (labels, batches, results.png, validation plots)")
+    evolve: int | None = option(None, f"evolve the hyper-parameters with Optuna: N trials (bare: {EVOLVE_TRIALS})",
+                                nargs="?", const=EVOLVE_TRIALS, at_least=1, metavar="N")
+    evolve_prune: bool = option(True, "prune hopeless trials (on; --no-evolve-prune: every trial to the end)",
+                                shortcuts={"--no-evolve-prune": False})
+    evolve_storage: str = option("", "Optuna storage URL, e.g. postgresql://... (default: <run>/study.db)")
+    evolve_study: str = option("", "study name in the storage (default: the newest, else --name)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for opt.yaml and checkpoints)."""

@@ -136,7 +136,7 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
         if ckpt is not None:
             write_results_csv(run.rows, save_dir / "results.csv")
         run.tb = TensorBoardLog(save_dir, run.start_epoch)
-        if ckpt is None:
+        if ckpt is None and not opt.noplots:
             plot_labels(train_loader, names, save_dir)
     return run
 

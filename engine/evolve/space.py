@@ -1,0 +1,91 @@
+"""The search space of ``train.py --evolve``: YOLOv7's hyper-parameter mutation table, for Optuna.
+
+YOLOv7's evolve table gives each key a mutation gain and limits. Here the limits become the
+range Optuna samples in; a gain of 0 (YOLOv7 never mutates the key) keeps the key at its
+hyp-file value, and so do the keys this trainer accepts but does not use (``UNUSED``) and
+every key the user fixes with ``key=value`` on the command line. Keys whose range spans at least
+a decade above a positive lower limit are sampled on a log scale (learning rates, decay, gains).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, NamedTuple
+
+from utils.config import Hyp
+
+if TYPE_CHECKING:
+    import optuna
+
+
+class Range(NamedTuple):
+    """One row of YOLOv7's table: mutation gain (0: never mutated), lower and upper limit."""
+
+    gain: float
+    low: float
+    high: float
+    log: bool = False
+
+
+# YOLOv7 train.py's `meta` table (keys, gains, limits). weight_decay's lower limit is 1e-5
+# instead of 0 so that it can be sampled on a log scale (1e-5 at the nominal batch of 64 is
+# negligible decay, as 0 is).
+TABLE: dict[str, Range] = {
+    "lr0": Range(1, 1e-5, 1e-1, log=True),
+    "lrf": Range(1, 0.01, 1.0, log=True),
+    "momentum": Range(0.3, 0.6, 0.98),
+    "weight_decay": Range(1, 1e-5, 0.001, log=True),
+    "warmup_epochs": Range(1, 0.0, 5.0),
+    "warmup_momentum": Range(1, 0.0, 0.95),
+    "warmup_bias_lr": Range(1, 0.0, 0.2),
+    "box": Range(1, 0.02, 0.2, log=True),
+    "cls": Range(1, 0.2, 4.0, log=True),
+    "cls_pw": Range(1, 0.5, 2.0),
+    "obj": Range(1, 0.2, 4.0, log=True),
+    "obj_pw": Range(1, 0.5, 2.0),
+    "iou_t": Range(0, 0.1, 0.7),
+    "anchor_t": Range(1, 2.0, 8.0),
+    "anchors": Range(2, 2.0, 10.0),
+    "fl_gamma": Range(0, 0.0, 2.0),
+    "hsv_h": Range(1, 0.0, 0.1),
+    "hsv_s": Range(1, 0.0, 0.9),
+    "hsv_v": Range(1, 0.0, 0.9),
+    "degrees": Range(1, 0.0, 45.0),
+    "translate": Range(1, 0.0, 0.9),
+    "scale": Range(1, 0.0, 0.9),
+    "shear": Range(1, 0.0, 10.0),
+    "perspective": Range(0, 0.0, 0.001),
+    "flipud": Range(1, 0.0, 1.0),
+    "fliplr": Range(0, 0.0, 1.0),
+    "mosaic": Range(1, 0.0, 1.0),
+    "mixup": Range(1, 0.0, 1.0),
+    "copy_paste": Range(1, 0.0, 1.0),
+    "paste_in": Range(1, 0.0, 1.0),
+}
+# Accepted for YOLOv7 file compatibility but without effect here (searching them would only
+# add noise dimensions): anchors (autoanchor keeps the config's count), copy_paste and paste_in
+# (data/augment.py ignores them).
+UNUSED = ("anchors", "copy_paste", "paste_in")
+
+
+def fixed_keys(overrides: list[str]) -> set[str]:
+    """The hyper-parameter keys a user fixed with ``key=value`` (never searched)."""
+    return {item.split("=", 1)[0].strip() for item in overrides if "=" in item}
+
+
+def searched_keys(fixed: set[str]) -> list[str]:
+    """The keys Optuna samples, in table order: mutated by YOLOv7, used here, not fixed."""
+    return [k for k, r in TABLE.items() if r.gain > 0 and k not in UNUSED and k not in fixed]
+
+
+def suggest_hyp(trial: optuna.Trial, base: Hyp, keys: list[str]) -> Hyp:
+    """``base`` with each of ``keys`` drawn by ``trial`` in its TABLE range."""
+    drawn = {k: trial.suggest_float(k, TABLE[k].low, TABLE[k].high, log=TABLE[k].log) for k in keys}
+    return dataclasses.replace(base, **drawn)
+
+
+def base_params(base: Hyp, keys: list[str]) -> dict[str, float]:
+    """The hyp file's values of ``keys``, clipped to their ranges (as YOLOv7 clips): the first
+    trial of a new study, so the study starts from the recipe it is asked to improve."""
+    values = dataclasses.asdict(base)
+    return {k: min(max(float(values[k]), TABLE[k].low), TABLE[k].high) for k in keys}
