@@ -28,7 +28,7 @@ from utils.config import Hyp, load  # noqa: E402
 
 def loader_rate(sources: list[Path], nc: int, hyp: Hyp, img: int, batch: int, batches: int, workers: int) -> float:
     """Images per second of the augmenting training loader, start-up batch excluded."""
-    loader, _ = build_dataloader(sources, nc, img, batch, hyp=hyp, augment=True, shuffle=True, workers=workers)
+    loader, _ = build_dataloader(sources, nc, img_size=img, batch_size=batch, hyp=hyp, augment=True, shuffle=True, workers=workers)
     it = iter(loader)
     next(it)
     start, n = time.perf_counter(), 0

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
-from engine.exporter import export_onnx, export_torchscript  # noqa: E402
+from engine.export.exporter import export_onnx, export_torchscript  # noqa: E402
 from models.yolo import Model  # noqa: E402
 
 
@@ -73,7 +73,7 @@ def bench_config(cfg: str, img: int, batch: int, threads_list: list[int], warmup
     x = torch.rand(batch, 3, img, img)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"onnx": export_onnx(model, Path(tmp) / "model.onnx", (img, img), batch),
+        files = {"onnx": export_onnx(model, Path(tmp) / "model.onnx", (img, img), batch=batch),
                  "torchscript": export_torchscript(model, Path(tmp) / "model.torchscript", (img, img), batch)}
         for threads in threads_list:
             torch.set_num_threads(threads)

@@ -23,12 +23,13 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data import build_dataloader, load_data_config  # noqa: E402
-from engine.ema import ModelEMA  # noqa: E402
-from engine.optim import build_optimizer  # noqa: E402
-from engine.train_options import DEFAULT_HYP, resolve_path  # noqa: E402
+from engine.train.ema import ModelEMA  # noqa: E402
+from engine.train.optim import build_optimizer  # noqa: E402
+from engine.train.options import DEFAULT_HYP  # noqa: E402
 from models.loss import YoloLoss  # noqa: E402
 from models.yolo import Model, count_flops  # noqa: E402
 from utils.config import Hyp, load  # noqa: E402
+from utils.paths import resolve_path  # noqa: E402
 
 PHASES = ("data", "forward", "loss", "backward", "optimizer", "ema")
 

@@ -43,6 +43,7 @@ class DetectionDataset(Dataset):
     def __init__(
         self,
         scan: ScanResult,
+        *,
         img_size: int = 640,
         batch_size: int = 16,
         stride: int = 32,

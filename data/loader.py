@@ -42,7 +42,7 @@ class Batch(NamedTuple):
 
 def collate(samples: list[tuple]) -> Batch:
     """Stack dataset samples into a Batch, writing each target's image index into column 0."""
-    images, targets, paths, shapes, indices = zip(*samples)
+    images, targets, paths, shapes, indices = zip(*samples, strict=False)
     for i, t in enumerate(targets):
         t[:, 0] = i
     return Batch(torch.stack(images), torch.cat(targets, 0), list(paths), list(shapes),
@@ -101,6 +101,7 @@ class DetectionLoader:
 def build_dataloader(
     sources: str | Path | list[str | Path],
     nc: int,
+    *,
     img_size: int = 640,
     batch_size: int = 16,
     stride: int = 32,
@@ -135,7 +136,8 @@ def build_dataloader(
     items = sources if isinstance(sources, list) else [sources]
     paths = [Path(s) for s in items]
     scan, _ = load_or_scan(paths, nc, cache_path or default_cache_path(paths))
-    dataset = DetectionDataset(scan, img_size, batch_size, stride, hyp, augment, rect, pad, cache, single_cls, seed)
+    dataset = DetectionDataset(scan, img_size=img_size, batch_size=batch_size, stride=stride, hyp=hyp, augment=augment,
+                               rect=rect, pad=pad, cache=cache, single_cls=single_cls, seed=seed)
     shuffle = shuffle and not rect
     if image_weights:
         sampler: Sampler = WeightedIndexSampler(weights_from_labels(dataset.labels, nc, [0.0] * nc), seed)

@@ -63,7 +63,7 @@ def mosaic(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], placement
     """
     img = np.full((canvas, canvas, 3), PAD_VALUE, np.uint8)
     out = []
-    for image, lab, ((y1, y2, x1, x2), (iy1, iy2, ix1, ix2)) in zip(images, labels, placements):
+    for image, lab, ((y1, y2, x1, x2), (iy1, iy2, ix1, ix2)) in zip(images, labels, placements, strict=False):
         if y2 <= y1 or x2 <= x1:
             continue
         img[y1:y2, x1:x2] = image[iy1:iy2, ix1:ix2]

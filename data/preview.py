@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_data_config(args.data)
     hyp = load(Hyp, args.hyp) if args.hyp else Hyp()
     augment = not args.no_augment
-    loader, dataset = build_dataloader(cfg.split(args.split), cfg.nc, args.img, args.batch, hyp=hyp,
+    loader, dataset = build_dataloader(cfg.split(args.split), cfg.nc, img_size=args.img, batch_size=args.batch, hyp=hyp,
                                        augment=augment, shuffle=augment, seed=args.seed)
     batch = next(iter(loader))
     out = Path(args.out)

@@ -118,7 +118,7 @@ def _scan_coco(json_path: Path, nc: int, pool: ThreadPoolExecutor):
     infos = sorted(data["images"], key=lambda im: im["id"])
     checks = pool.map(lambda im: verify_image(image_dir / im["file_name"]), infos)
     entries, messages, counts = [], [], {"found": 0, "missing": 0, "empty": 0, "corrupt": 0}
-    for info, (shape, error) in zip(infos, checks):
+    for info, (shape, error) in zip(infos, checks, strict=False):
         path = image_dir / info["file_name"]
         if error:
             messages.append(f"{path}: {error}")

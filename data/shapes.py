@@ -139,10 +139,10 @@ def _write_split(root: Path, split: str, count: int, split_index: int, spec: Sha
         cv2.imwrite(str(root / "images" / split / f"{name}.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
                     [cv2.IMWRITE_JPEG_QUALITY, spec.jpeg_quality])
         rows = [f"{c} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} {(b[2] - b[0]) / w:.6f} "
-                f"{(b[3] - b[1]) / h:.6f}" for c, b in zip(classes, boxes)]
+                f"{(b[3] - b[1]) / h:.6f}" for c, b in zip(classes, boxes, strict=False)]
         (root / "labels" / split / f"{name}.txt").write_text("".join(r + "\n" for r in rows))
         coco["images"].append({"id": i, "file_name": f"{name}.jpg", "width": w, "height": h})
-        for c, b in zip(classes, boxes):
+        for c, b in zip(classes, boxes, strict=False):
             bw, bh = float(b[2] - b[0]), float(b[3] - b[1])
             coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i, "category_id": int(c) + 1,
                                         "bbox": [float(b[0]), float(b[1]), bw, bh], "area": bw * bh, "iscrowd": 0})

@@ -40,7 +40,7 @@ def summary(cfg: str, img: int = 640, scale: str | None = None, nc: int | None =
 
 def _layer_lines(model: Model) -> list[str]:
     lines = [f"{'':>4}{'from':>18}{'params':>12}  module"]
-    for i, (layer, f) in enumerate(zip(model.model, model.froms)):
+    for i, (layer, f) in enumerate(zip(model.model, model.froms, strict=True)):
         params = sum(p.numel() for p in layer.parameters())
         lines.append(f"{i:>4}{str(f):>18}{params:>12,}  {type(layer).__name__}")
     return lines

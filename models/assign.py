@@ -18,15 +18,34 @@ no anchor can end up assigned twice and duplicate columns do not inflate the top
 All of it runs on the whole batch at once. The OTA cost lives in padded per-image blocks
 [images, targets, candidates], processed in chunks of at most ``max_cells`` entries so that
 images with hundreds of targets keep memory bounded.
+
+Rules by name: ``ASSIGNERS`` maps the name a loss is built with (``YoloLoss(assigner=...)``;
+``hyp.loss_ota`` picks ``"ota"`` or ``"yolov5"``) to an ``AssignRule``: how far the candidate
+search reaches for the lead and the auxiliary head, the function that turns candidates into
+positives, and whether the auxiliary positives keep the lead's. Adding a rule touches this
+file only: write a ``select(candidates, inputs)`` function (``AssignInputs`` gives it the
+targets and, on demand, the current predictions of any anchors) and add one ``ASSIGNERS`` entry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torchvision.ops import box_convert
 
+# The constants of YOLOv7's utils/loss.py. Neighbour reach: find_3_positive uses g = 0.5 (centre
+# + the 2 nearest neighbour cells, the lead head), find_5_positive g = 1.0 (centre + all 4, the
+# auxiliary head).
+LEAD_REACH = 0.5
+AUX_REACH = 1.0
+# OTA's dynamic k sums a target's top-q IoUs: topk(pair_wise_iou, min(10, ...)) in
+# ComputeLossOTA, min(20, ...) in ComputeLossAuxOTA (the auxiliary-head models, both heads).
+OTA_TOPQ = 10
+OTA_AUX_TOPQ = 20
 IOU_COST_WEIGHT = 3.0  # YOLOv7's weight of -log IoU against the class cost
 DEFAULT_MAX_CELLS = 1 << 21  # entries of one [images, targets, candidates] cost chunk
 
@@ -58,7 +77,7 @@ def find_candidates(
     grids: list[tuple[int, int]],
     batch_size: int,
     anchor_t: float,
-    reach: float = 0.5,
+    reach: float = LEAD_REACH,
 ) -> Candidates:
     """Candidate (target, anchor, cell) triples under the YOLOv5 ratio and neighbour rule.
 
@@ -93,7 +112,7 @@ def find_candidates(
         t, a = t[idx], a[idx]
         b = targets[t, 0].long()
         values = (t, b, torch.full_like(t, level), a, gj, gi, ((b * na + a) * h + gj) * w + gi)
-        for field, value in zip(fields, values):
+        for field, value in zip(fields, values, strict=True):
             field.append(value)
     return Candidates(*(_cat(f, device) for f in fields))
 
@@ -215,7 +234,7 @@ def merge_positives(primary: Candidates, secondary: Candidates) -> Candidates:
     they always contain them, as YOLOv7's coarse-to-fine design intends; OTA on the wider
     candidate set alone does not guarantee it (a larger pool can push some lead choices out).
     """
-    return unique_anchors(Candidates(*(torch.cat(pair) for pair in zip(primary, secondary))))
+    return unique_anchors(Candidates(*(torch.cat(pair) for pair in zip(primary, secondary, strict=True))))
 
 
 def ota_assign(
@@ -227,7 +246,7 @@ def ota_assign(
     cls_logits: Tensor,
     obj_logits: Tensor,
     batch_size: int,
-    topq: int = 10,
+    topq: int = OTA_TOPQ,
     max_cells: int = DEFAULT_MAX_CELLS,
 ) -> Candidates:
     """YOLOv7's OTA assignment over the whole batch; returns the positives, one per anchor.
@@ -238,8 +257,8 @@ def ota_assign(
         target_boxes: [N, 4] xyxy pixels; target_cls, target_image: long [N].
         pred_boxes: [U, 4] xyxy pixels, the current (detached) prediction of each anchor;
             cls_logits: [U, nc]; obj_logits: [U].
-        topq: how many of a target's best IoUs are summed into its dynamic k (10; 20 for the
-            auxiliary-head models).
+        topq: how many of a target's best IoUs are summed into its dynamic k (``OTA_TOPQ``;
+            ``OTA_AUX_TOPQ`` for the auxiliary-head models).
         max_cells: bound on the entries of one [images, targets, candidates] cost chunk.
     Returns:
         The chosen subset of ``anchors`` (order kept), ``target`` the target each one learns.
@@ -260,6 +279,82 @@ def ota_assign(
         parts.append(_claim_cheapest(cost, iou, valid, r, c, topq))
     if not parts or len(anchors.flat) == 0:
         return Candidates(*(f[:0] for f in anchors))
-    claims, cheapest = (_Entries(*(torch.cat(f) for f in zip(*group))) for group in zip(*parts))
+    claims, cheapest = (_Entries(*(torch.cat(f) for f in zip(*group, strict=True))) for group in zip(*parts, strict=True))
     columns, owners = _resolve(claims, cheapest, len(anchors.flat))
     return Candidates(*(f[columns] for f in anchors))._replace(target=owners)
+
+
+# Predictions of the given anchors: (boxes [U, 4] xyxy pixels, class logits [U, nc], objectness
+# logits [U]), float, from the current lead outputs.
+Predict = Callable[[Candidates], tuple[Tensor, Tensor, Tensor]]
+
+
+class AssignInputs(NamedTuple):
+    """What a rule's ``select`` may use besides the candidates.
+
+    targets: [N, 6] (image index, class, cx, cy, w, h), box normalised to the image, float32;
+    img_size: (H, W) of the batch in pixels; batch_size: B; aux_model: the model has an auxiliary
+    head; predict: see ``Predict`` (gathered only when called); max_cells: memory bound of one
+    cost chunk (entries).
+    """
+
+    targets: Tensor
+    img_size: tuple[int, int]
+    batch_size: int
+    aux_model: bool
+    predict: Predict
+    max_cells: int = DEFAULT_MAX_CELLS
+
+
+@dataclass(frozen=True)
+class AssignRule:
+    """One assignment rule: ``select(candidates, inputs)`` -> positives (a subset of the
+    candidates' anchors, sorted by level, each with the target it learns), run once per head on
+    the candidates within ``lead_reach`` / ``aux_reach``; with ``merge_aux`` the auxiliary
+    positives are merged with the lead's (``merge_positives``)."""
+
+    select: Callable[[Candidates, AssignInputs], Candidates]
+    lead_reach: float = LEAD_REACH
+    aux_reach: float = AUX_REACH
+    merge_aux: bool = False
+
+
+def every_candidate(candidates: Candidates, inputs: AssignInputs) -> Candidates:
+    """YOLOv5's rule: every candidate is a positive (an anchor may learn several targets)."""
+    return candidates
+
+
+def ota_select(candidates: Candidates, inputs: AssignInputs) -> Candidates:
+    """YOLOv7's OTA (``ota_assign``) over the distinct candidate anchors, from the detached
+    current predictions."""
+    anchors = unique_anchors(candidates)
+    targets = inputs.targets
+    with torch.no_grad():
+        boxes, cls_logits, obj_logits = inputs.predict(anchors)
+        height, width = inputs.img_size
+        scale = torch.tensor([width, height, width, height], device=targets.device)
+        return ota_assign(
+            anchors,
+            box_convert(targets[:, 2:6] * scale, "cxcywh", "xyxy"),
+            targets[:, 1].long(),
+            targets[:, 0].long(),
+            boxes,
+            cls_logits,
+            obj_logits,
+            inputs.batch_size,
+            OTA_AUX_TOPQ if inputs.aux_model else OTA_TOPQ,
+            inputs.max_cells,
+        )
+
+
+ASSIGNERS: dict[str, AssignRule] = {
+    "ota": AssignRule(ota_select, merge_aux=True),  # YOLOv7's default (hyp loss_ota: true)
+    "yolov5": AssignRule(every_candidate),  # cheaper; what validation uses (loss_ota: false)
+}
+
+
+def assign_rule(name: str) -> AssignRule:
+    """The rule registered as ``name``; ValueError naming the known rules otherwise."""
+    if name not in ASSIGNERS:
+        raise ValueError(f"unknown assignment rule {name!r} (known: {', '.join(ASSIGNERS)})")
+    return ASSIGNERS[name]

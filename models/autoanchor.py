@@ -13,7 +13,8 @@ from a data set's normalised labels and image shapes), so this module never read
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ def label_sizes(
     rng = np.random.default_rng(seed)
     size = img_size * shapes / shapes.max(1, keepdims=True)
     size = size * rng.uniform(1 - jitter, 1 + jitter, (len(shapes), 1))
-    parts = [np.asarray(lab, dtype=np.float64).reshape(-1, 5)[:, 3:5] * s for lab, s in zip(labels, size)]
+    parts = [np.asarray(lab, dtype=np.float64).reshape(-1, 5)[:, 3:5] * s for lab, s in zip(labels, size, strict=True)]
     return np.concatenate(parts) if parts else np.zeros((0, 2))
 
 

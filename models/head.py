@@ -13,7 +13,8 @@ import math
 import torch
 from torch import nn
 
-from models.blocks import Block, ImplicitA, ImplicitM, RowContext
+from models.blocks import Block, RowContext
+from models.reparam import ImplicitA, ImplicitM
 
 
 class Detect(Block):
@@ -107,7 +108,7 @@ class Detect(Block):
     def fuse(self) -> None:
         """Fold ImplicitA/ImplicitM into the lead convs and drop the auxiliary convs."""
         if self.ia is not None:
-            for conv, ia, im in zip(self.m, self.ia, self.im):
+            for conv, ia, im in zip(self.m, self.ia, self.im, strict=True):
                 # conv(x + a) = conv(x) + W a; then * m scales each output channel.
                 conv.bias += (conv.weight.flatten(1) @ ia.implicit.flatten()).view_as(conv.bias)
                 scale = im.implicit.flatten()

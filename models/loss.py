@@ -2,11 +2,12 @@
 
 One class serves every variant:
 
-- ``ota=True`` (YOLOv7's default): OTA assignment; ``ota=False``: every YOLOv5-rule candidate is
-  a positive (cheaper; what validation uses).
+- ``assigner``: the assignment rule by name (models/assign.py ``ASSIGNERS``): ``"ota"``
+  (YOLOv7's default) or ``"yolov5"``, every YOLOv5-rule candidate a positive (cheaper; what
+  validation uses). ``ota=True`` / ``False`` and ``hyp.loss_ota`` are shorthands for these two.
 - With an auxiliary head (``raw`` holds 2 * nl outputs) the lead head learns from centre + 2
-  neighbour candidates and the auxiliary head from centre + 4, both assigned from the lead
-  predictions (dynamic k from the top-20 IoUs), auxiliary terms weighted 0.25. The auxiliary
+  neighbour candidates and the auxiliary head from centre + 4 (the rule's reaches), both assigned
+  from the lead predictions, auxiliary terms weighted 0.25. The auxiliary
   positives are merged with the lead's (``merge_positives``) so they always contain them.
 
 Terms, per level: 1 - CIoU of the positives (mean), BCE objectness of every anchor against the
@@ -29,11 +30,11 @@ from torchvision.ops import box_convert, complete_box_iou_loss
 
 from models.assign import (
     DEFAULT_MAX_CELLS,
+    AssignInputs,
     Candidates,
+    assign_rule,
     find_candidates,
     merge_positives,
-    ota_assign,
-    unique_anchors,
 )
 from utils.config import Hyp
 
@@ -82,7 +83,7 @@ def gather_predictions(levels: list[Tensor], positions: Candidates) -> Tensor:
     """
     counts = torch.bincount(positions.level, minlength=len(levels)).tolist()
     flats = positions.flat.split(counts)
-    return torch.cat([x.reshape(-1, x.shape[-1])[f] for x, f in zip(levels, flats)])
+    return torch.cat([x.reshape(-1, x.shape[-1])[f] for x, f in zip(levels, flats, strict=True)])
 
 
 _MIN_SIZE = 1e-6  # grid units
@@ -108,9 +109,11 @@ class YoloLoss:
         head: the detection head (``anchors`` [nl, na, 2] in input pixels, ``stride`` [nl], ``nl``,
             ``na``, ``nc``); anchors are read at every call, so autoanchor changes take effect.
         hyp: hyper-parameters (box, obj, cls, cls_pw, obj_pw, anchor_t, fl_gamma, label_smoothing).
-        ota: OTA assignment (default ``hyp.loss_ota``) or plain YOLOv5-rule positives.
+        ota: shorthand for ``assigner``: True ``"ota"``, False ``"yolov5"``.
         train_size: nominal training image size, for the objectness gain (see ``loss_gains``).
         max_cells: memory bound of one OTA cost chunk (entries).
+        assigner: name of the assignment rule (``models.assign.ASSIGNERS``); default from
+            ``ota``, else from ``hyp.loss_ota``.
     """
 
     def __init__(
@@ -120,10 +123,17 @@ class YoloLoss:
         ota: bool | None = None,
         train_size: int = 640,
         max_cells: int = DEFAULT_MAX_CELLS,
+        *,
+        assigner: str | None = None,
     ) -> None:
+        if assigner is not None and ota is not None:
+            raise ValueError("YoloLoss: give either assigner or ota, not both")
+        if assigner is None:
+            assigner = "ota" if (hyp.loss_ota if ota is None else ota) else "yolov5"
         self.head = head
         self.hyp = hyp
-        self.ota = hyp.loss_ota if ota is None else ota
+        self.assigner = assigner
+        self.rule = assign_rule(assigner)
         self.gains = loss_gains(hyp, head.nl, head.nc, train_size)
         self.balance = level_balance(head.nl)
         self.max_cells = max_cells
@@ -168,15 +178,15 @@ class YoloLoss:
         lead = raw[:nl]
         self._check_inputs(lead, targets, img_size)
         targets = targets.to(device=lead[0].device, dtype=torch.float32)
-        topq = 20 if len(raw) > nl else 10
-        positives = self._assign(lead, targets, img_size, 0.5, topq)
-        if len(raw) == nl:
+        aux = len(raw) > nl
+        positives = self._assign(lead, targets, img_size, self.rule.lead_reach, aux)
+        if not aux:
             return positives, None
-        coarse = self._assign(lead, targets, img_size, 1.0, topq)
-        return positives, merge_positives(positives, coarse) if self.ota else coarse
+        coarse = self._assign(lead, targets, img_size, self.rule.aux_reach, aux)
+        return positives, merge_positives(positives, coarse) if self.rule.merge_aux else coarse
 
     def _check_inputs(self, lead: list[Tensor], targets: Tensor, img_size: tuple[int, int]) -> None:
-        for x, s in zip(lead, self.head.stride.tolist()):
+        for x, s in zip(lead, self.head.stride.tolist(), strict=True):
             if (x.shape[2] * s, x.shape[3] * s) != tuple(img_size):
                 raise ValueError(
                     f"YoloLoss: output grid {tuple(x.shape[2:4])} at stride {s:g} "
@@ -198,35 +208,22 @@ class YoloLoss:
         return self.head.anchors.float() / self.head.stride.float().view(-1, 1, 1)
 
     def _assign(
-        self, lead: list[Tensor], targets: Tensor, img_size: tuple[int, int], reach: float, topq: int
+        self, lead: list[Tensor], targets: Tensor, img_size: tuple[int, int], reach: float, aux: bool
     ) -> Candidates:
-        """Positive anchors for ``targets`` (sorted by level), from the lead outputs."""
+        """Positive anchors for ``targets`` (sorted by level) under the rule, from the lead outputs."""
         grids = [(x.shape[2], x.shape[3]) for x in lead]
         batch = lead[0].shape[0]
         candidates = find_candidates(targets, self._grid_anchors(), grids, batch, self.hyp.anchor_t, reach)
-        if not self.ota:
-            return candidates
-        anchors = unique_anchors(candidates)
-        with torch.no_grad():
+
+        def predict(anchors: Candidates) -> tuple[Tensor, Tensor, Tensor]:
             pred = gather_predictions(lead, anchors).float()
             stride = self.head.stride.float()[anchors.level, None]
             cell = torch.stack([anchors.gi, anchors.gj], 1)
             boxes = decode_cell_boxes(pred, self._grid_anchors()[anchors.level, anchors.anchor])
             boxes = torch.cat([boxes[:, :2] + cell, boxes[:, 2:]], 1) * stride
-            height, width = img_size
-            scale = torch.tensor([width, height, width, height], device=targets.device)
-            return ota_assign(
-                anchors,
-                box_convert(targets[:, 2:6] * scale, "cxcywh", "xyxy"),
-                targets[:, 1].long(),
-                targets[:, 0].long(),
-                box_convert(boxes, "cxcywh", "xyxy"),
-                pred[:, 5:],
-                pred[:, 4],
-                batch,
-                topq,
-                self.max_cells,
-            )
+            return box_convert(boxes, "cxcywh", "xyxy"), pred[:, 5:], pred[:, 4]
+
+        return self.rule.select(candidates, AssignInputs(targets, img_size, batch, aux, predict, self.max_cells))
 
     def _terms(
         self, levels: list[Tensor], positives: Candidates, targets: Tensor
@@ -266,7 +263,9 @@ class YoloLoss:
     ) -> Tensor:
         """Balanced sum over levels of the mean objectness BCE; target = IoU at positives, else 0."""
         obj = torch.zeros((), device=levels[0].device)
-        for balance, x, flat, iou in zip(self.balance, levels, flats, ious):
+        # strict=False: level_balance lists at most 5 levels (YOLOv7's table); more levels would
+        # get no objectness term, as before.
+        for balance, x, flat, iou in zip(self.balance, levels, flats, ious, strict=False):
             logits = x[..., 4].reshape(-1).float()
             target = torch.zeros_like(logits)
             target[flat] = iou

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.blocks import (
-    DownC, MP, SP, SPPCSPC, Block, Concat, Conv, RepConv, ReOrg, Shortcut, Upsample,
-)
+from models.blocks import MP, SP, SPPCSPC, Block, Concat, Conv, DownC, ReOrg, Shortcut, Upsample
 from models.csp import Bottleneck, BottleneckCSP, BottleneckCSPB
 from models.elan import EELAN, ELAN, MPConv
 from models.head import Detect
 from models.paper_blocks import OSA, CSPStage, ELANk, ResBlock
+from models.reparam import RepConv
 
 Entry = type[Block] | tuple[type[Block], dict[str, Any]]
 

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.blocks import Conv, RepConv
+from models.blocks import Block
 from models.head import Detect
-from models.parse import ModelConfig, load_model_config, parse_model, row_location
+from models.parse import load_model_config, parse_model, row_location
 from utils.config import ConfigError
 
 
@@ -96,7 +96,7 @@ class Model(nn.Module):
     def _body(self, x: torch.Tensor, check: bool = False) -> list[torch.Tensor]:
         """Run every layer but the head; returns the head's inputs. ``check`` names the failing row."""
         outs: list[torch.Tensor | None] = []
-        for i, (layer, f) in enumerate(zip(self.model[:-1], self.froms[:-1])):
+        for i, (layer, f) in enumerate(zip(self.model[:-1], self.froms[:-1], strict=True)):
             if i in self.dropped:
                 outs.append(None)
                 continue
@@ -118,8 +118,7 @@ class Model(nn.Module):
     @torch.no_grad()
     def fuse(self) -> Model:
         """Deployment form: BN folded into convs, RepConv merged, implicit layers folded into the
-        head convs, auxiliary heads and the layers only they use dropped; activations run in place
-        (the fused model is for inference: no autograd through it). Returns self."""
+        head convs, auxiliary heads and the layers only they use dropped. Returns self."""
         head = self.head
         if head.aux:
             lead = self.froms[-1][: head.nl]
@@ -127,13 +126,11 @@ class Model(nn.Module):
             for i in self.dropped:
                 self.model[i] = nn.Identity()
             self.froms[-1] = lead
-        for m in self.modules():
-            if isinstance(m, (Conv, RepConv, Detect)):
-                m.fuse()
-            if isinstance(m, (Conv, RepConv)) and hasattr(m.act, "inplace"):
-                # the activation then overwrites its conv's own fresh output instead of allocating
-                # one more feature map per layer (~10% of yolov7-tiny's CPU time at 640)
-                m.act.inplace = True
+        # Every Block's fuse() (a no-op unless the block overrides it), children before parents
+        # so that a block can build on its already-fused sub-blocks. Listed first: fuse() may
+        # replace submodules.
+        for m in [m for m in _post_order(self) if isinstance(m, Block)]:
+            m.fuse()
         return self
 
     def _needed(self, wanted: list[int]) -> set[int]:
@@ -170,6 +167,15 @@ def count_flops(model: nn.Module, img_size: int | tuple[int, int] = 640, ch: int
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         meta(torch.empty(1, ch, h, w, device="meta"))
     return counter.get_total_flops()
+
+
+def _post_order(module: nn.Module) -> list[nn.Module]:
+    """The submodules of ``module`` (itself excluded), each after all of its own submodules."""
+    out: list[nn.Module] = []
+    for child in module.children():
+        out += _post_order(child)
+        out.append(child)
+    return list({id(m): m for m in out}.values())  # a module shared by two parents once
 
 
 def unrolled_key_map(model: Model) -> dict[str, str]:

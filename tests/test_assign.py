@@ -28,7 +28,7 @@ def grid_anchors() -> torch.Tensor:
 
 
 def as_set(c: Candidates) -> set[tuple[int, ...]]:
-    return set(zip(*(f.tolist() for f in (c.target, c.image, c.level, c.anchor, c.gj, c.gi))))
+    return set(zip(*(f.tolist() for f in (c.target, c.image, c.level, c.anchor, c.gj, c.gi)), strict=False))
 
 
 def test_candidates_hand_computed():
@@ -64,7 +64,7 @@ def test_candidates_border_and_empty():
     targets = torch.tensor([[0, 0, 0.01, 0.01, 0.1, 0.1]])
     got = find_candidates(targets, grid_anchors(), GRIDS, 1, anchor_t=4.0, reach=1.0)
     assert (got.gi >= 0).all() and (got.gj >= 0).all()
-    assert {(gj, gi) for gj, gi in zip(got.gj.tolist(), got.gi.tolist())} == {(0, 0), (0, 1), (1, 0)}
+    assert {(gj, gi) for gj, gi in zip(got.gj.tolist(), got.gi.tolist(), strict=False)} == {(0, 0), (0, 1), (1, 0)}
     empty = find_candidates(torch.zeros(0, 6), grid_anchors(), GRIDS, 2, anchor_t=4.0)
     assert all(len(f) == 0 for f in empty)
 
@@ -96,7 +96,7 @@ def test_ota_hand_computed():
     targets = torch.tensor([[0, 0, 10, 10], [2, 0, 12, 10.0]])
     cls, obj = torch.zeros(4, 1), torch.zeros(4)
     got = ota_assign(anchors, targets, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long), preds, cls, obj, 1)
-    assert dict(zip(got.gi.tolist(), got.target.tolist())) == {0: 0, 1: 1, 2: 1, 3: 0}
+    assert dict(zip(got.gi.tolist(), got.target.tolist(), strict=False)) == {0: 0, 1: 1, 2: 1, 3: 0}
     # A alone: k = int(1 + .8 + .739 + .667) = 3 -> c0, c3, c2 but not c1
     got = ota_assign(anchors, targets[:1], torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), preds, cls, obj, 1)
     assert sorted(got.gi.tolist()) == [0, 2, 3]
@@ -115,7 +115,7 @@ def test_ota_contested_anchor_goes_to_cheapest_target_overall():
     targets = torch.tensor([[0, 0, 10, 9], [0, 0, 10, 9.5], [0, 0, 10, 10]])
     z = torch.zeros(3, dtype=torch.long)
     got = ota_assign(_hand_case(2), targets, z, z, preds, torch.zeros(2, 1), torch.zeros(2), 1)
-    assert dict(zip(got.gi.tolist(), got.target.tolist())) == {0: 2, 1: 2}
+    assert dict(zip(got.gi.tolist(), got.target.tolist(), strict=False)) == {0: 2, 1: 2}
 
 
 def test_ota_class_cost_can_win():
@@ -172,7 +172,7 @@ def _random_problem(seed: int, batch: int, per_image: int):
 
 
 def _keys(c: Candidates) -> set[tuple[int, int, int]]:
-    return set(zip(c.level.tolist(), c.flat.tolist(), c.target.tolist()))
+    return set(zip(c.level.tolist(), c.flat.tolist(), c.target.tolist(), strict=False))
 
 
 def test_ota_batch_equals_per_image_and_chunking():
@@ -180,7 +180,7 @@ def test_ota_batch_equals_per_image_and_chunking():
     targets, cands, boxes, preds, cls, obj = _random_problem(3, batch, 8)
     img, tcls = targets[:, 0].long(), targets[:, 1].long()
     whole = ota_assign(cands, boxes, tcls, img, preds, cls, obj, batch)
-    assert len(whole.flat) == len(set(zip(whole.level.tolist(), whole.flat.tolist())))  # one target per anchor
+    assert len(whole.flat) == len(set(zip(whole.level.tolist(), whole.flat.tolist(), strict=False)))  # one target per anchor
     assert (whole.image == img[whole.target]).all()
     per_image = set()
     for b in range(batch):
@@ -224,7 +224,7 @@ def test_ota_equals_plain_reference(seed, per_image, topq):
     targets, cands, boxes, preds, cls, obj = _random_problem(seed, 3, per_image)
     img, tcls = targets[:, 0].long(), targets[:, 1].long()
     got = ota_assign(cands, boxes, tcls, img, preds, cls, obj, 3, topq, max_cells=4000)
-    assert dict(zip(zip(got.level.tolist(), got.flat.tolist()), got.target.tolist())) == reference_ota(
+    assert dict(zip(zip(got.level.tolist(), got.flat.tolist(), strict=False), got.target.tolist(), strict=False)) == reference_ota(
         cands, boxes, tcls, img, preds, cls, obj, topq
     )
 

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from test_overfit import small_config
 
 from models.autoanchor import best_possible_recall, check_anchors, fit_ratio, kmean_anchors, label_sizes
 from models.yolo import Model
-from test_overfit import small_config
 
 
 def test_fit_ratio_and_bpr_hand_computed():

@@ -27,7 +27,7 @@ def _batches(loader) -> list[Batch]:
 def _same(a: list[Batch], b: list[Batch]) -> bool:
     return len(a) == len(b) and all(
         torch.equal(x.images, y.images) and torch.equal(x.targets, y.targets) and torch.equal(x.indices, y.indices)
-        for x, y in zip(a, b)
+        for x, y in zip(a, b, strict=False)
     )
 
 

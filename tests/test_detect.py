@@ -1,4 +1,4 @@
-"""detect.py and the Python inference API (engine.predictor): outputs on a folder and a video,
+"""detect.py and the Python inference API (engine.detect.predictor): outputs on a folder and a video,
 boxes in original pixels, --classes, and clear messages for bad input."""
 
 from __future__ import annotations
@@ -11,15 +11,22 @@ import numpy as np
 import pytest
 import torch
 from detect_fixtures import (  # noqa: F401 (one_thread: autouse fixture)
-    IMG_SIZE, NAMES, one_thread, run_script, small_model, write_checkpoint, write_images, write_video,
+    IMG_SIZE,
+    NAMES,
+    one_thread,
+    run_script,
+    small_model,
+    write_checkpoint,
+    write_images,
+    write_video,
 )
 
 import detect
 from data import letterbox, load_data_config
-from engine.backends import augmented_forward
-from engine.detect_run import DetectOptions, draw
-from engine.predictor import Detections, Predictor, batch_shape
-from engine.sources import Source, SourceError
+from engine.detect.backends import augmented_forward
+from engine.detect.predictor import Detections, Predictor, batch_shape
+from engine.detect.run import DetectOptions, draw
+from engine.detect.sources import Source, SourceError
 from utils.nms import non_max_suppression
 
 SIZES = [(96, 160), (200, 120), (128, 128)]  # (h, w): landscape, portrait, square
@@ -85,7 +92,7 @@ def test_folder_outputs(workdir: Path, folder_run: Path) -> None:
     entries = json.loads((folder_run / "detections.json").read_text())
     assert [Path(e["path"]).name for e in entries] == [f"img{i}.jpg" for i in range(len(SIZES))]
     predictor = Predictor(workdir / "weights.pt", device="cpu")
-    for i, ((h, w), entry) in enumerate(zip(SIZES, entries)):
+    for i, ((h, w), entry) in enumerate(zip(SIZES, entries, strict=False)):
         drawn = cv2.imread(str(folder_run / f"img{i}.jpg"))
         assert drawn is not None and drawn.shape[:2] == (h, w)
         assert (entry["height"], entry["width"]) == (h, w)

@@ -1,4 +1,4 @@
-"""export.py and engine.exporter: ONNX (static, dynamic, NMS inside) and TorchScript equal the
+"""export.py and engine.export.exporter: ONNX (static, dynamic, NMS inside) and TorchScript equal the
 PyTorch model; detect.py gives the same detections from the .onnx file as from the checkpoint."""
 
 from __future__ import annotations
@@ -11,14 +11,26 @@ import onnxruntime as ort
 import pytest
 import torch
 from detect_fixtures import (  # noqa: F401 (one_thread: autouse fixture)
-    IMG_SIZE, make_image, one_thread, run_script, small_model, write_checkpoint, write_images,
+    IMG_SIZE,
+    make_image,
+    one_thread,
+    run_script,
+    small_model,
+    write_checkpoint,
+    write_images,
 )
 
 import detect
-from engine.exporter import (
-    ExportError, check_detections, check_threshold, compare, export_model, export_onnx, sorted_detections,
+from engine.detect.predictor import Predictor
+from engine.export.exporter import (
+    ExportError,
+    check_detections,
+    check_threshold,
+    compare,
+    export_model,
+    export_onnx,
+    sorted_detections,
 )
-from engine.predictor import Predictor
 from utils.nms import non_max_suppression
 
 RTOL = 1e-4
@@ -111,7 +123,7 @@ def test_onnx_nms_gives_the_same_detections(dynamic_onnx: dict, model) -> None:
         refs = non_max_suppression(pred, conf, iou)
         assert sum(map(len, refs)) > 0
         dets = [out[out[:, 0] == i, 1:] for i in range(len(x))]
-        for det, ref in zip(dets, refs):
+        for det, ref in zip(dets, refs, strict=False):
             assert len(det) == len(ref)
             det, ref = sorted_detections(det), sorted_detections(ref)
             assert torch.equal(det[:, 5], ref[:, 5])
@@ -146,7 +158,7 @@ def test_static_batch_export_splits_and_pads_batches(exported: dict, model, tmp_
     ref = Predictor(exported["weights"], device="cpu").predict(images)
     got = Predictor(path, device="cpu").predict(images)
     assert [len(d) for d in got] == [len(d) for d in ref] and sum(map(len, ref)) > 0
-    for a, b in zip(got, ref):
+    for a, b in zip(got, ref, strict=False):
         np.testing.assert_allclose(a.as_array(), b.as_array(), rtol=RTOL, atol=1e-3)
 
 
@@ -176,8 +188,8 @@ def test_detect_with_onnx_equals_checkpoint(kind: str, exported: dict, dynamic_o
         save_dir = Path(json.loads(capsys.readouterr().out.splitlines()[-1])["save_dir"])
         results[name] = json.loads((save_dir / "detections.json").read_text())
     assert sum(len(e["detections"]) for e in results["pt"]) > 0
-    for a, b in zip(results["pt"], results[kind]):
+    for a, b in zip(results["pt"], results[kind], strict=False):
         assert [d["class"] for d in a["detections"]] == [d["class"] for d in b["detections"]]
-        for da, db in zip(a["detections"], b["detections"]):
+        for da, db in zip(a["detections"], b["detections"], strict=False):
             np.testing.assert_allclose(da["box"], db["box"], atol=0.02)
             assert da["score"] == pytest.approx(db["score"], abs=1e-4)

@@ -5,15 +5,25 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 from torch import nn
 
-from models.gradpath import (INPUT, analyse, analyse_model, format_table, main, save_plot,
-                             summarise, summary_line, trace_graph, write_csv)
+from models.gradpath import (
+    INPUT,
+    analyse,
+    analyse_model,
+    format_table,
+    main,
+    save_plot,
+    summarise,
+    summary_line,
+    trace_graph,
+    write_csv,
+)
 from models.paper_blocks import ResBlock, stop_gradient
 
 GRADPATH_CFG = Path(__file__).resolve().parents[1] / "cfg" / "gradpath"

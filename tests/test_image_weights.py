@@ -9,16 +9,16 @@ import pytest
 import torch
 from train_helpers import tiny_data, tiny_options
 
-import engine.train_data
-import engine.trainer
+import engine.train.data
+import engine.train.loop
 import train as train_cli
 from data import build_dataloader
 from data.image_weights import class_counts, class_weights, image_weights
 from data.samplers import WeightedIndexSampler
 from data.shapes import CLASSES
-from engine.train_options import TrainOptions
-from engine.train_setup import setup
-from engine.trainer import train
+from engine.train.loop import train
+from engine.train.options import TrainOptions
+from engine.train.setup import setup
 from utils.checkpoint import load_checkpoint
 from utils.config import ConfigError, Hyp
 from utils.torch_utils import DistInfo
@@ -131,12 +131,11 @@ def test_cli_trains_one_epoch_with_image_weights(data_root):
 @pytest.mark.slow
 def test_training_and_exact_resume_use_the_last_validation(data_root, monkeypatch):
     """Epoch 1 samples by the per-class mAPs of epoch 0's validation, also after --resume."""
-    real_evaluate = engine.train_data.evaluate_for_training
+    real_validate = engine.train.loop.validate
     fake_maps = [0.9, 0.0, 0.5, 0.2, 1.0]  # a freshly trained tiny model scores ~0; make the mAPs matter
-    monkeypatch.setattr(engine.train_data, "evaluate_for_training",
-                        lambda run, plots: (*real_evaluate(run, plots)[:2], fake_maps))
+    monkeypatch.setattr(engine.train.loop, "validate", lambda run, plots: (*real_validate(run, plots)[:2], fake_maps))
     drawn: dict[str, list[int]] = {}
-    real_step = engine.trainer.train_step
+    real_step = engine.train.loop.train_step
 
     def record(name):
         def step(run, batch, step):
@@ -145,23 +144,23 @@ def test_training_and_exact_resume_use_the_last_validation(data_root, monkeypatc
         return step
 
     options = dict(epochs=2, image_weights=True, seed=3)
-    monkeypatch.setattr(engine.trainer, "train_step", record("straight"))
+    monkeypatch.setattr(engine.train.loop, "train_step", record("straight"))
     straight = Path(train(tiny_options(data_root, name="straight", **options))["save_dir"])
 
-    real_save = engine.trainer.save_epoch
+    real_save = engine.train.loop.save_epoch
 
     def save_then_crash(run, epoch, improved):
         real_save(run, epoch, improved)
         raise Crash
 
-    monkeypatch.setattr(engine.trainer, "save_epoch", save_then_crash)
-    monkeypatch.setattr(engine.trainer, "train_step", record("first"))
+    monkeypatch.setattr(engine.train.loop, "save_epoch", save_then_crash)
+    monkeypatch.setattr(engine.train.loop, "train_step", record("first"))
     with pytest.raises(Crash):
         train(tiny_options(data_root, name="resumed", **options))
-    monkeypatch.setattr(engine.trainer, "save_epoch", real_save)
+    monkeypatch.setattr(engine.train.loop, "save_epoch", real_save)
     last = data_root / "runs" / "resumed" / "weights" / "last.pt"
     assert load_checkpoint(last)["class_maps"] == fake_maps
-    monkeypatch.setattr(engine.trainer, "train_step", record("resumed"))
+    monkeypatch.setattr(engine.train.loop, "train_step", record("resumed"))
     train(TrainOptions(resume=str(last), device="cpu"))
 
     _, dataset = build_dataloader(data_root / "shapes_tiny" / "images" / "train", NC, img_size=64)

@@ -4,12 +4,13 @@ import math
 
 import pytest
 import torch
+from test_overfit import one_thread, small_config  # noqa: F401 (one_thread is a fixture)
 from torch import nn
 from torchvision.ops import complete_box_iou, sigmoid_focal_loss
 
+from models.assign import ASSIGNERS, AssignRule
 from models.loss import YoloLoss, bce, level_balance, loss_gains
 from models.yolo import Model
-from test_overfit import one_thread, small_config  # noqa: F401 (one_thread is a fixture)
 from utils.config import Hyp
 
 ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
@@ -72,7 +73,7 @@ def test_finite_and_gradients_reach_every_level(ota, aux, n):
 
 
 @pytest.mark.parametrize("n", [0, 1, 40])
-def test_real_model_gradients_reach_every_head_conv(n, one_thread):
+def test_real_model_gradients_reach_every_head_conv(n, one_thread):  # noqa: F811 (the fixture)
     model = Model(small_config("IAuxDetect")).train()
     x = torch.rand(2, 3, 64, 64)
     targets = random_targets(n, 2, model.nc) if n != 1 else torch.tensor([[1, 0, 0.4, 0.6, 0.2, 0.3]])
@@ -161,7 +162,7 @@ def test_label_smoothing_targets():
 
 
 def _positive_set(c) -> set[tuple[int, int, int]]:
-    return set(zip(c.level.tolist(), c.flat.tolist(), c.target.tolist()))
+    return set(zip(c.level.tolist(), c.flat.tolist(), c.target.tolist(), strict=False))
 
 
 def test_aux_positives_superset_of_lead():
@@ -204,3 +205,26 @@ def test_collapsed_box_predictions_give_finite_loss(ota, dtype):
     assert torch.isfinite(loss) and torch.isfinite(items).all() and items[0] > 0
     loss.backward()
     assert all(torch.isfinite(x.grad).all() for x in raw)
+
+
+def test_assignment_rule_by_name_and_a_registered_new_rule(monkeypatch):
+    head = StandInHead()
+    raw = raw_outputs(head, batch=2, size=64, aux=True, seed=3)
+    targets = random_targets(8, 2, head.nc, seed=3)
+    for name, ota in (("ota", True), ("yolov5", False)):
+        by_name = YoloLoss(head, Hyp(), assigner=name)(raw, targets, (64, 64))[1]
+        assert torch.equal(by_name, YoloLoss(head, Hyp(), ota=ota)(raw, targets, (64, 64))[1])
+        assert YoloLoss(head, Hyp(loss_ota=ota)).assigner == name  # the hyp key selects the rule
+    # A new rule is one ASSIGNERS entry: here, only the centre-cell candidates are positives.
+    seen = []
+
+    def centre_only(candidates, inputs):
+        seen.append(inputs.aux_model)
+        return candidates
+
+    monkeypatch.setitem(ASSIGNERS, "centre", AssignRule(centre_only, lead_reach=0.0, aux_reach=0.0))
+    lead, aux = YoloLoss(head, Hyp(), assigner="centre").assign(raw, targets, (64, 64))
+    plain, _ = YoloLoss(head, Hyp(), assigner="yolov5").assign(raw, targets, (64, 64))
+    assert seen == [True, True] and len(lead.flat) < len(plain.flat) and _positive_set(lead) == _positive_set(aux)
+    with pytest.raises(ValueError, match="unknown assignment rule 'tal'.*ota, yolov5"):
+        YoloLoss(head, Hyp(), assigner="tal")

@@ -68,7 +68,7 @@ def one_thread():
 @pytest.mark.parametrize("head", ["Detect", "IAuxDetect"])
 def test_small_model_learns_four_images(head, one_thread):
     torch.manual_seed(0)
-    images, labels = zip(*(scene(s) for s in range(4)))
+    images, labels = zip(*(scene(s) for s in range(4)), strict=False)
     x = torch.stack(images)
     targets = torch.cat([torch.cat([torch.full((len(t), 1), float(i)), t], 1) for i, t in enumerate(labels)])
     model = Model(small_config(head))
@@ -87,7 +87,7 @@ def test_small_model_learns_four_images(head, one_thread):
     model.eval()
     with torch.no_grad():
         pred, _ = model(x)
-    for i, (t, det) in enumerate(zip(labels, non_max_suppression(pred, conf_thres=0.3, iou_thres=0.5))):
+    for i, (t, det) in enumerate(zip(labels, non_max_suppression(pred, conf_thres=0.3, iou_thres=0.5), strict=False)):
         boxes, cls = det[:, :4], det[:, 5].long()
         true = box_convert(t[:, 1:] * SIZE, "cxcywh", "xyxy")
         iou = box_iou(true, boxes) * (t[:, :1].long() == cls[None])  # same class only

@@ -18,15 +18,16 @@ import pytest
 import torch
 from train_helpers import TINY_MODEL, tiny_data, tiny_options
 
-import engine.optim
-import engine.train_setup
-import engine.trainer
+import engine.train.loop
+import engine.train.optim
+import engine.train.setup
 import train as train_cli
 from data.shapes import CLASSES
-from engine.predictor import Predictor
-from engine.train_options import TrainOptions
-from engine.trainer import NonFiniteLossError, train
-from engine.val_run import ValOptions, run_val
+from engine.detect.predictor import Predictor
+from engine.train.log import zero_metrics
+from engine.train.loop import NonFiniteLossError, train
+from engine.train.options import TrainOptions
+from engine.val.run import ValOptions, run_val
 from models.checkpoint_io import load_model
 from models.loss import YoloLoss
 from models.yolo import Model
@@ -50,7 +51,7 @@ def data_root(tmp_path_factory) -> Path:
 @pytest.fixture
 def small_nominal_batch(monkeypatch):
     """Nominal batch 8 instead of 64: a seconds-long run on 24 images then makes 3 steps per epoch."""
-    monkeypatch.setattr(engine.optim, "NOMINAL_BATCH", 8)
+    monkeypatch.setattr(engine.train.optim, "NOMINAL_BATCH", 8)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -95,17 +96,17 @@ def test_resume_is_exact(data_root, small_nominal_batch, monkeypatch):
     changes = dict(epochs=3, save_period=1, overrides=["warmup_epochs=0.5", "mixup=0", "paste_in=0", "loss_ota=false"])
     straight = Path(train(tiny_options(data_root, name="straight", **changes))["save_dir"])
 
-    real_save = engine.trainer.save_epoch
+    real_save = engine.train.loop.save_epoch
 
     def save_then_crash(run, epoch, improved):
         real_save(run, epoch, improved)
         if epoch == 0:
             raise Crash
 
-    monkeypatch.setattr(engine.trainer, "save_epoch", save_then_crash)
+    monkeypatch.setattr(engine.train.loop, "save_epoch", save_then_crash)
     with pytest.raises(Crash):
         train(tiny_options(data_root, name="resumed", **changes))
-    monkeypatch.setattr(engine.trainer, "save_epoch", real_save)
+    monkeypatch.setattr(engine.train.loop, "save_epoch", real_save)
     resumed_dir = data_root / "runs" / "resumed"
     assert load_checkpoint(resumed_dir / "weights" / "last.pt")["epoch"] == 0
     # --resume takes every option from the checkpoint (the device may change)
@@ -144,7 +145,7 @@ class NaNLoss(YoloLoss):
 
 def test_nonfinite_loss_skips_step(data_root, monkeypatch):
     monkeypatch.setattr(NaNLoss, "bad", {2, 3})
-    monkeypatch.setattr(engine.train_setup, "YoloLoss", NaNLoss)
+    monkeypatch.setattr(engine.train.setup, "YoloLoss", NaNLoss)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = train(tiny_options(data_root, name="nan_some", epochs=1))
@@ -157,8 +158,8 @@ def test_nonfinite_loss_skips_step(data_root, monkeypatch):
 
 def test_nonfinite_loss_stops_run(data_root, monkeypatch):
     monkeypatch.setattr(NaNLoss, "bad", None)
-    monkeypatch.setattr(engine.train_setup, "YoloLoss", NaNLoss)
-    monkeypatch.setattr(engine.trainer, "MAX_BAD_STEPS", 2)
+    monkeypatch.setattr(engine.train.setup, "YoloLoss", NaNLoss)
+    monkeypatch.setattr(engine.train.loop, "MAX_BAD_STEPS", 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(NonFiniteLossError, match="2 batches in a row"):
@@ -214,13 +215,9 @@ def test_resume_after_kill(data_root):
 def test_patience_counts_validated_epochs_only():
     """--notest epochs log fitness 0 (not validated): they must not trigger --patience, or a
     300-epoch --notest run would stop at epoch 100 without ever validating."""
-    from types import SimpleNamespace
-
     rows = [{"epoch": e, "fitness": 0.0} for e in range(3)]
-    unvalidated = SimpleNamespace(opt=SimpleNamespace(patience=2, notest=True), rows=rows)
-    assert not engine.trainer._patience_exhausted(unvalidated, 2)
-    validated = SimpleNamespace(opt=SimpleNamespace(patience=2, notest=False), rows=rows)
-    assert engine.trainer._patience_exhausted(validated, 2)
+    assert not engine.train.loop.patience_exhausted(rows, 2, patience=2, notest=True)
+    assert engine.train.loop.patience_exhausted(rows, 2, patience=2, notest=False)
 
 
 def test_img_size_not_a_stride_multiple_is_rounded_up(data_root, caplog):
@@ -234,7 +231,7 @@ def test_img_size_not_a_stride_multiple_is_rounded_up(data_root, caplog):
 
 def test_early_stop_with_nosave_still_saves_the_last_epoch(data_root, monkeypatch):
     """--nosave saves only the final epoch; a run stopped by --patience must count as final there."""
-    monkeypatch.setattr(engine.trainer, "validate", lambda run, plots: run.zero_metrics())
+    monkeypatch.setattr(engine.train.loop, "validate", lambda run, plots: (*zero_metrics(), run.class_maps))
     summary = train(tiny_options(data_root, name="stop_nosave", epochs=6, nosave=True, patience=1))
     rows = (Path(summary["save_dir"]) / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2  # header, epochs 0 and 1: stopped one epoch after the (flat) best

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 import train
-from engine.train_options import REPO, TrainOptions, find_resume_checkpoint, increment_path, load_hyp
+from engine.train.options import TrainOptions, find_resume_checkpoint, load_hyp
 from utils.config import ConfigError, Hyp, load
+from utils.paths import REPO, increment_path
 
 SHARED_HYP = Path(__file__).resolve().parents[2] / "shared" / "reference" / "yolov7" / "data"
 

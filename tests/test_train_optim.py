@@ -1,4 +1,4 @@
-"""engine.optim and engine.ema: parameter groups, schedules, warmup, EMA."""
+"""engine.train.optim and engine.train.ema: parameter groups, schedules, warmup, EMA."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.ema import ModelEMA
-from engine.optim import (
+from engine.train.ema import ModelEMA
+from engine.train.optim import (
     BIAS_GROUP,
     accumulation_steps,
     apply_warmup,

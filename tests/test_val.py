@@ -1,4 +1,4 @@
-"""engine/evaluator.py and val.py on an untrained checkpoint of a tiny shapes set (YOLO labels
+"""engine/val/evaluator.py and val.py on an untrained checkpoint of a tiny shapes set (YOLO labels
 and COCO json), checked against our metric on the same detections and against pycocotools."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,8 +19,8 @@ from train_helpers import TINY_MODEL, tiny_data
 import val
 from data import build_dataloader, load_data_config
 from data.shapes import CLASSES
-from engine.evaluator import TRAIN_METRICS, evaluate
-from engine.val_report import pycocotools_stats, save_coco_json
+from engine.val.evaluator import TRAIN_METRICS, evaluate
+from engine.val.report import pycocotools_stats, save_coco_json
 from models.loss import YoloLoss
 from models.yolo import Model
 from utils.coco_eval import STAT_NAMES, coco_evaluate
@@ -163,3 +164,21 @@ def test_ground_truth_with_image_ids_equal_to_dataset_indices(setup) -> None:
     renamed = ref._replace(image=torch.tensor([new_id[int(i)] for i in ref.image], dtype=torch.long))
     after = evaluate(setup["model"], loader, ground_truth=renamed)
     assert after.metrics == before.metrics and after.num_labels.tolist() == before.num_labels.tolist()
+
+
+def test_evaluate_restores_train_mode_when_the_forward_raises():
+    class Broken(torch.nn.Module):
+        nc = 1
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            raise RuntimeError("broken forward")
+
+    model = Broken().train()
+    batch = SimpleNamespace(images=torch.zeros(1, 3, 8, 8), targets=torch.zeros(0, 6))
+    with pytest.raises(RuntimeError, match="broken forward"):
+        evaluate(model, [batch])
+    assert model.training

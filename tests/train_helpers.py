@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from data.shapes import CLASSES, ShapesSpec, ensure_shapes
-from engine.train_options import TrainOptions
+from engine.train.options import TrainOptions
 
 # Two levels (strides 8 and 16), ~10k parameters: trains in seconds at 64-96 px.
 TINY_MODEL = {

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from utils.coco_eval import Detections, GroundTruth
+from utils.coco_match import Detections, GroundTruth
 from utils.errors import UserError
 
 

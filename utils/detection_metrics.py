@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from utils.coco_eval import Detections, GroundTruth, Matching, overlapping_pairs
+from utils.coco_match import Detections, GroundTruth, Matching, overlapping_pairs
 from utils.grouped_ops import take
 
 CONF_STEPS = 1000

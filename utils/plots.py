@@ -42,7 +42,7 @@ def draw_boxes(
     labelled with the class name (or index) and score when given."""
     img = np.ascontiguousarray(img).copy()
     lw = line_width or max(round(sum(img.shape[:2]) / 2 * 0.003), 1)
-    for i, (box, cls) in enumerate(zip(np.asarray(boxes, np.float64), classes)):
+    for i, (box, cls) in enumerate(zip(np.asarray(boxes, np.float64), classes, strict=False)):
         colour = class_colour(cls)
         p1, p2 = (int(box[0]), int(box[1])), (int(box[2]), int(box[3]))
         cv2.rectangle(img, p1, p2, colour, lw)  # axis-aligned: anti-aliasing would only blur it

@@ -18,38 +18,44 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engine.predictor import Detections, Predictor
-from engine.sources import Frame, Source
-from engine.train_options import increment_path
+from engine.detect.predictor import Detections, Predictor
+from engine.detect.sources import Frame, Source
 from utils.boxes import xyxy_to_cxcywh
+from utils.cli import option
+from utils.paths import increment_path
 from utils.plots import class_colour, draw_boxes
 
 
 @dataclass
 class DetectOptions:
-    """detect.py's flags (YOLOv7's names); see detect.py --help."""
+    """detect.py's flags (YOLOv7's names); see detect.py --help. '' weights / source: detect.py
+    picks the newest trained checkpoint / the shapes val images."""
 
-    weights: str
-    source: str
-    img_size: int | None = None
-    conf_thres: float = 0.25
-    iou_thres: float = 0.45
-    max_det: int = 300
-    device: str = ""
-    classes: list[int] | None = None
-    agnostic_nms: bool = False
-    augment: bool = False
-    batch_size: int = 8
-    save_txt: bool = False
-    save_conf: bool = False
-    save_json: bool = False
-    nosave: bool = False
-    project: str = "runs/detect"
-    name: str = "exp"
-    exist_ok: bool = False
-    line_thickness: int | None = None
-    hide_labels: bool = False
-    hide_conf: bool = False
+    weights: str = option("", "checkpoint, .onnx or .torchscript (default: newest runs/train/*/weights/best.pt "
+                          "or last.pt)")
+    source: str = option("", "image, folder, glob, .txt list, video, webcam index or URL (default: the built-in "
+                         "shapes val images)")
+    img_size: int | None = option(None, "inference size, longer side (default: the checkpoint's validation size, "
+                                  "else 640)", aliases=["--img"], at_least=32)
+    conf_thres: float = option(0.25, "score threshold", at_least=0.0, at_most=1.0)
+    iou_thres: float = option(0.45, "NMS IoU threshold", at_least=0.0, at_most=1.0)
+    max_det: int = option(300, "most detections per image", at_least=1)
+    device: str = option("", "'' (auto), cpu, 0 or mps")
+    classes: list[int] | None = option(None, "keep only these class indices", at_least=0)
+    agnostic_nms: bool = option(False, "NMS across classes")
+    augment: bool = option(False, "test-time augmentation (checkpoints only)")
+    batch_size: int = option(8, "images per forward (folders, lists)", at_least=1)
+    save_txt: bool = option(False, "write labels/*.txt (YOLO format)")
+    save_conf: bool = option(False, "add the score to --save-txt rows")
+    save_json: bool = option(False, "write detections.json (xyxy original pixels)")
+    nosave: bool = option(False, "do not write drawn images or videos")
+    project: str = option("runs/detect")
+    name: str = option("exp")
+    exist_ok: bool = option(False, "reuse project/name instead of incrementing")
+    line_thickness: int | None = option(None, "box line width in pixels", at_least=1)
+    hide_labels: bool = option(False, "draw boxes without labels")
+    hide_conf: bool = option(False, "draw labels without scores")
+    json: bool = option(False, "print the summary as one JSON object (last line)")
 
 
 def summary_line(det: Detections, names: list[str]) -> str:
@@ -69,7 +75,7 @@ def draw(image_bgr: np.ndarray, det: Detections, names: list[str], opt: DetectOp
     rgb = np.ascontiguousarray(image_bgr[..., ::-1])
     if opt.hide_labels:
         lw = opt.line_thickness or max(round(sum(rgb.shape[:2]) / 2 * 0.003), 1)
-        for box, cls in zip(det.boxes.astype(int), det.classes):
+        for box, cls in zip(det.boxes.astype(int), det.classes, strict=False):
             cv2.rectangle(rgb, tuple(box[:2]), tuple(box[2:]), class_colour(cls), lw, cv2.LINE_AA)
     else:
         rgb = draw_boxes(rgb, det.boxes, det.classes, None if opt.hide_conf else det.scores, names,
@@ -82,7 +88,7 @@ def label_lines(det: Detections, save_conf: bool) -> list[str]:
     h, w = det.shape
     xywh = xyxy_to_cxcywh(det.boxes) / np.array([w, h, w, h], np.float32)
     rows = []
-    for cls, box, score in zip(det.classes, xywh, det.scores):
+    for cls, box, score in zip(det.classes, xywh, det.scores, strict=False):
         values = [f"{v:.6f}" for v in box] + ([f"{score:.6f}"] if save_conf else [])
         rows.append(" ".join([str(int(cls))] + values))
     return rows
@@ -98,7 +104,7 @@ def json_entry(frame: Frame, det: Detections, names: list[str]) -> dict:
         "detections": [
             {"class": int(c), "name": names[int(c)] if int(c) < len(names) else str(int(c)),
              "score": round(float(s), 5), "box": [round(float(v), 2) for v in b]}
-            for b, s, c in zip(det.boxes, det.scores, det.classes)
+            for b, s, c in zip(det.boxes, det.scores, det.classes, strict=False)
         ],
     }
 
@@ -154,7 +160,7 @@ def run_detect(opt: DetectOptions, predictor: Predictor | None = None) -> dict:
             results = predictor.predict([f.image for f in batch])
             elapsed = time.perf_counter() - start
             seconds += elapsed
-            for frame, det in zip(batch, results):
+            for frame, det in zip(batch, results, strict=False):
                 images += 1
                 totals.update(int(c) for c in det.classes)
                 h, w = det.shape

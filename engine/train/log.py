@@ -10,8 +10,11 @@ from typing import Any
 
 import torch
 
+from engine.val.evaluator import TRAIN_METRICS
+
 LOSS_NAMES = ("box_loss", "obj_loss", "cls_loss")
-METRIC_NAMES = ("precision", "recall", "mAP_0.5", "mAP_0.5:0.95")
+# The metrics a training logs are the evaluation's TRAIN_METRICS: results.csv columns,
+# TensorBoard tags and results.png panels all derive from these two tuples.
 
 
 def fitness(map50: float, map50_95: float) -> float:
@@ -25,15 +28,26 @@ def epoch_row(
     """One results.csv row.
 
     ``train_losses`` / ``val_losses``: [>=3] mean (box, obj, cls, ...) per image of the epoch;
-    ``metrics``: keys of METRIC_NAMES; ``lrs``: the learning rate of each parameter group.
+    ``metrics``: keys of TRAIN_METRICS; ``lrs``: the learning rate of each parameter group.
     """
     row: dict[str, float] = {"epoch": epoch}
     row.update({f"train/{n}": float(v) for n, v in zip(LOSS_NAMES, train_losses.tolist(), strict=False)})
-    row.update({f"metrics/{n}": float(metrics[n]) for n in METRIC_NAMES})
+    row.update({f"metrics/{n}": float(metrics[n]) for n in TRAIN_METRICS})
     row.update({f"val/{n}": float(v) for n, v in zip(LOSS_NAMES, val_losses.tolist(), strict=False)})
     row.update({f"x/lr{i}": lr for i, lr in enumerate(lrs)})
     row["fitness"] = fitness(metrics["mAP_0.5"], metrics["mAP_0.5:0.95"])
     return row
+
+
+def result_panels() -> tuple[str, ...]:
+    """The results.csv columns results.png plots: train losses, metrics, val losses."""
+    return (tuple(f"train/{n}" for n in LOSS_NAMES) + tuple(f"metrics/{n}" for n in TRAIN_METRICS)
+            + tuple(f"val/{n}" for n in LOSS_NAMES))
+
+
+def zero_metrics() -> tuple[dict[str, float], torch.Tensor]:
+    """Metrics and val losses [3] of an epoch that was not validated (--notest)."""
+    return {n: 0.0 for n in TRAIN_METRICS}, torch.zeros(len(LOSS_NAMES))
 
 
 def write_results_csv(rows: list[dict[str, float]], path: Path) -> None:

@@ -1,6 +1,6 @@
 """The training loop: one epoch at a time, validation of the EMA model, checkpoints, resume, DDP.
 
-``train(opt)`` is the whole job behind train.py. Pieces are built in ``engine/train_setup.py``
+``train(opt)`` is the whole job behind train.py. Pieces are built in ``engine/train/setup.py``
 (model, data, optimizer, ...); this module runs them. Exact resume rests on three things:
 every epoch reseeds all RNGs from (seed, epoch, rank), so its sampler order and augmentations do
 not depend on what ran before (--image-weights adds the per-class mAPs of the last validation,
@@ -11,21 +11,28 @@ and a checkpoint holds the raw and EMA weights, the optimizer, scaler and all ro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import math
+import random
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from data import Batch
-from engine.optim import apply_warmup, warmup_iterations
-from engine.train_log import epoch_row, progress_header, progress_line, write_results_csv
-from engine.train_options import TrainOptions
-from engine.train_setup import Run, set_sampling, setup, validate
+from data import Batch, DetectionLoader
+from engine.train.data import set_dataset_mosaic, set_image_weights
+from engine.train.log import epoch_row, progress_header, progress_line, write_results_csv, zero_metrics
+from engine.train.optim import apply_warmup, warmup_iterations
+from engine.train.options import TrainOptions
+from engine.train.plots import plot_results, plot_train_batch
+from engine.train.setup import Run, setup
+from engine.train.validation import evaluate_for_training
 from utils.checkpoint import (
     CHECKPOINT_VERSION,
     rng_state,
@@ -43,6 +50,7 @@ from utils.torch_utils import (
     memory_string,
     seed_everything,
     select_device,
+    unwrap,
 )
 
 LOG = logging.getLogger(__name__)
@@ -84,12 +92,15 @@ def fit(run: Run, t0: float | None = None) -> dict[str, Any]:
         stop = False
         if run.info.is_main:
             final = epoch == opt.epochs - 1
-            metrics, val_losses = validate(run, plots=final) if (not opt.notest or final) else run.zero_metrics()
+            if not opt.notest or final:
+                metrics, val_losses, run.class_maps = validate(run, plots=final)
+            else:
+                metrics, val_losses = zero_metrics()
             row = epoch_row(epoch, train_losses, metrics, val_losses, lrs)
             run.rows.append(row)
             improved = row["fitness"] > run.best_fitness
             run.best_fitness = max(run.best_fitness, row["fitness"])
-            stop = _patience_exhausted(run, epoch)
+            stop = patience_exhausted(run.rows, epoch, patience=opt.patience, notest=opt.notest)
             if not opt.nosave or final or stop:  # --nosave still keeps the run's last epoch
                 save_epoch(run, epoch, improved)
             write_results_csv(run.rows, run.save_dir / "results.csv")
@@ -101,20 +112,61 @@ def fit(run: Run, t0: float | None = None) -> dict[str, Any]:
     return finish(run, epoch, time.time() - t0)
 
 
-def _patience_exhausted(run: Run, epoch: int) -> bool:
-    """True when the best fitness is more than ``--patience`` epochs old. Never with --notest:
-    its epochs are not validated (fitness 0), so no epoch can show a gain."""
-    if not run.rows or run.opt.notest:
+def patience_exhausted(rows: list[dict[str, float]], epoch: int, *, patience: int, notest: bool) -> bool:
+    """True when the best fitness in ``rows`` (results rows so far) is more than ``patience`` epochs
+    old at ``epoch``. Never with --notest: its epochs are not validated (fitness 0), so no epoch can
+    show a gain."""
+    if not rows or notest:
         return False
-    best_epoch = max(run.rows, key=lambda r: r["fitness"])["epoch"]
-    return epoch - best_epoch >= run.opt.patience
+    best_epoch = max(rows, key=lambda r: r["fitness"])["epoch"]
+    return epoch - best_epoch >= patience
+
+
+def validate(run: Run, plots: bool = False) -> tuple[dict[str, float], torch.Tensor, list[float]]:
+    """Evaluate the EMA model on the val split (rank 0): (metrics of TRAIN_METRICS, val losses [3],
+    per-class mAP@.5:.95 [nc] for --image-weights)."""
+    return evaluate_for_training(run.ema.module, run.val_loader, run.val_loss_fn, single_cls=run.opt.single_cls,
+                                 names=run.names, save_dir=run.save_dir, tb=run.tb, step=len(run.rows), plots=plots)
+
+
+def set_sampling(loader: DetectionLoader, epoch: int, opt: TrainOptions, nc: int, class_maps: list[float]) -> None:
+    """This epoch's data: mosaic off for the last --close-mosaic epochs (also when resuming past
+    them) and, with --image-weights, the image sampling weights from the last validation."""
+    set_dataset_mosaic(loader, epoch, opt.epochs, opt.close_mosaic)
+    if opt.image_weights:
+        set_image_weights(loader, nc, class_maps)
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (bf16 or fp16), nothing on CPU."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype)
+
+
+def prepare_images(
+    images: torch.Tensor, *, multi_scale: bool, base_size: int, stride: int, channels_last: bool
+) -> torch.Tensor:
+    """Multi-scale resize (--multi-scale: 0.5x..1.5x ``base_size``, ``stride`` multiples) and memory format.
+
+    images: float [B, 3, H, W] in 0..1. Targets are normalised, so they need no change.
+    """
+    if multi_scale:
+        size = random.randrange(int(base_size * 0.5), int(base_size * 1.5) + stride) // stride * stride
+        scale = size / max(images.shape[2:])
+        if scale != 1:
+            new = [math.ceil(x * scale / stride) * stride for x in images.shape[2:]]
+            images = F.interpolate(images, size=new, mode="bilinear", align_corners=False)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
 
 
 def train_one_epoch(run: Run, epoch: int) -> torch.Tensor:
     """One pass over the training set; returns the mean (box, obj, cls, total) loss per batch [4]."""
     opt, hyp = run.opt, run.hyp
     seed_everything(opt.seed + 10_000 * epoch + run.info.rank)
-    set_sampling(run, epoch)
+    set_sampling(run.train_loader, epoch, opt, run.nc, run.class_maps)
     run.train_loader.set_epoch(epoch)  # shuffle order and augmentation stream of this epoch
     run.model.train()
     nb = len(run.train_loader)
@@ -149,7 +201,7 @@ def train_one_epoch(run: Run, epoch: int) -> torch.Tensor:
                 epoch, opt.epochs, memory_string(run.device), mean_losses, len(batch.targets), batch.images.shape[-1]
             ))
             if epoch == 0 and i < N_BATCH_PLOTS:
-                run.plot_train_batch(batch, i)
+                plot_train_batch(batch, i, save_dir=run.save_dir, names=run.names, tb=run.tb)
     return mean_losses.cpu()
 
 
@@ -160,8 +212,10 @@ def train_step(run: Run, batch: Batch, step: bool) -> torch.Tensor | None:
     finite on any process (then nothing is backpropagated, so every DDP process skips alike).
     """
     model = run.model
-    images = run.prepare_images(batch.images.to(run.device, non_blocking=True).float().div_(255))
-    with run.autocast():
+    images = prepare_images(batch.images.to(run.device, non_blocking=True).float().div_(255),
+                            multi_scale=run.opt.multi_scale, base_size=run.opt.img_size[0],
+                            stride=int(unwrap(model).stride.max()), channels_last=run.channels_last)
+    with autocast(run.device, run.amp_dtype):
         loss, items = run.loss_fn(model(images), batch.targets.to(run.device), tuple(images.shape[-2:]))
     if run.info.world_size > 1:
         loss = loss * run.info.world_size  # DDP averages gradients; YOLOv7's loss is a sum over images
@@ -175,20 +229,20 @@ def train_step(run: Run, batch: Batch, step: bool) -> torch.Tensor | None:
         run.scaler.update()
         run.optimizer.zero_grad(set_to_none=True)
         if run.ema is not None:
-            run.ema.update(run.bare_model)
+            run.ema.update(unwrap(model))
     return items
 
 
 def make_checkpoint(run: Run, epoch: int) -> dict[str, Any]:
     """The checkpoint dict after ``epoch`` (schema: docs/design.md, "Checkpoint contract")."""
-    bare = run.bare_model
+    bare = unwrap(run.model)
     return {
         "model": {k: v.detach().clone() for k, v in run.ema.module.state_dict().items()},
         "train_model": {k: v.detach().clone() for k, v in bare.state_dict().items()},
         "model_cfg": bare.yaml,
         "names": list(run.names),
         "nc": run.nc,
-        "hyp": run.hyp_dict(),
+        "hyp": dataclasses.asdict(run.hyp),
         "opt": run.opt.to_dict(),
         "epoch": epoch,
         "best_fitness": run.best_fitness,
@@ -227,7 +281,7 @@ def finish(run: Run, last_epoch: int, seconds: float) -> dict[str, Any]:
     for name in ("last.pt", "best.pt"):
         if (weights / name).is_file():
             strip_checkpoint(weights / name)
-    run.plot_results()
+    plot_results(run.save_dir / "results.csv")
     if run.tb is not None:
         run.tb.close()
     best = max(run.rows, key=lambda r: r["fitness"]) if run.rows else {}

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
+from data import Batch, DetectionLoader
+from engine.train.log import TensorBoardLog, result_panels
+
 LOG = logging.getLogger(__name__)
 
-RESULT_PANELS = (
-    "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
-    "val/box_loss", "val/obj_loss", "val/cls_loss", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95",
-)
+def panel_grid(n: int, max_cols: int = 5) -> tuple[int, int]:
+    """(rows, columns) of a grid for ``n`` panels: at most ``max_cols`` wide (10 panels: 2 x 5)."""
+    cols = max(1, min(n, max_cols))
+    return math.ceil(n / cols), cols
 
 
 def plot_results(csv_path: Path) -> Path | None:
@@ -29,8 +33,12 @@ def plot_results(csv_path: Path) -> Path | None:
     if not rows:
         return None
     epochs = [int(float(r["epoch"])) for r in rows]
-    fig, axes = plt.subplots(2, 5, figsize=(15, 6), tight_layout=True)
-    for ax, key in zip(axes.ravel(), RESULT_PANELS, strict=True):
+    panels = result_panels()
+    n_rows, n_cols = panel_grid(len(panels))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3 * n_cols, 3 * n_rows), tight_layout=True, squeeze=False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    for ax, key in zip(axes.ravel(), panels, strict=False):
         ax.plot(epochs, [float(r[key]) for r in rows], marker=".", linewidth=1.5)
         ax.set_title(key, fontsize=10)
         ax.set_xlabel("epoch")
@@ -41,17 +49,18 @@ def plot_results(csv_path: Path) -> Path | None:
     return out
 
 
-def plot_train_batch(run: Any, batch: Any, index: int) -> None:
-    """train_batch<index>.jpg (images with their target boxes) and the same image in TensorBoard."""
+def plot_train_batch(batch: Batch, index: int, *, save_dir: Path, names: list[str], tb: TensorBoardLog | None) -> None:
+    """train_batch<index>.jpg (images with their target boxes) and, for the first, the same image
+    in TensorBoard."""
     from utils.plots import plot_images
 
-    path = run.save_dir / f"train_batch{index}.jpg"
-    image = plot_images(batch.images, batch.targets, paths=batch.paths, names=run.names, fname=path)
-    if run.tb is not None and index == 0:
-        run.tb.image("train_batch", image, 0)
+    path = save_dir / f"train_batch{index}.jpg"
+    image = plot_images(batch.images, batch.targets, paths=batch.paths, names=names, fname=path)
+    if tb is not None and index == 0:
+        tb.image("train_batch", image, 0)
 
 
-def plot_labels(loader: Any, names: list[str], save_dir: Path) -> None:
+def plot_labels(loader: DetectionLoader, names: list[str], save_dir: Path) -> None:
     """labels.jpg: class counts and box statistics of the training labels."""
     from utils.plots import plot_labels as draw
 

@@ -21,7 +21,8 @@ from utils.coco_eval import CocoResult, Detections, GroundTruth, accumulate, mat
 from utils.detection_metrics import F1Result, best_f1, confusion_matrix
 from utils.nms import non_max_suppression
 
-# Keys the trainer logs (engine/train_log.py METRIC_NAMES); COCO's 12 numbers are added under
+# The one list of the metrics a training logs: results.csv columns, TensorBoard tags and
+# results.png panels derive from it (engine/train/log.py). COCO's 12 numbers are added under
 # their STAT_NAMES.
 TRAIN_METRICS = ("precision", "recall", "mAP_0.5", "mAP_0.5:0.95")
 
@@ -101,6 +102,7 @@ def _detections(dets: list[Tensor], keys: list[int], device: torch.device) -> De
 def evaluate(
     model: nn.Module,
     loader,
+    *,
     loss_fn: Callable | None = None,
     conf_thres: float = 0.001,
     iou_thres: float = 0.65,
@@ -120,12 +122,37 @@ def evaluate(
     ``ground_truth``: score against these boxes instead of the dataset's labels (val.py passes
     a COCO json's own boxes and segment areas, so the numbers equal pycocotools on that file);
     its ``image`` must hold the dataset's image ids; only the evaluated images are kept.
+    The model's train / eval mode is restored afterwards, also when this raises.
     """
     was_training = model.training
     model.eval()
+    try:
+        run = _predict(model, loader, loss_fn=loss_fn, conf_thres=conf_thres, iou_thres=iou_thres,
+                       max_det=max_det, single_cls=single_cls, augment=augment, on_batch=on_batch)
+    finally:
+        model.train(was_training)
+    nc = 1 if single_cls else int(model.nc)
+    return _score(run, loader.dataset, nc=nc, single_cls=single_cls, ground_truth=ground_truth,
+                  n_batches=max(len(loader), 1))
+
+
+@dataclass
+class _Predictions:
+    """What the forward passes of an evaluation gave: detections per image in original pixels
+    [n, 6] (x1, y1, x2, y2, score, class), their dataset indices, summed losses [3], seconds [3]."""
+
+    detections: list[Tensor]
+    indices: list[int]
+    losses: Tensor
+    times: np.ndarray
+    device: torch.device
+
+
+def _predict(model: nn.Module, loader, *, loss_fn: Callable | None, conf_thres: float, iou_thres: float,
+             max_det: int, single_cls: bool, augment: bool, on_batch: BatchHook | None) -> _Predictions:
+    """Forward, (loss,) NMS and hook over every batch of ``loader``; ``model`` is in eval mode."""
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    nc = 1 if single_cls else int(model.nc)
     losses = torch.zeros(3, device=device)
     times = np.zeros(3)
     all_dets, indices = [], []
@@ -151,10 +178,13 @@ def evaluate(
             on_batch(batch, dets, original)
         all_dets += original
         indices += batch.indices.tolist()
-    if was_training:
-        model.train()
+    return _Predictions(all_dets, indices, losses, times, device)
 
-    dataset = loader.dataset
+
+def _score(run: _Predictions, dataset, *, nc: int, single_cls: bool, ground_truth: GroundTruth | None,
+           n_batches: int) -> EvalResult:
+    """Match the predictions against the ground truth and compute every number of EvalResult."""
+    indices, device = run.indices, run.device
     keys = image_keys(dataset, indices)
     if ground_truth is None:
         gt = dataset_ground_truth(dataset, indices, keys, device)
@@ -165,31 +195,32 @@ def evaluate(
         gt = GroundTruth(*(t[inside].to(device) for t in ground_truth))
     if single_cls:  # also when the loader kept the classes
         gt = gt._replace(category=torch.zeros_like(gt.category))
-    dt = _detections(all_dets, keys, device)
+    dt = _detections(run.detections, keys, device)
     matching = match(gt, dt, nc)
     precision, recall = accumulate(matching)
     coco = CocoResult(precision, recall, summarize(precision, recall))
     f1 = best_f1(matching)
     stats = coco.as_dict()
     has_gt = f1.has_gt
-    metrics = {
-        "precision": float(f1.precision[has_gt].mean()) if has_gt.any() else 0.0,
-        "recall": float(f1.recall[has_gt].mean()) if has_gt.any() else 0.0,
-        "mAP_0.5": max(stats["AP50"], 0.0),
-        "mAP_0.5:0.95": max(stats["AP"], 0.0),
-    }
+    values = (
+        float(f1.precision[has_gt].mean()) if has_gt.any() else 0.0,
+        float(f1.recall[has_gt].mean()) if has_gt.any() else 0.0,
+        max(stats["AP50"], 0.0),
+        max(stats["AP"], 0.0),
+    )
+    metrics = dict(zip(TRAIN_METRICS, values, strict=True))
     metrics.update(stats)
     num_labels = torch.bincount(gt.category[~gt.crowd], minlength=nc)[:nc]
     n = max(len(indices), 1)
     return EvalResult(
         metrics=metrics,
-        losses=losses.cpu() / max(len(loader), 1),
+        losses=run.losses.cpu() / n_batches,
         coco=coco,
         f1=f1,
         confusion=confusion_matrix(gt, dt, nc),
         num_images=len(indices),
         num_labels=num_labels,
-        speed_ms=tuple(float(t) * 1e3 / n for t in times),
+        speed_ms=tuple(float(t) * 1e3 / n for t in run.times),
         gt=gt,
         detections=dt,
     )

@@ -13,71 +13,51 @@ import torch
 
 from data import build_dataloader, load_data_config
 from data.sources import is_coco_json
-from engine.evaluator import EvalResult, evaluate, image_keys
-from engine.train_options import increment_path
-from engine.val_report import (
+from engine.val.batch_plots import batch_hook
+from engine.val.evaluator import EvalResult, evaluate, image_keys
+from engine.val.report import (
     format_stats,
     pycocotools_stats,
     results_table,
     save_coco_json,
     save_plots,
-    write_label_files,
 )
 from models import load_model
+from utils.cli import option
 from utils.coco_eval import GroundTruth, coco_evaluate
 from utils.coco_json import load_detections, load_ground_truth
-from utils.plots import plot_images
+from utils.paths import increment_path
 from utils.torch_utils import select_device
 
 LOG = logging.getLogger("val")
-# Batches drawn as test_batch{i}_labels.jpg / _pred.jpg.
-PLOTTED_BATCHES = 3
 
 
 @dataclass
 class ValOptions:
-    """val.py's command line (YOLOv7 test.py flags)."""
+    """val.py's command line (YOLOv7 test.py flags); ``plots`` is for the Python API only."""
 
-    weights: str = ""
-    data: str = "shapes"
-    batch_size: int = 32
-    img_size: int = 640
-    conf_thres: float = 0.001
-    iou_thres: float = 0.65
-    task: str = "val"  # val, test or speed
-    device: str = ""
-    single_cls: bool = False
-    augment: bool = False
-    verbose: bool = False
-    save_txt: bool = False
-    save_conf: bool = False
-    save_json: bool = False
-    project: str = "runs/val"
-    name: str = "exp"
-    exist_ok: bool = False
-    workers: int = 0
-    plots: bool = True
-
-
-def batch_hook(save_dir: Path, names: list[str], opt: ValOptions):
-    """An ``evaluate`` ``on_batch`` hook that draws the first PLOTTED_BATCHES batches
-    (``opt.plots``) and writes label files (``opt.save_txt``) under ``save_dir``."""
-    state = {"batch": 0}
-
-    def hook(batch, dets_input, dets_original) -> None:
-        i = state["batch"]
-        state["batch"] += 1
-        if opt.save_txt:
-            write_label_files(dets_original, batch.paths, batch.shapes, save_dir / "labels", opt.save_conf)
-        if opt.plots and i < PLOTTED_BATCHES:
-            plot_images(batch.images, batch.targets, batch.paths, names, save_dir / f"test_batch{i}_labels.jpg")
-            rows = [torch.cat([torch.full((len(d), 1), j, dtype=d.dtype, device=d.device), d[:, 5:6],
-                               (d[:, :2] + d[:, 2:4]) / 2, d[:, 2:4] - d[:, :2], d[:, 4:5]], 1)
-                    for j, d in enumerate(dets_input)]
-            preds = torch.cat(rows).cpu() if rows else torch.zeros(0, 7)
-            plot_images(batch.images, preds, batch.paths, names, save_dir / f"test_batch{i}_pred.jpg")
-
-    return hook
+    weights: str = option("", "checkpoint (.pt) to evaluate")
+    data: str = option("shapes", "data-set YAML or built-in name (default: shapes)")
+    batch_size: int = option(32, at_least=1)
+    img_size: int = option(640, "inference size (pixels)", aliases=["--img"], at_least=32)
+    conf_thres: float = option(0.001, "object confidence threshold", at_least=0.0, at_most=1.0)
+    iou_thres: float = option(0.65, "IoU threshold for NMS", at_least=0.0, at_most=1.0)
+    task: str = option("val", choices=["val", "test", "speed"])
+    device: str = option("", "'' (cuda if available, else cpu), cpu, 0, ...")
+    single_cls: bool = option(False, "treat every class as one")
+    augment: bool = option(False, "test-time augmentation (flips and scales)")
+    verbose: bool = option(False, "per-class table")
+    save_txt: bool = option(False, "save detections as YOLO label files")
+    save_conf: bool = option(False, "add the score to --save-txt labels")
+    save_json: bool = option(False, "save a COCO results json (and check it with pycocotools)")
+    project: str = option("runs/val")
+    name: str = option("exp")
+    exist_ok: bool = option(False, "reuse project/name instead of incrementing it")
+    workers: int = option(0, "data-loader workers", at_least=0)
+    gt: str | None = option(None, "COCO ground-truth json (with --dt: score a results file, no model)")
+    dt: str | None = option(None, "COCO results json to score against --gt")
+    json: bool = option(False, "print one JSON object with the numbers as the last line")
+    plots: bool = option(True, cli=False)
 
 
 def run_val(opt: ValOptions) -> dict:
@@ -99,7 +79,8 @@ def run_val(opt: ValOptions) -> dict:
     save_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     result = evaluate(model, loader, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres, single_cls=opt.single_cls,
-                      augment=opt.augment, on_batch=batch_hook(save_dir, names, opt),
+                      augment=opt.augment, on_batch=batch_hook(save_dir, names, plots=opt.plots, save_txt=opt.save_txt,
+                                                                 save_conf=opt.save_conf),
                       ground_truth=_coco_ground_truth(sources, dataset, opt.single_cls, device))
     seconds = time.perf_counter() - start
     print(results_table(result, names, per_class=opt.verbose or (len(names) < 50 and len(names) > 1)))

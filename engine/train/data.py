@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-import torch
 
 from data import DataConfig, DetectionLoader, build_dataloader, load_data_config
 from data.image_weights import image_weights
-from engine.train_options import TrainOptions
-from models.loss import YoloLoss
+from engine.train.options import TrainOptions
 from models.yolo import Model
 from utils.config import Hyp
 from utils.torch_utils import DistInfo, barrier
@@ -80,28 +76,3 @@ def check_anchors(model: Model, loader: DetectionLoader, hyp: Hyp, img_size: int
     else:
         LOG.info("autoanchor: best possible recall %.4f, %.2f anchors per label: anchors kept",
                  result.bpr, result.anchors_per_label)
-
-
-def evaluate_for_training(run: Any, plots: bool) -> tuple[dict[str, float], torch.Tensor, list[float]]:
-    """Validate ``run.ema.module`` with val.py's evaluation: (metrics of METRIC_NAMES, val losses [3],
-    per-class mAP@.5:.95 [nc], a class without val labels taking the overall one as in YOLOv7).
-
-    The validation loss uses the plain (non-OTA) assignment, as val.py does. With ``plots``
-    (final epoch) val.py's pictures go to the run folder and the first predictions to TensorBoard.
-    """
-    from engine.evaluator import TRAIN_METRICS, evaluate
-    from engine.val_report import save_plots
-    from engine.val_run import ValOptions, batch_hook
-
-    model = run.ema.module
-    if run.val_loss_fn is None:
-        run.val_loss_fn = YoloLoss(model.head, run.hyp, ota=False, train_size=run.opt.img_size[0])
-    hook = batch_hook(run.save_dir, run.names, ValOptions(plots=True)) if plots else None
-    result = evaluate(model, run.val_loader, loss_fn=run.val_loss_fn, single_cls=run.opt.single_cls, on_batch=hook)
-    if plots:
-        save_plots(result, run.names, run.save_dir)
-        run.log_image("val_predictions", run.save_dir / "test_batch0_pred.jpg")
-    # YOLOv7 weighs images by per-class mAP@.5:.95 (classes without val labels: the overall one)
-    _, ap = result.coco.per_class_ap()
-    class_maps = torch.where(ap < 0, result.metrics["mAP_0.5:0.95"], ap).tolist()
-    return {k: result.metrics[k] for k in TRAIN_METRICS}, result.losses, class_maps

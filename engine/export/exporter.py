@@ -21,8 +21,8 @@ import onnx
 import torch
 from torch import nn
 
-from engine.backends import METADATA_KEY, Metadata
-from engine.onnx_nms import NmsInputs, append_nms
+from engine.detect.backends import METADATA_KEY, Metadata
+from engine.export.onnx_nms import NmsInputs, append_nms
 from utils.errors import UserError
 from utils.nms import non_max_suppression
 
@@ -62,19 +62,19 @@ class ExportResult:
 
 def metadata(model: nn.Module, img_size: tuple[int, int], batch: int, dynamic: bool,
              nms_options: dict | None = None) -> Metadata:
-    """The self-description stored in an exported file (read back by engine.backends)."""
+    """The self-description stored in an exported file (read back by engine.detect.backends)."""
     return Metadata(names=list(model.names), stride=int(model.stride.max()),
                     img_size=None if dynamic else tuple(img_size), batch=None if dynamic else batch,
                     nms=nms_options is not None, nms_options=nms_options or {}, default_img_size=max(img_size))
 
 
-def export_onnx(model: nn.Module, path: Path, img_size: tuple[int, int], batch: int = 1, dynamic: bool = False,
+def export_onnx(model: nn.Module, path: Path, img_size: tuple[int, int], *, batch: int = 1, dynamic: bool = False,
                 nms: bool = False, conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 300,
                 agnostic: bool = False, opset: int = 18, exporter: str = "dynamo") -> Path:
     """Write ``model`` (eval mode, fused) to ``path`` as ONNX.
 
     Input ``images`` float [B, 3, H, W] in 0..1. Output ``pred`` [B, N, 5 + nc] decoded, or
-    with ``nms`` ``detections`` [K, 7] (see engine.onnx_nms). ``dynamic`` frees B, H and W
+    with ``nms`` ``detections`` [K, 7] (see engine.export.onnx_nms). ``dynamic`` frees B, H and W
     (H, W multiples of the stride). ``exporter``: 'dynamo' (torch.export, the maintained path)
     or 'torchscript' (the deprecated tracer, ~10x faster to export, same outputs).
     """
@@ -170,7 +170,7 @@ def sorted_detections(det: torch.Tensor) -> torch.Tensor:
 def check_detections(name: str, dets: list[torch.Tensor], refs: list[torch.Tensor]) -> float:
     """Same detections per image (count, classes exact; boxes and scores within tolerance)."""
     worst = 0.0
-    for i, (det, ref) in enumerate(zip(dets, refs)):
+    for i, (det, ref) in enumerate(zip(dets, refs, strict=False)):
         if len(det) != len(ref):
             raise ExportError(f"{name}: image {i}: {len(det)} detections, PyTorch NMS gives {len(ref)}")
         det, ref = sorted_detections(det), sorted_detections(ref)
@@ -192,13 +192,13 @@ def check_threshold(pred: torch.Tensor, count: int = 100) -> float:
 
 
 def check_export(path: Path, model: nn.Module, x: torch.Tensor, nms_options: dict | None = None) -> tuple[str, float]:
-    """Run the exported file on ``x`` through engine.backends and compare it with ``model``.
+    """Run the exported file on ``x`` through engine.detect.backends and compare it with ``model``.
 
     Raw outputs must agree within RTOL; an NMS graph must give the same detections as
     utils.nms on the PyTorch outputs, at a threshold low enough for boxes to compare even from
     an untrained model (see check_threshold). Returns (a description of the check passed, max abs diff).
     """
-    from engine.backends import load_backend  # the reader of exported files, as detect.py uses it
+    from engine.detect.backends import load_backend  # the reader of exported files, as detect.py uses it
 
     backend = load_backend(path, x.device)
     with torch.no_grad():
@@ -215,7 +215,7 @@ def check_export(path: Path, model: nn.Module, x: torch.Tensor, nms_options: dic
     return f"same {count} detections as PyTorch + utils.nms at conf {conf:.3g} (max abs diff {diff:.2e})", diff
 
 
-def export_model(model: nn.Module, stem: Path, formats: list[str], img_size: tuple[int, int], batch: int = 1,
+def export_model(model: nn.Module, stem: Path, formats: list[str], img_size: tuple[int, int], *, batch: int = 1,
                  dynamic: bool = False, nms: bool = False, conf_thres: float = 0.25, iou_thres: float = 0.45,
                  max_det: int = 300, agnostic: bool = False, opset: int = 18, exporter: str = "dynamo"
                  ) -> list[ExportResult]:
@@ -227,8 +227,9 @@ def export_model(model: nn.Module, stem: Path, formats: list[str], img_size: tup
     results = []
     for fmt in formats:
         if fmt == "onnx":
-            path = export_onnx(model, stem.with_suffix(".onnx"), img_size, batch, dynamic, nms, conf_thres,
-                               iou_thres, max_det, agnostic, opset, exporter)
+            path = export_onnx(model, stem.with_suffix(".onnx"), img_size, batch=batch, dynamic=dynamic, nms=nms,
+                               conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, agnostic=agnostic,
+                               opset=opset, exporter=exporter)
             options = {"iou_thres": iou_thres, "max_det": max_det, "agnostic": agnostic} if nms else None
         elif fmt == "torchscript":
             path = export_torchscript(model, stem.with_suffix(".torchscript"), img_size, batch)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from engine.evaluator import EvalResult
+from engine.val.evaluator import EvalResult
 from utils.coco_eval import RECALL_THRESHOLDS, STAT_NAMES
 from utils.coco_json import detections_to_json
 from utils.metric_plots import plot_confidence_curve, plot_confusion_matrix, plot_pr_curve

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from data import letterbox
-from engine.backends import BackendError, load_backend
-from engine.sources import read_image
+from engine.detect.backends import BackendError, load_backend
+from engine.detect.sources import read_image
 from utils.boxes import letterbox_to_original
 from utils.nms import non_max_suppression
 from utils.torch_utils import select_device
@@ -145,7 +145,7 @@ class Predictor:
             return []
         x, undo = self.preprocess(images)
         results = []
-        for det, (gains, pad, shape) in zip(self._run_fixed_batch(x), undo):
+        for det, (gains, pad, shape) in zip(self._run_fixed_batch(x), undo, strict=False):
             det = det.detach().cpu().float().numpy()
             boxes = letterbox_to_original(det[:, :4], gains, pad, shape) if len(det) else det[:, :4]
             results.append(Detections(boxes.astype(np.float32), det[:, 4].astype(np.float32),

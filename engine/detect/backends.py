@@ -4,7 +4,7 @@ decoded predictions [B, N, 5 + nc] (cx, cy, w, h input pixels, obj, class probs)
 files exported with NMS in the graph, per-image detections [n, 6] (x1, y1, x2, y2, score, class).
 
 Exported files carry a JSON metadata block (names, stride, input shape, whether NMS is inside),
-written by engine/exporter.py, so a file is self-describing.
+written by engine/export/exporter.py, so a file is self-describing.
 """
 
 from __future__ import annotations

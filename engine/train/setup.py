@@ -1,52 +1,47 @@
 """Everything a training run is built from, gathered in ``Run``; ``setup`` builds it from options.
 
-Kept apart from the loop (engine/trainer.py) so that the loop reads as the recipe and this
+Kept apart from the loop (engine/train/loop.py) so that the loop reads as the recipe and this
 file as the wiring: options -> model, data, loss, optimizer, EMA, logs, resume state.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from engine.ema import ModelEMA
-from engine.optim import accumulation_steps, build_optimizer, lr_lambda, scaled_weight_decay
-from engine.train_data import build_train_loader, build_val_loader, set_dataset_mosaic, set_image_weights
-from engine.train_log import METRIC_NAMES, TensorBoardLog, write_results_csv
-from engine.train_options import (
-    DEFAULT_CFG,
-    TrainOptions,
-    find_resume_checkpoint,
-    increment_path,
-    load_hyp,
-    resolve_path,
-)
+from data import DetectionLoader
+from engine.train.data import build_train_loader, build_val_loader, check_anchors, load_data
+from engine.train.ema import ModelEMA
+from engine.train.log import TensorBoardLog, write_results_csv
+from engine.train.optim import accumulation_steps, build_optimizer, lr_lambda, scaled_weight_decay
+from engine.train.options import DEFAULT_CFG, TrainOptions, find_resume_checkpoint, load_hyp
+from engine.train.plots import plot_labels
+from engine.train.validation import validation_loss
 from models.checkpoint_io import model_from_checkpoint, transfer_weights
 from models.loss import YoloLoss
 from models.yolo import Model
 from utils.checkpoint import load_checkpoint, set_rng_state
 from utils.config import ConfigError, Hyp, from_mapping
-from utils.torch_utils import DistInfo, barrier, seed_everything, unwrap
+from utils.paths import increment_path, resolve_path
+from utils.torch_utils import DistInfo, barrier, seed_everything
 
 LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class Run:
-    """The state of one training process (rank). ``save_dir``, ``ema``, ``val_loader`` and ``tb``
-    exist on rank 0 only (None elsewhere)."""
+    """The state of one training process (rank): plain data that ``setup`` fills and the loop
+    (engine/train/loop.py) reads and updates; nothing else writes into it. ``save_dir``, ``ema``,
+    ``val_loader``, ``val_loss_fn`` and ``tb`` exist on rank 0 only (None elsewhere)."""
 
     opt: TrainOptions
     hyp: Hyp
@@ -61,8 +56,8 @@ class Run:
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
     loss_fn: YoloLoss
-    train_loader: Any
-    val_loader: Any
+    train_loader: DetectionLoader
+    val_loader: DetectionLoader | None
     nc: int
     names: list[str]
     batch_size: int  # per process
@@ -72,78 +67,8 @@ class Run:
     rows: list[dict[str, float]] = dataclasses.field(default_factory=list)
     tb: TensorBoardLog | None = None
     channels_last: bool = False
-    val_loss_fn: YoloLoss | None = None  # built on first validation (rank 0)
+    val_loss_fn: YoloLoss | None = None  # plain (non-OTA) assignment, on the EMA model (rank 0)
     class_maps: list[float] = dataclasses.field(default_factory=list)  # per-class mAP@.5:.95, last validation
-
-    @property
-    def bare_model(self) -> Model:
-        return unwrap(self.model)
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed precision on CUDA (bf16 or fp16), nothing on CPU."""
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Multi-scale resize (--multi-scale: 0.5x..1.5x, stride multiples) and memory format.
-
-        images: float [B, 3, H, W] in 0..1. Targets are normalised, so they need no change.
-        """
-        if self.opt.multi_scale:
-            gs = int(self.bare_model.stride.max())
-            base = self.opt.img_size[0]
-            size = random.randrange(int(base * 0.5), int(base * 1.5) + gs) // gs * gs
-            scale = size / max(images.shape[2:])
-            if scale != 1:
-                new = [math.ceil(x * scale / gs) * gs for x in images.shape[2:]]
-                images = F.interpolate(images, size=new, mode="bilinear", align_corners=False)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
-
-    def hyp_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.hyp)
-
-    def zero_metrics(self) -> tuple[dict[str, float], torch.Tensor]:
-        """Metrics of an epoch that was not validated (--notest)."""
-        return {n: 0.0 for n in METRIC_NAMES}, torch.zeros(3)
-
-    def plot_train_batch(self, batch: Any, index: int) -> None:
-        """train_batch<index>.jpg and its TensorBoard image (rank 0, first epoch)."""
-        from engine.train_plots import plot_train_batch
-
-        plot_train_batch(self, batch, index)
-
-    def log_image(self, tag: str, path: Path) -> None:
-        """Add the picture at ``path`` (if written) to TensorBoard at the current epoch."""
-        from engine.train_plots import read_rgb
-
-        if self.tb is not None and path.is_file():
-            self.tb.image(tag, read_rgb(path), len(self.rows))
-
-    def plot_results(self) -> None:
-        """results.png from results.csv."""
-        from engine.train_plots import plot_results
-
-        plot_results(self.save_dir / "results.csv")
-
-
-def validate(run: Run, plots: bool = False) -> tuple[dict[str, float], torch.Tensor]:
-    """Evaluate the EMA model on the val split: (metrics of METRIC_NAMES, val losses [3]); keeps the
-    per-class mAP@.5:.95 in ``run.class_maps`` for --image-weights."""
-    from engine.train_data import evaluate_for_training
-
-    metrics, losses, run.class_maps = evaluate_for_training(run, plots)
-    return metrics, losses
-
-
-def set_sampling(run: Run, epoch: int) -> None:
-    """This epoch's data: mosaic off for the last --close-mosaic epochs (also when resuming past
-    them) and, with --image-weights, the image sampling weights from the last validation."""
-    set_dataset_mosaic(run.train_loader, epoch, run.opt.epochs, run.opt.close_mosaic)
-    if run.opt.image_weights:
-        set_image_weights(run.train_loader, run.nc, run.class_maps)
 
 
 def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
@@ -165,8 +90,6 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     hyp = from_mapping(Hyp, ckpt["hyp"], str(opt.resume)) if ckpt is not None else load_hyp(opt)
     batch_size = opt.batch_size // info.world_size
     seed_everything(opt.seed + info.rank, opt.deterministic)
-    from engine.train_data import load_data
-
     data_cfg = load_data(opt, info)
     nc, names = (1, ["item"]) if opt.single_cls else (data_cfg.nc, list(data_cfg.names))
     model = _build_model(opt, nc, names, ckpt).to(device)
@@ -183,8 +106,6 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     train_loader = build_train_loader(opt, hyp, data_cfg, info, batch_size, stride, pin)
     val_loader = build_val_loader(opt, data_cfg, batch_size, stride, pin) if info.is_main else None
     if ckpt is None and not opt.noautoanchor and info.is_main:
-        from engine.train_data import check_anchors
-
         check_anchors(model, train_loader, hyp, opt.img_size[0], opt.seed)
     accumulate = accumulation_steps(opt.batch_size)
     optimizer = build_optimizer(model, opt.optimizer, hyp, scaled_weight_decay(hyp.weight_decay, opt.batch_size))
@@ -193,12 +114,13 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     amp_dtype = _amp_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = ModelEMA(model) if info.is_main else None
+    val_loss_fn = validation_loss(ema.module, hyp, opt.img_size[0]) if ema is not None else None
     run = Run(
         opt=opt, hyp=hyp, info=info, device=device, save_dir=save_dir if info.is_main else None, model=model,
         ema=ema, optimizer=optimizer, scheduler=scheduler, lf=lf, scaler=scaler, amp_dtype=amp_dtype,
         loss_fn=YoloLoss(model.head, hyp, train_size=opt.img_size[0]), train_loader=train_loader,
         val_loader=val_loader, nc=nc, names=names, batch_size=batch_size, accumulate=accumulate,
-        channels_last=channels_last, class_maps=[0.0] * nc,
+        channels_last=channels_last, class_maps=[0.0] * nc, val_loss_fn=val_loss_fn,
     )
     if ckpt is not None:
         _restore(run, ckpt)
@@ -206,8 +128,6 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     if info.is_main:
         run.tb = TensorBoardLog(save_dir, run.start_epoch)
         if ckpt is None:
-            from engine.train_plots import plot_labels
-
             plot_labels(train_loader, names, save_dir)
     return run
 

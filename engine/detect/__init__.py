@@ -1,0 +1,14 @@
+"""Inference (detect.py, and the Python API): ``Predictor`` runs a checkpoint / .onnx / .torchscript
+on images; ``run_detect`` is detect.py's whole job over a ``Source``.
+
+Modules: ``predictor`` (the API), ``backends`` (PyTorch / ONNX Runtime / TorchScript readers),
+``sources`` (images, folders, videos, streams), ``run`` (detect.py's job: draw, save).
+"""
+
+from engine.detect.backends import BackendError, load_backend
+from engine.detect.predictor import Detections, Predictor
+from engine.detect.run import DetectOptions, run_detect
+from engine.detect.sources import Source, SourceError
+
+__all__ = ["BackendError", "DetectOptions", "Detections", "Predictor", "Source", "SourceError", "load_backend",
+           "run_detect"]

@@ -1,0 +1,31 @@
+"""export.py's flags, declared once (the parser is derived from them by utils.cli)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from utils.cli import option
+
+FORMATS = ("onnx", "torchscript")
+
+
+@dataclass
+class ExportOptions:
+    """What export.py is run with; see export.py --help."""
+
+    weights: str = option("", "checkpoint of this project", required=True)
+    include: list[str] = option(list(FORMATS), choices=FORMATS)
+    img_size: list[int] | None = option(None, "input size: H [W] (default: the checkpoint's validation size)",
+                                        aliases=["--img"], at_least=32)
+    batch_size: int = option(1, "batch size of the traced input", at_least=1)
+    device: str = option("cpu", "cpu or a CUDA index (the export traces on it)")
+    dynamic: bool = option(False, "ONNX: dynamic batch, height and width")
+    nms: bool = option(False, "ONNX: NonMaxSuppression inside the graph")
+    conf_thres: float = option(0.25, "--nms default score threshold", at_least=0.0, at_most=1.0)
+    iou_thres: float = option(0.45, "--nms default IoU threshold", at_least=0.0, at_most=1.0)
+    max_det: int = option(300, "--nms boxes kept per image and class", at_least=1)
+    agnostic_nms: bool = option(False, "--nms across classes")
+    opset: int = option(18, "ONNX opset (>= 17)")
+    onnx_exporter: str = option("dynamo", "torch.onnx.export path: dynamo (torch.export, default) or torchscript "
+                                "(deprecated tracer, much faster to export)", choices=["dynamo", "torchscript"])
+    json: bool = option(False, "print the results as one JSON object (last line)")

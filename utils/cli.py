@@ -1,0 +1,177 @@
+"""Command lines derived from option dataclasses: each option is declared once, as a field.
+
+A field made with :func:`option` carries its default, help, aliases, choices, value range and
+argparse shape in its metadata; :func:`build_parser` turns the dataclass into an
+``argparse.ArgumentParser`` and :func:`parse_options` into an instance. A value outside the
+declared range or choices is argparse's usage error (exit 2, ``prog: error: argument --x: ...``).
+:func:`check_ranges` applies the same ranges to an instance built in Python (``ConfigError``).
+
+The flag is the field name with ``_`` turned into ``-`` (``img_size`` -> ``--img-size``); the
+type comes from the annotation: ``bool`` is a store_true switch, ``list[T]`` takes one or more
+values (``nargs="+"``), ``T | None`` is ``T`` with a default of None.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from utils.config import ConfigError
+
+T = TypeVar("T")
+_KEY = "cli"
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """How one option appears on the command line (see :func:`option`)."""
+
+    help: str = ""
+    aliases: tuple[str, ...] = ()
+    choices: tuple[Any, ...] | None = None
+    at_least: float | None = None  # inclusive lower bound of each value
+    at_most: float | None = None  # inclusive upper bound
+    below: float | None = None  # exclusive upper bound
+    nargs: str | None = None  # overrides the one the type implies
+    const: Any = None  # value when the flag stands without one (with nargs="?")
+    shortcuts: tuple[tuple[str, Any], ...] = ()  # extra flags that store a constant, e.g. --adam
+    positional: bool = False
+    metavar: str | None = None
+    required: bool = False
+    cli: bool = True  # False: an option of the API only, no flag
+
+    def range_error(self, value: Any) -> str | None:
+        """Why ``value`` (one item) is outside this flag's range or choices, or None."""
+        if self.choices is not None and value not in self.choices:
+            return f"must be one of {', '.join(map(repr, self.choices))}, got {value!r}"
+        if self.at_least is not None and value < self.at_least:
+            return f"must be >= {self.at_least:g}, got {value}"
+        if self.at_most is not None and value > self.at_most:
+            return f"must be <= {self.at_most:g}, got {value}"
+        if self.below is not None and value >= self.below:
+            return f"must be < {self.below:g}, got {value}"
+        return None
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",  # noqa: A002 - argparse's own name for it
+    *,
+    aliases: Sequence[str] = (),
+    choices: Sequence[Any] | None = None,
+    at_least: float | None = None,
+    at_most: float | None = None,
+    below: float | None = None,
+    nargs: str | None = None,
+    const: Any = None,
+    shortcuts: dict[str, Any] | None = None,
+    positional: bool = False,
+    metavar: str | None = None,
+    required: bool = False,
+    cli: bool = True,
+) -> Any:
+    """A dataclass field with its command-line declaration; a list default is copied per instance."""
+    flag = Flag(help=help, aliases=tuple(aliases), choices=None if choices is None else tuple(choices),
+                at_least=at_least, at_most=at_most, below=below, nargs=nargs, const=const,
+                shortcuts=tuple((shortcuts or {}).items()), positional=positional, metavar=metavar,
+                required=required, cli=cli)
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={_KEY: flag})
+    return dataclasses.field(default=default, metadata={_KEY: flag})
+
+
+def flag_of(field: dataclasses.Field) -> Flag:
+    """The declaration of ``field`` (a plain field counts as an undocumented flag)."""
+    return field.metadata.get(_KEY, Flag())
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    return "--" + field.name.replace("_", "-")
+
+
+def _base_type(annotation: Any) -> tuple[type, bool]:
+    """(item type, is a list) of an annotation such as ``int``, ``list[int] | None``."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def _checked(kind: type, flag: Flag) -> Callable[[str], Any]:
+    """argparse ``type=``: convert, then apply the declared range (ArgumentTypeError -> exit 2)."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        why = flag.range_error(value) if flag.choices is None else None  # choices: argparse's own message
+        if why:
+            raise argparse.ArgumentTypeError(why)
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
+    """The argparse parser of the option dataclass ``cls``; defaults are the fields' defaults."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        flag = flag_of(field)
+        if not flag.cli:
+            continue
+        kind, many = _base_type(hints[field.name])
+        kwargs: dict[str, Any] = {"help": flag.help}
+        if field.default is not dataclasses.MISSING:
+            kwargs["default"] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            kwargs["default"] = field.default_factory()
+        if kind is bool:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = _checked(kind, flag)
+            nargs = flag.nargs or ("+" if many else None)
+            if nargs:
+                kwargs["nargs"] = nargs
+            if flag.const is not None:
+                kwargs["const"] = flag.const
+            if flag.choices is not None:
+                kwargs["choices"] = list(flag.choices)
+            if flag.metavar:
+                kwargs["metavar"] = flag.metavar
+        if flag.positional:
+            parser.add_argument(field.name, **kwargs)
+        else:
+            parser.add_argument(flag_name(field), *flag.aliases, dest=field.name, required=flag.required, **kwargs)
+        for shortcut, value in flag.shortcuts:
+            parser.add_argument(shortcut, dest=field.name, action="store_const", const=value,
+                                help=f"same as {flag_name(field)} {value}")
+    return parser
+
+
+def namespace_to(cls: type[T], namespace: argparse.Namespace) -> T:
+    """The ``cls`` instance of a parsed namespace (every flag is a field: nothing is filtered)."""
+    return cls(**vars(namespace))
+
+
+def parse_options(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None) -> T:
+    """Parse ``argv`` (default: sys.argv[1:]) into a ``cls`` instance."""
+    return namespace_to(cls, build_parser(cls, description).parse_args(argv))
+
+
+def check_ranges(options: Any) -> None:
+    """Raise ConfigError naming the flag when a field of ``options`` is outside its declared range."""
+    for field in dataclasses.fields(options):
+        flag = flag_of(field)
+        value = getattr(options, field.name)
+        for item in value if isinstance(value, list) else [value]:
+            why = None if item is None else flag.range_error(item)
+            if why:
+                raise ConfigError(f"{flag_name(field)} {why}")
