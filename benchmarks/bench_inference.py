@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", nargs="+", type=int, default=[1], help="CPU thread counts")
     p.add_argument("--mode", nargs="+", default=["model"], choices=["model", "e2e"])
     p.add_argument("--data", default="shapes", help="data set whose train split calibrates the INT8 files")
-    p.add_argument("--calib", type=int, default=64, help="INT8 calibration images")
+    p.add_argument("--calib", type=int, default=32, help="INT8 calibration images (latency does not depend on them)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs (TorchScript and OpenVINO optimise in them)")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--json", action="store_true", help="print all rows as one JSON object (last line)")
