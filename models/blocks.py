@@ -141,10 +141,20 @@ class Conv(Block):
         return self.act(self.bn(self.conv(x)))
 
     def fuse(self) -> None:
-        """Fold the BatchNorm into the convolution (eval-mode statistics)."""
+        """Fold the BatchNorm into the convolution (eval-mode statistics); the activation then
+        runs in place (inference only)."""
         if isinstance(self.bn, nn.BatchNorm2d):
             self.conv = fuse_conv_bn(self.conv, self.bn)
             self.bn = nn.Identity()
+        inplace_act(self.act)
+
+
+def inplace_act(act: nn.Module) -> None:
+    """Let a fused block's activation overwrite its convolution's own fresh output instead of
+    allocating one more feature map per layer (~10% of yolov7-tiny's eager CPU time at 640).
+    Only for the fused, inference form: no autograd runs through it."""
+    if hasattr(act, "inplace"):
+        act.inplace = True
 
 
 def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,7 +238,13 @@ class MP(Block):
 
 
 class SP(MP):
-    """Max pooling with stride ``s`` and 'same' padding (the SPP branches of yolov7-tiny)."""
+    """Max pooling with stride ``s`` and 'same' padding (the SPP branches of yolov7-tiny).
+
+    At stride 1 the k x k window runs as a k x 1 then a 1 x k pooling: the maximum over a
+    rectangle is the maximum of its column maxima, and both pad with -inf, so the result is
+    identical while each pixel costs 2k comparisons instead of k^2 (the 5 / 9 / 13 pools were a
+    quarter of yolov7-tiny's CPU time at 640).
+    """
 
     def __init__(self, channels: int, k: int = 3, s: int = 1) -> None:
         Block.__init__(self)
@@ -238,6 +254,13 @@ class SP(MP):
     @classmethod
     def from_yaml(cls, ctx: RowContext, k: int = 3, s: int = 1) -> SP:
         return cls(ctx.c1, k, s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, p = self.m.kernel_size, self.m.padding
+        if self.m.stride != 1 or not isinstance(k, int):
+            return self.m(x)
+        x = nn.functional.max_pool2d(x, (k, 1), 1, (p, 0))
+        return nn.functional.max_pool2d(x, (1, k), 1, (0, p))
 
 
 class ReOrg(Block):

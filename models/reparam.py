@@ -13,7 +13,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.blocks import ActSpec, Block, RowContext, autopad, bn_scale_shift, fuse_conv_bn, make_act
+from models.blocks import (
+    ActSpec,
+    Block,
+    RowContext,
+    autopad,
+    bn_scale_shift,
+    fuse_conv_bn,
+    inplace_act,
+    make_act,
+)
 
 
 class RepConv(Block):
@@ -69,6 +78,7 @@ class RepConv(Block):
         dense.bias.copy_(bias)
         self.rbr_reparam = dense
         self.rbr_dense = self.rbr_1x1 = self.rbr_identity = None
+        inplace_act(self.act)
 
 
 class ImplicitA(nn.Module):

@@ -1,4 +1,4 @@
-"""The Python inference API: weights (checkpoint, .torchscript or .onnx) in, boxes out.
+"""The Python inference API: weights (checkpoint, .torchscript, .onnx or OpenVINO) in, boxes out.
 
     predictor = Predictor("runs/train/exp/weights/best.pt", img_size=640)
     for det in predictor(["a.jpg", image_bgr]):
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from data import letterbox
-from engine.detect.backends import BackendError, load_backend
+from engine.detect.backends import BackendError, call_fixed_batch, load_backend
 from engine.detect.sources import read_image
 from utils.boxes import letterbox_to_original
 from utils.nms import non_max_suppression
@@ -64,15 +64,18 @@ class Predictor:
     ``img_size`` (longer side of the network input) defaults to the size the checkpoint was
     validated at during training, or the size a file was exported at. ``classes`` keeps only
     those class indices; ``agnostic`` runs NMS across classes;
-    ``augment`` enables test-time augmentation (PyTorch checkpoints only).
+    ``augment`` enables test-time augmentation (PyTorch checkpoints only); ``backend`` overrides
+    what runs the file (engine.detect.backends.BACKENDS: an .onnx file on 'openvino'); ``threads``
+    the CPU threads of onnxruntime / OpenVINO (None: all cores).
     Raises BackendError naming the file when the weights are unusable.
     """
 
     def __init__(self, weights: str | Path, device: str = "", img_size: int | None = None, conf_thres: float = 0.25,
                  iou_thres: float = 0.45, classes: Sequence[int] | None = None, agnostic: bool = False,
-                 max_det: int = 300, augment: bool = False) -> None:
+                 max_det: int = 300, augment: bool = False, backend: str = "auto", threads: int | None = None
+                 ) -> None:
         self.device = select_device(device)
-        self.backend = load_backend(weights, self.device)
+        self.backend = load_backend(weights, self.device, backend, threads)
         self.meta = self.backend.meta
         self.names = self.meta.names
         self.stride = self.meta.stride
@@ -124,20 +127,6 @@ class Predictor:
             det = det[torch.isin(det[:, 5], torch.tensor(self.classes, dtype=det.dtype, device=det.device))]
         return det[det[:, 4].argsort(descending=True)][: self.max_det]
 
-    def _run_fixed_batch(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Split or pad a batch to a static export's batch size."""
-        fixed = self.meta.batch
-        if fixed is None or fixed == len(x):
-            return self._detect(x)
-        results = []
-        for i in range(0, len(x), fixed):
-            chunk = x[i:i + fixed]
-            n = len(chunk)
-            if n < fixed:
-                chunk = torch.cat([chunk, chunk.new_zeros((fixed - n, *chunk.shape[1:]))])
-            results += self._detect(chunk)[:n]
-        return results
-
     @torch.no_grad()
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detect on BGR uint8 [h, w, 3] images (OpenCV order); one Detections per image."""
@@ -145,7 +134,7 @@ class Predictor:
             return []
         x, undo = self.preprocess(images)
         results = []
-        for det, (gains, pad, shape) in zip(self._run_fixed_batch(x), undo, strict=False):
+        for det, (gains, pad, shape) in zip(call_fixed_batch(self._detect, x, self.meta.batch), undo, strict=True):
             det = det.detach().cpu().float().numpy()
             boxes = letterbox_to_original(det[:, :4], gains, pad, shape) if len(det) else det[:, :4]
             results.append(Detections(boxes.astype(np.float32), det[:, 4].astype(np.float32),

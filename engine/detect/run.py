@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.detect.backends import BACKENDS
 from engine.detect.predictor import Detections, Predictor
 from engine.detect.sources import Frame, Source
 from utils.boxes import xyxy_to_cxcywh
@@ -31,8 +32,8 @@ class DetectOptions:
     """detect.py's flags (YOLOv7's names); see detect.py --help. '' weights / source: detect.py
     picks the newest trained checkpoint / the shapes val images."""
 
-    weights: str = option("", "checkpoint, .onnx or .torchscript (default: newest runs/train/*/weights/best.pt "
-                          "or last.pt)")
+    weights: str = option("", "checkpoint, .onnx, .torchscript or OpenVINO .xml / folder (default: newest "
+                          "runs/train/*/weights/best.pt or last.pt)")
     source: str = option("", "image, folder, glob, .txt list, video, webcam index or URL (default: the built-in "
                          "shapes val images)")
     img_size: int | None = option(None, "inference size, longer side (default: the checkpoint's validation size, "
@@ -45,6 +46,8 @@ class DetectOptions:
     classes: list[int] | None = option(None, "keep only these class indices", at_least=0)
     agnostic_nms: bool = option(False, "NMS across classes")
     augment: bool = option(False, "test-time augmentation (checkpoints only)")
+    backend: str = option("auto", "what runs --weights (default: by its kind; an .onnx file may also run on "
+                          "openvino)", choices=BACKENDS)
     batch_size: int = option(8, "images per forward (folders, lists)", at_least=1)
     save_txt: bool = option(False, "write labels/*.txt (YOLO format)")
     save_conf: bool = option(False, "add the score to --save-txt rows")
@@ -147,7 +150,7 @@ def run_detect(opt: DetectOptions, predictor: Predictor | None = None) -> dict:
     (save_dir, images, detections, per-class counts, ms_per_image, skipped, files)."""
     source = Source(opt.source, opt.batch_size)  # first: a bad source fails before the model loads
     predictor = predictor or Predictor(opt.weights, opt.device, opt.img_size, opt.conf_thres, opt.iou_thres,
-                                       opt.classes, opt.agnostic_nms, opt.max_det, opt.augment)
+                                       opt.classes, opt.agnostic_nms, opt.max_det, opt.augment, opt.backend)
     names = predictor.names
     save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)

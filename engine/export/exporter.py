@@ -1,5 +1,6 @@
-"""Export a fused model to ONNX (onnxruntime) and TorchScript, each followed by a parity check
-against the PyTorch model it came from.
+"""Export a fused model to ONNX (onnxruntime), TorchScript and OpenVINO IR, each followed by a
+parity check against the PyTorch model it came from, and INT8 copies of the ONNX / OpenVINO files
+(engine/export/quantize.py, engine/export/openvino_export.py).
 
 ONNX goes through ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript) by default,
 the maintained exporter of torch 2.x; dynamic height and width are declared as multiples of the
@@ -11,7 +12,9 @@ both pass the same parity checks.
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +24,11 @@ import onnx
 import torch
 from torch import nn
 
-from engine.detect.backends import METADATA_KEY, Metadata
+from engine.detect.backends import METADATA_KEY, Metadata, read_onnx_metadata
 from engine.export.onnx_nms import NmsInputs, append_nms
+from engine.export.openvino_export import export_openvino, quantize_openvino
+from engine.export.options import DEFAULT_CALIB, FORMATS
+from engine.export.quantize import calibration_batches, quantize_onnx
 from utils.errors import UserError
 from utils.nms import non_max_suppression
 
@@ -215,27 +221,80 @@ def check_export(path: Path, model: nn.Module, x: torch.Tensor, nms_options: dic
     return f"same {count} detections as PyTorch + utils.nms at conf {conf:.3g} (max abs diff {diff:.2e})", diff
 
 
+def check_int8(path: Path, model: nn.Module, x: torch.Tensor, nms_options: dict | None, calib_images: int
+               ) -> tuple[str, float]:
+    """Run an INT8 file on ``x``; describe how far it is from ``model`` (no tolerance: INT8 is judged
+    by its mAP). Returns (the description, max abs diff of the raw outputs, or 0 with NMS inside)."""
+    from engine.detect.backends import load_backend
+
+    backend = load_backend(path, x.device)
+    with torch.no_grad():
+        ref = model(x)[0]
+    if nms_options is not None:
+        count = sum(len(d) for d in backend(x))
+        return f"runs ({count} detections on the check input; calibrated on {calib_images} images)", 0.0
+    out = backend(x)
+    if out.shape != ref.shape:
+        raise ExportError(f"{path.name}: output shape {tuple(out.shape)} != PyTorch {tuple(ref.shape)}")
+    diff = float((out - ref).abs().max())
+    return f"runs (max abs diff {diff:.3g} from PyTorch; calibrated on {calib_images} images)", diff
+
+
+def file_size_mb(path: Path) -> float:
+    """Size of an exported file in MB; an OpenVINO .xml counts with the files beside it (.bin)."""
+    files = list(path.parent.iterdir()) if path.suffix == ".xml" else [path]
+    return sum(f.stat().st_size for f in files) / 1e6
+
+
 def export_model(model: nn.Module, stem: Path, formats: list[str], img_size: tuple[int, int], *, batch: int = 1,
                  dynamic: bool = False, nms: bool = False, conf_thres: float = 0.25, iou_thres: float = 0.45,
-                 max_det: int = 300, agnostic: bool = False, opset: int = 18, exporter: str = "dynamo"
+                 max_det: int = 300, agnostic: bool = False, opset: int = 18, exporter: str = "dynamo",
+                 int8: bool = False, calib_sources: list[Path] | None = None, calib: int = DEFAULT_CALIB
                  ) -> list[ExportResult]:
-    """Export a fused eval-mode ``model`` to ``stem``.onnx / ``stem``.torchscript and check each.
+    """Export a fused eval-mode ``model`` to ``stem``.onnx / ``stem``.torchscript /
+    ``stem``_openvino_model/ and check each against it (raw outputs or NMS detections).
 
-    ``formats``: any of 'onnx', 'torchscript'. Raises ExportError when a parity check fails.
+    ``formats``: any of FORMATS. ``int8`` adds ``stem``_int8.onnx / ``stem``_int8_openvino_model/
+    for the ONNX / OpenVINO formats, calibrated on ``calib`` images of ``calib_sources`` (a
+    training split); their check reports the difference from PyTorch without a tolerance (INT8
+    is judged by its mAP: engine.export.accuracy). Raises ExportError when a check fails.
     """
-    x = torch.rand(batch, 3, *img_size, generator=torch.Generator().manual_seed(0)).to(next(model.parameters()).device)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ExportError(f"unknown format {unknown[0]!r} ({', '.join(FORMATS)})")
+    if int8 and not calib_sources:
+        raise ExportError("--int8 needs calibration images (--data)")
+    device = next(model.parameters()).device
+    x = torch.rand(batch, 3, *img_size, generator=torch.Generator().manual_seed(0)).to(device)
+    options = {"iou_thres": iou_thres, "max_det": max_det, "agnostic": agnostic} if nms else None
     results = []
-    for fmt in formats:
-        if fmt == "onnx":
-            path = export_onnx(model, stem.with_suffix(".onnx"), img_size, batch=batch, dynamic=dynamic, nms=nms,
-                               conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, agnostic=agnostic,
-                               opset=opset, exporter=exporter)
-            options = {"iou_thres": iou_thres, "max_det": max_det, "agnostic": agnostic} if nms else None
-        elif fmt == "torchscript":
-            path = export_torchscript(model, stem.with_suffix(".torchscript"), img_size, batch)
-            options = None
-        else:
-            raise ExportError(f"unknown format {fmt!r} (onnx, torchscript)")
-        check, diff = check_export(path, model, x, options)
-        results.append(ExportResult(fmt, path, path.stat().st_size / 1e6, check, diff))
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = None
+        if "onnx" in formats or "openvino" in formats:  # the IR is converted from the checked ONNX graph
+            target = stem.with_suffix(".onnx") if "onnx" in formats else Path(tmp) / f"{stem.name}.onnx"
+            onnx_path = export_onnx(model, target, img_size, batch=batch, dynamic=dynamic, nms=nms,
+                                    conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, agnostic=agnostic,
+                                    opset=opset, exporter=exporter)
+        files = {}
+        if "onnx" in formats:
+            files["onnx"] = onnx_path
+        if "openvino" in formats:
+            files["openvino"] = export_openvino(onnx_path, stem, read_onnx_metadata(onnx_path))
+        if "torchscript" in formats:
+            files["torchscript"] = export_torchscript(model, stem.with_suffix(".torchscript"), img_size, batch)
+        for fmt, path in files.items():
+            check, diff = check_export(path, model, x, options)
+            results.append(ExportResult(fmt, path, file_size_mb(path), check, diff))
+        if int8:
+            batches = calibration_batches(calib_sources, len(model.names), img_size, batch, calib,
+                                          int(model.stride.max()))
+            meta = dataclasses.replace(read_onnx_metadata(onnx_path), precision="int8")
+            quantized = {}
+            if "onnx" in formats:
+                quantized["onnx"] = quantize_onnx(onnx_path, stem.with_name(f"{stem.name}_int8.onnx"), batches, meta)
+            if "openvino" in formats:
+                quantized["openvino"] = quantize_openvino(files["openvino"], stem, batches, meta)
+            for fmt, path in quantized.items():
+                check, diff = check_int8(path, model, x, options, len(batches) * batch)
+                results.append(ExportResult(f"{fmt}-int8", path, file_size_mb(path), check, diff))
     return results

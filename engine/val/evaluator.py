@@ -1,6 +1,6 @@
 """The evaluation val.py runs and the trainer calls after each epoch.
 
-``evaluate(model, loader, ...)`` runs the model over a validation loader, post-processes on the
+``evaluate(model, loader, ...)`` runs the model (or an exported file's backend) over a validation loader, post-processes on the
 model's device, maps detections back to original-image pixels and scores them with the COCO
 metric (utils/coco_eval.py, equal to pycocotools) plus YOLO's P / R / F1 and confusion matrix.
 """
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from engine.detect.backends import Backend, call_fixed_batch
 from engine.tta import tta_forward
 from utils.boxes import letterbox_to_original
 from utils.coco_eval import CocoResult, Detections, GroundTruth, accumulate, match, summarize
@@ -98,9 +99,20 @@ def _detections(dets: list[Tensor], keys: list[int], device: torch.device) -> De
     return Detections(image, d[:, 5].long(), torch.cat([box[:, :2], box[:, 2:] - box[:, :2]], 1), d[:, 4].double())
 
 
+def _file_forward(backend: Backend, images: Tensor, conf_thres: float, iou_thres: float,
+                  max_det: int) -> Tensor | list[Tensor]:
+    """An exported file's output for a batch, run at its fixed batch size: decoded [B, N, 5 + nc],
+    or with NMS in the graph (its single-label NMS, given val's thresholds) per image [n, 6]."""
+    if not backend.meta.nms:
+        return call_fixed_batch(backend, images, backend.meta.batch)
+    dets = call_fixed_batch(lambda x: backend(x, conf_thres=conf_thres, iou_thres=iou_thres), images,
+                            backend.meta.batch)
+    return [d[d[:, 4].argsort(descending=True)][:max_det] for d in dets]  # the graph caps per class
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    model: nn.Module | Backend,
     loader,
     *,
     loss_fn: Callable | None = None,
@@ -112,7 +124,8 @@ def evaluate(
     on_batch: BatchHook | None = None,
     ground_truth: GroundTruth | None = None,
 ) -> EvalResult:
-    """Evaluate ``model`` (eval-mode output ``(pred, raw)``) on ``loader`` (yields ``Batch``,
+    """Evaluate ``model`` (eval-mode output ``(pred, raw)``, or an exported file's backend from
+    engine.detect.backends.load_backend) on ``loader`` (yields ``Batch``,
     letterboxed with ``shapes``; its ``dataset`` holds labels, crowd boxes, image ids).
 
     ``loss_fn(raw, targets, img_size) -> (loss, items[4])`` adds the mean validation loss
@@ -124,14 +137,19 @@ def evaluate(
     its ``image`` must hold the dataset's image ids; only the evaluated images are kept.
     The model's train / eval mode is restored afterwards, also when this raises.
     """
-    was_training = model.training
-    model.eval()
+    is_module = isinstance(model, nn.Module)
+    if not is_module and (augment or loss_fn is not None):
+        raise ValueError("augment and loss_fn need a PyTorch model, not an exported file")
+    was_training = is_module and model.training
+    if is_module:
+        model.eval()
     try:
         run = _predict(model, loader, loss_fn=loss_fn, conf_thres=conf_thres, iou_thres=iou_thres,
                        max_det=max_det, single_cls=single_cls, augment=augment, on_batch=on_batch)
     finally:
-        model.train(was_training)
-    nc = 1 if single_cls else int(model.nc)
+        if is_module:
+            model.train(was_training)
+    nc = 1 if single_cls else int(model.nc if is_module else len(model.meta.names))
     return _score(run, loader.dataset, nc=nc, single_cls=single_cls, ground_truth=ground_truth,
                   n_batches=max(len(loader), 1))
 
@@ -148,11 +166,16 @@ class _Predictions:
     device: torch.device
 
 
-def _predict(model: nn.Module, loader, *, loss_fn: Callable | None, conf_thres: float, iou_thres: float,
+def _predict(model: nn.Module | Backend, loader, *, loss_fn: Callable | None, conf_thres: float, iou_thres: float,
              max_det: int, single_cls: bool, augment: bool, on_batch: BatchHook | None) -> _Predictions:
-    """Forward, (loss,) NMS and hook over every batch of ``loader``; ``model`` is in eval mode."""
-    param = next(model.parameters())
-    device, dtype = param.device, param.dtype
+    """Forward, (loss,) NMS and hook over every batch of ``loader``; ``model`` is in eval mode
+    (or an exported file's backend)."""
+    is_module = isinstance(model, nn.Module)
+    if is_module:
+        param = next(model.parameters())
+        device, dtype = param.device, param.dtype
+    else:
+        device, dtype = model.device, torch.float32
     losses = torch.zeros(3, device=device)
     times = np.zeros(3)
     all_dets, indices = [], []
@@ -163,12 +186,17 @@ def _predict(model: nn.Module, loader, *, loss_fn: Callable | None, conf_thres: 
         t1 = _sync(device)
         if augment:
             pred = tta_forward(model, images)
+        elif not is_module:
+            pred = _file_forward(model, images, conf_thres, iou_thres, max_det)
         else:
             pred, raw = model(images)
             if loss_fn is not None:
                 losses += loss_fn([r.float() for r in raw], targets, tuple(images.shape[2:]))[1][:3]
         t2 = _sync(device)
-        dets = non_max_suppression(pred.float(), conf_thres, iou_thres, multi_label=True, max_det=max_det)
+        if isinstance(pred, list):  # NMS inside the exported graph
+            dets = pred
+        else:
+            dets = non_max_suppression(pred.float(), conf_thres, iou_thres, multi_label=True, max_det=max_det)
         times += (t1 - t0, t2 - t1, _sync(device) - t2)
         if single_cls:
             for d in dets:

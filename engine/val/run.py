@@ -1,5 +1,6 @@
-"""val.py's work: evaluate a checkpoint on a data set split and report, as YOLOv7's test.py does;
-or score a COCO results file against a ground-truth file."""
+"""val.py's work: evaluate a checkpoint or an exported file (.onnx, .torchscript, OpenVINO) on a
+data set split and report, as YOLOv7's test.py does; or score a COCO results file against a
+ground-truth file."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 
 from data import build_dataloader, load_data_config
 from data.sources import is_coco_json
+from engine.detect.backends import BACKENDS, TorchBackend, load_backend
 from engine.val.batch_plots import batch_hook
 from engine.val.evaluator import EvalResult, evaluate, image_keys
 from engine.val.report import (
@@ -22,11 +24,11 @@ from engine.val.report import (
     save_coco_json,
     save_plots,
 )
-from models import load_model
 from utils.checkpoint import CheckpointError
 from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, option
 from utils.coco_eval import GroundTruth, coco_evaluate
 from utils.coco_json import load_detections, load_ground_truth
+from utils.errors import UserError
 from utils.paths import increment_path
 from utils.torch_utils import select_device
 
@@ -37,7 +39,7 @@ LOG = logging.getLogger("val")
 class ValOptions:
     """val.py's command line (YOLOv7 test.py flags); ``plots`` is for the Python API only."""
 
-    weights: str = option("", "checkpoint (.pt) to evaluate")
+    weights: str = option("", "checkpoint, .onnx, .torchscript or OpenVINO .xml / folder to evaluate")
     data: str = option("shapes", "data-set YAML or built-in name (default: shapes)")
     batch_size: int = option(32, at_least=1)
     img_size: int = option(640, "inference size (pixels)", aliases=["--img"], at_least=MIN_IMG_SIZE,
@@ -60,6 +62,22 @@ class ValOptions:
     dt: str | None = option(None, "COCO results json to score against --gt")
     json: bool = option(False, "print one JSON object with the numbers as the last line")
     plots: bool = option(True, cli=False)
+    backend: str = option("auto", "what runs --weights (default: by its kind; an .onnx file may also run on "
+                          "openvino)", choices=BACKENDS)
+    square: bool = option(False, "square-letterboxed batches at --img, as a fixed-shape export is evaluated "
+                          "(like-for-like with one)")
+
+
+def input_geometry(meta, opt: ValOptions) -> tuple[int, int, bool]:
+    """(img_size, batch_size, rect) of the evaluation: a fixed-shape file's own size and batch,
+    square-letterboxed; otherwise the options (rect unless ``opt.square``)."""
+    if meta.img_size is None:
+        return opt.img_size, opt.batch_size, not opt.square
+    h, w = meta.img_size
+    if h != w:
+        raise UserError(f"val.py evaluates square fixed-shape files; this one is {h}x{w} (export it square "
+                        "or with --dynamic)", where=opt.weights)
+    return h, meta.batch or opt.batch_size, False
 
 
 def run_val(opt: ValOptions) -> dict:
@@ -69,17 +87,22 @@ def run_val(opt: ValOptions) -> dict:
     if opt.task == "speed":  # YOLOv7's speed task: deployment thresholds, nothing saved
         opt = dataclasses.replace(opt, conf_thres=0.25, iou_thres=0.45, save_json=False, plots=False)
     split = "test" if opt.task == "test" else "val"
-    model = load_model(opt.weights, device, fuse=True)
+    backend = load_backend(opt.weights, device, opt.backend)
+    model = backend.model if isinstance(backend, TorchBackend) else backend
+    img_size, batch_size, rect = input_geometry(backend.meta, opt)
+    if (img_size, batch_size) != (opt.img_size, opt.batch_size) and backend.meta.img_size is not None:
+        print(f"{opt.weights}: fixed-shape file, evaluated at its own {img_size}x{img_size}, batch {batch_size}")
+    opt = dataclasses.replace(opt, img_size=img_size, batch_size=batch_size)
     data = load_data_config(opt.data)
-    if not opt.single_cls and model.nc != data.nc:  # class indices would mean other classes
-        raise CheckpointError(f"{opt.weights}: the checkpoint has {model.nc} classes but {data.source} has "
-                              f"{data.nc} classes (train on this data set, or pass its own data YAML)")
-    stride = int(model.stride.max())
+    if not opt.single_cls and backend.meta.names and len(backend.meta.names) != data.nc:
+        # class indices would mean other classes
+        raise CheckpointError(f"{opt.weights}: the weights have {len(backend.meta.names)} classes but {data.source} "
+                              f"has {data.nc} classes (train on this data set, or pass its own data YAML)")
     sources = data.split(split)
     loader, dataset = build_dataloader(sources, data.nc, img_size=opt.img_size, batch_size=opt.batch_size,
-                                       stride=stride, rect=True, workers=opt.workers, single_cls=opt.single_cls,
-                                       pin_memory=device.type == "cuda", names=data.names)
-    names = ["item"] if opt.single_cls else list(getattr(model, "names", None) or data.names)
+                                       stride=backend.meta.stride, rect=rect, workers=opt.workers,
+                                       single_cls=opt.single_cls, pin_memory=device.type == "cuda", names=data.names)
+    names = ["item"] if opt.single_cls else list(backend.meta.names or data.names)
     save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -1,0 +1,68 @@
+"""The OpenVINO backend: an IR exported by ``export.py --include openvino`` (its .xml, or the
+folder holding it), or an ONNX file run by OpenVINO (``--backend openvino``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.detect.backends import METADATA_KEY, BackendError, Metadata, read_onnx_metadata
+
+# OpenVINO's CPU plugin defaults to bf16 where the CPU has it; fp32 files are meant as fp32.
+# (INT8 layers of a quantised IR still run in int8 under this hint.)
+OPENVINO_FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
+
+
+def openvino_xml(path: Path) -> Path:
+    """The .xml of an IR given as its .xml, its .bin or its folder (one .xml inside)."""
+    if path.is_dir():
+        found = sorted(path.glob("*.xml"))
+        if len(found) != 1:
+            raise BackendError(f"{path}: an OpenVINO folder holds one .xml, found {len(found)}")
+        return found[0]
+    return path.with_suffix(".xml") if path.suffix.lower() == ".bin" else path
+
+
+class OpenVinoBackend:
+    """Runs on OpenVINO's CPU plugin with ``threads`` inference threads (None: its default, all
+    cores); same call as OnnxBackend: decoded [B, N, 5 + nc], or per-image [n, 6] with NMS inside."""
+
+    def __init__(self, path: Path, device: torch.device, threads: int | None = None) -> None:
+        import openvino as ov
+
+        from engine.export.openvino_export import openvino_model_from_onnx
+
+        if device.type != "cpu":
+            raise BackendError(f"{path}: the OpenVINO backend runs on the CPU (--device cpu), not {device}")
+        try:
+            if path.suffix.lower() == ".onnx":
+                self.meta = read_onnx_metadata(path)
+                model = openvino_model_from_onnx(path)
+            else:
+                model = ov.Core().read_model(str(openvino_xml(path)))
+                if not model.has_rt_info(METADATA_KEY):
+                    raise BackendError(f"{path}: OpenVINO model without {METADATA_KEY!r} metadata "
+                                       "(not exported by export.py)")
+                self.meta = Metadata.from_json(model.get_rt_info(METADATA_KEY).astype(str), str(path))
+        except (RuntimeError, OSError) as e:
+            raise BackendError(f"{path}: not a readable OpenVINO model ({str(e).strip().splitlines()[0]})") from None
+        config = dict(OPENVINO_FP32) | ({"INFERENCE_NUM_THREADS": threads} if threads else {})
+        self.request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+        self.inputs = {p.get_any_name() for p in model.inputs}
+        self.device = device
+
+    def __call__(self, x: torch.Tensor, conf_thres: float | None = None, iou_thres: float | None = None,
+                 augment: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        feeds = {"images": np.ascontiguousarray(x.cpu().numpy(), np.float32)}
+        defaults = self.meta.nms_options
+        for name, value in (("conf_thres", conf_thres), ("iou_thres", iou_thres)):
+            if name in self.inputs:
+                feeds[name] = np.array([defaults[name] if value is None else value], np.float32)
+        self.request.infer(feeds)
+        out = torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+        if not self.meta.nms:
+            return out
+        return [out[out[:, 0] == i, 1:] for i in range(x.shape[0])]
+
