@@ -49,7 +49,7 @@ def test_check_ranges_names_the_flag():
 
 @pytest.mark.parametrize("main, argv, flag", [
     (train.main, ["--epochs", "0"], "--epochs"), (train.main, ["--batch-size", "0"], "--batch-size"),
-    (train.main, ["--img", "16"], "--img-size"), (train.main, ["--workers", "-1"], "--workers"),
+    (train.main, ["--img", "16"], "--img-size"), (train.main, ["--workers", "-2"], "--workers"),
     (val.main, ["--img", "8"], "--img-size"), (val.main, ["--conf-thres", "2"], "--conf-thres"),
     (detect.main, ["--max-det", "0"], "--max-det"), (export.main, ["--weights", "x.pt", "--batch-size", "0"],
                                                        "--batch-size"),
