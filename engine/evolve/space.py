@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, NamedTuple
 
-from utils.config import Hyp
+from utils.config import COMPAT_ONLY_KEYS, Hyp
 
 if TYPE_CHECKING:
     import optuna
@@ -63,9 +63,9 @@ TABLE: dict[str, Range] = {
     "paste_in": Range(1, 0.0, 1.0),
 }
 # Accepted for YOLOv7 file compatibility but without effect here (searching them would only
-# add noise dimensions): anchors (autoanchor keeps the config's count), copy_paste and paste_in
-# (data/augment.py ignores them).
-UNUSED = ("anchors", "copy_paste", "paste_in")
+# add noise dimensions): utils.config.COMPAT_ONLY_KEYS (iou_t, anchors: autoanchor keeps the
+# config's anchor count). copy_paste and paste_in act (data/paste.py) and are searched.
+UNUSED = COMPAT_ONLY_KEYS
 
 
 def fixed_keys(overrides: list[str]) -> set[str]:
