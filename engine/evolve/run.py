@@ -27,6 +27,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from data import load_data_config
 from engine.evolve import report
 from engine.evolve.space import base_params, fixed_keys, searched_keys, suggest_hyp
 from engine.evolve.study import (
@@ -39,6 +40,7 @@ from engine.evolve.study import (
     worker_id,
 )
 from engine.train.options import EVOLVE_TRIALS, TrainOptions, load_hyp
+from engine.train.recipe import apply_recipe
 from utils.config import ConfigError
 from utils.errors import UserError
 from utils.torch_utils import dist_info_from_env
@@ -82,6 +84,7 @@ def evolve(
     ``engine.train.train`` (tests replace it).
     """
     check(opt)
+    opt = apply_recipe(opt, load_data_config(opt.data))  # once: every trial starts from the same recipe
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress line replaces its per-trial log
     if train_fn is None:
         from engine.train.loop import train as train_fn
