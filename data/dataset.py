@@ -186,5 +186,6 @@ class DetectionDataset(Dataset):
             labels = pixels_to_normalized(pixel_labels, img.shape[1], img.shape[0])
         targets = torch.zeros((len(labels), 6))
         targets[:, 1:] = torch.from_numpy(labels)
-        image = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+        # [3, H, W] as a view of the HWC pixels: collate stacks them channels-last, the model's layout
+        image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
         return image, targets, self.files[index], shapes, index

@@ -3,7 +3,7 @@
 Batch contract (docs/design.md): the loader yields ``Batch(images, targets, paths, shapes,
 indices)``:
 
-- ``images`` uint8 [B, 3, H, W] RGB (divide by 255 on the device);
+- ``images`` uint8 [B, 3, H, W] RGB, channels-last in memory (divide by 255 on the device);
 - ``targets`` float [N, 6] = (image index in batch, cls, cx, cy, w, h) normalised to the image;
 - ``paths`` list[str]; ``shapes`` list of ((h0, w0), ((w_gain, h_gain), (pad_w, pad_h))) for
   letterboxed samples (validation), None for augmented ones;
@@ -48,8 +48,10 @@ def collate(samples: list[tuple]) -> Batch:
     images, targets, paths, shapes, indices = zip(*samples, strict=True)
     for i, t in enumerate(targets):
         t[:, 0] = i
-    return Batch(torch.stack(images), torch.cat(targets, 0), list(paths), list(shapes),
-                 torch.tensor(indices, dtype=torch.long))
+    # stacked as [B, H, W, 3] and viewed as [B, 3, H, W]: a channels-last batch, so the trainer's
+    # conversion to the model's memory format is free (it was a strided copy of every batch)
+    stacked = torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+    return Batch(stacked, torch.cat(targets, 0), list(paths), list(shapes), torch.tensor(indices, dtype=torch.long))
 
 
 def _worker_init(worker_id: int) -> None:
