@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from train_helpers import tiny_data, tiny_options
+from train_helpers import TINY_OVERRIDES, tiny_data, tiny_options
 
 import engine.train.loop
-import engine.train.optim
 import engine.train.setup
 from engine.train.loop import train
 from engine.train.options import TrainOptions
@@ -39,7 +38,7 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def test_precision_words():
-    assert resolve_precision("auto", CPU) == "fp32"  # bf16 on CPU is opt-in until it matches fp32's mAP
+    assert resolve_precision("auto", CPU) == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert [resolve_precision(p, CPU) for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
     with pytest.raises(ValueError, match="one of auto, fp32, bf16, fp16"):
         resolve_precision("half", CPU)
@@ -63,8 +62,7 @@ def test_flag_is_declared_once_with_its_choices():
 
 def test_bf16_training_resumes_exactly_and_records_its_precision(data_root, monkeypatch):
     """A bf16 run killed after epoch 0 and resumed ends with the weights of a straight bf16 run."""
-    monkeypatch.setattr(engine.train.optim, "NOMINAL_BATCH", 8)
-    changes = dict(epochs=2, save_period=1, precision="bf16")
+    changes = dict(epochs=2, save_period=1, precision="bf16", overrides=[*TINY_OVERRIDES, "nbs=8"])
     straight = Path(train(tiny_options(data_root, name="straight", **changes))["save_dir"])
     real_save = engine.train.loop.save_epoch
 
