@@ -85,7 +85,7 @@ def step_rate(cfg: str, img: int, batch: int, iters: int, warmup: int, precision
     loss_fn = YoloLoss(model.head, hyp, train_size=img)
     optimizer = build_optimizer(model, "SGD", hyp, hyp.weight_decay)
     ema = ModelEMA(model)
-    accumulate = accumulation_steps(batch)
+    accumulate = accumulation_steps(batch, hyp.nbs)
     totals = dict.fromkeys(PHASES, 0.0)
     for step in range(warmup + iters):
         b = batches[step % len(batches)]

@@ -20,7 +20,6 @@ import torch
 from train_helpers import TINY_MODEL, tiny_data, tiny_options
 
 import engine.train.loop
-import engine.train.optim
 import engine.train.setup
 import train as train_cli
 from data.shapes import CLASSES
@@ -50,19 +49,14 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def small_nominal_batch(monkeypatch):
-    """Nominal batch 8 instead of 64: a seconds-long run on 24 images then makes 3 steps per epoch."""
-    monkeypatch.setattr(engine.train.optim, "NOMINAL_BATCH", 8)
-
-
 def read_rows(path: Path) -> list[dict[str, str]]:
     with open(path) as f:
         return list(csv.DictReader(f))
 
 
-def test_short_training(data_root, small_nominal_batch):
-    opt = tiny_options(data_root, name="short", epochs=4, overrides=FIXED_IMAGES, noautoanchor=False)
+def test_short_training(data_root):
+    # nominal batch 8 instead of 64: a seconds-long run on 24 images then makes 3 steps per epoch
+    opt = tiny_options(data_root, name="short", epochs=4, overrides=[*FIXED_IMAGES, "nbs=8"], noautoanchor=False)
     summary = train(opt)
     run = Path(summary["save_dir"])
     rows = read_rows(run / "results.csv")
@@ -96,8 +90,9 @@ class Crash(Exception):
     """Stands for a kill right after a checkpoint was written."""
 
 
-def test_resume_is_exact(data_root, small_nominal_batch, monkeypatch):
-    changes = dict(epochs=3, save_period=1, overrides=["warmup_epochs=0.5", "mixup=0", "paste_in=0", "loss_ota=false"])
+def test_resume_is_exact(data_root, monkeypatch):
+    changes = dict(epochs=3, save_period=1,
+                   overrides=["warmup_epochs=0.5", "mixup=0", "paste_in=0", "loss_ota=false", "nbs=8"])
     straight = Path(train(tiny_options(data_root, name="straight", **changes))["save_dir"])
 
     real_save = engine.train.loop.save_epoch

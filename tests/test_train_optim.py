@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -68,6 +69,9 @@ def test_batch_scaling():
     assert scaled_weight_decay(5e-4, 16) == pytest.approx(5e-4)
     assert scaled_weight_decay(5e-4, 128) == pytest.approx(1e-3)
     assert scaled_weight_decay(5e-4, 24) == pytest.approx(5e-4 * 24 * 3 / 64)
+    # hyp.nbs moves the nominal batch: at nbs 16 a batch of 16 steps every batch, same decay
+    assert accumulation_steps(16, 16) == 1 and accumulation_steps(8, 16) == 2
+    assert scaled_weight_decay(5e-4, 16, 16) == pytest.approx(5e-4)
 
 
 def test_warmup_ramps():
@@ -89,6 +93,8 @@ def test_warmup_ramps():
     apply_warmup(opt, 100, 100, 0.5, hyp, batch_size=16)
     assert all(g["lr"] == pytest.approx(0.005) for g in opt.param_groups)
     assert opt.param_groups[1]["momentum"] == pytest.approx(0.937)
+    # with hyp.nbs at the batch size there is nothing to ramp: one step per batch throughout
+    assert apply_warmup(opt, 50, 100, 0.5, dataclasses.replace(hyp, nbs=16), batch_size=16) == 1
 
 
 def test_ema_matches_formula():

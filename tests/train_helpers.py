@@ -37,6 +37,9 @@ def tiny_data(root: Path, n_train: int = 24, n_val: int = 8) -> Path:
     return path
 
 
+TINY_OVERRIDES = ["warmup_epochs=0", "mosaic=0.5", "mixup=0.0", "paste_in=0.0", "loss_ota=false"]
+
+
 def tiny_options(root: Path, **changes) -> TrainOptions:
     """Options for a seconds-long CPU run on tiny_data(root); one thread, so that runs compared
     bit for bit do not depend on how busy the machine was when each started."""
@@ -44,7 +47,7 @@ def tiny_options(root: Path, **changes) -> TrainOptions:
         data=str(root / "tiny.yaml"), cfg=str(root / "tiny_model.yaml"), epochs=2, batch_size=8, img_size=[64, 64],
         workers=0, threads=1, device="cpu", project=str(root / "runs"), name="exp", noautoanchor=True,
         hyp=DEFAULT_HYP, optimizer="SGD", close_mosaic=0,  # the trainer's mechanics, not the recipe choice
-        overrides=["warmup_epochs=0", "mosaic=0.5", "mixup=0.0", "paste_in=0.0", "loss_ota=false"],
+        overrides=TINY_OVERRIDES,
     )
     base.update(changes)
     return TrainOptions(**base)

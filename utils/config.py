@@ -255,7 +255,7 @@ class Hyp:
     lr0: float = ranged(0.01, POSITIVE)  # initial learning rate (SGD 1e-2, Adam 1e-3)
     lrf: float = ranged(0.1, NON_NEGATIVE)  # final learning rate as a fraction of lr0
     momentum: float = ranged(0.937, Range(at_least=0.0, below=1.0))  # SGD momentum / Adam beta1
-    weight_decay: float = ranged(0.0005, NON_NEGATIVE)  # at nominal batch size 64
+    weight_decay: float = ranged(0.0005, NON_NEGATIVE)  # at the nominal batch size (nbs)
     warmup_epochs: float = ranged(3.0, NON_NEGATIVE)
     warmup_momentum: float = ranged(0.8, Range(at_least=0.0, below=1.0))
     warmup_bias_lr: float = ranged(0.1, NON_NEGATIVE)
@@ -284,6 +284,9 @@ class Hyp:
     paste_in: float = ranged(0.15, PROBABILITY)  # probability of pasting pool objects into a sample (data.paste)
     loss_ota: bool = True
     label_smoothing: float = ranged(0.0, Range(at_least=0.0, below=1.0))
+    # nominal batch size (ultralytics' nbs): gradients of about this many images make one optimizer
+    # step (accumulated over batches), and weight_decay is defined at it; YOLOv7 fixes it at 64
+    nbs: int = ranged(64, POSITIVE)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -16,7 +16,7 @@ from torch import nn
 
 from utils.config import Hyp
 
-NOMINAL_BATCH = 64  # weight decay and the accumulation target are defined at this batch size
+NOMINAL_BATCH = 64  # YOLOv7's nominal batch size (the default of hyp.nbs)
 MIN_WARMUP_ITERS = 100
 # Group order is part of the schedule: index BIAS_GROUP gets the bias warmup.
 DECAY_GROUP, NO_DECAY_GROUP, BIAS_GROUP = 0, 1, 2
@@ -86,14 +86,14 @@ def warmup_iterations(hyp: Hyp, batches_per_epoch: int) -> int:
     return max(round(hyp.warmup_epochs * batches_per_epoch), MIN_WARMUP_ITERS)
 
 
-def accumulation_steps(batch_size: int) -> int:
-    """Optimizer steps happen every this many batches, so the effective batch is ~64."""
-    return max(round(NOMINAL_BATCH / batch_size), 1)
+def accumulation_steps(batch_size: int, nominal: int = NOMINAL_BATCH) -> int:
+    """Optimizer steps happen every this many batches, so the effective batch is ~``nominal``."""
+    return max(round(nominal / batch_size), 1)
 
 
-def scaled_weight_decay(weight_decay: float, batch_size: int) -> float:
-    """Weight decay for the effective batch ``batch_size * accumulation`` (defined at 64)."""
-    return weight_decay * batch_size * accumulation_steps(batch_size) / NOMINAL_BATCH
+def scaled_weight_decay(weight_decay: float, batch_size: int, nominal: int = NOMINAL_BATCH) -> float:
+    """Weight decay for the effective batch ``batch_size * accumulation`` (defined at ``nominal``)."""
+    return weight_decay * batch_size * accumulation_steps(batch_size, nominal) / nominal
 
 
 def apply_warmup(
@@ -106,7 +106,7 @@ def apply_warmup(
     ``hyp.momentum``; the accumulation from 1 to its nominal value.
     """
     xi = [0, n_warmup]
-    accumulate = max(1, int(np.interp(ni, xi, [1, NOMINAL_BATCH / batch_size]).round()))
+    accumulate = max(1, int(np.interp(ni, xi, [1, hyp.nbs / batch_size]).round()))
     for j, group in enumerate(optimizer.param_groups):
         start = hyp.warmup_bias_lr if j == BIAS_GROUP else 0.0
         group["lr"] = float(np.interp(ni, xi, [start, group["initial_lr"] * epoch_lr_factor]))

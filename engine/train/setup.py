@@ -111,8 +111,8 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     val_loader = build_val_loader(opt, data_cfg, batch_size, stride, pin) if info.is_main else None
     if ckpt is None and not opt.noautoanchor and info.is_main:
         check_anchors(model, train_loader, hyp, opt.img_size[0], opt.seed)
-    accumulate = accumulation_steps(opt.batch_size)
-    optimizer = build_optimizer(model, opt.optimizer, hyp, scaled_weight_decay(hyp.weight_decay, opt.batch_size))
+    accumulate = accumulation_steps(opt.batch_size, hyp.nbs)
+    optimizer = build_optimizer(model, opt.optimizer, hyp, scaled_weight_decay(hyp.weight_decay, opt.batch_size, hyp.nbs))
     lf = lr_lambda(opt.epochs, hyp.lrf, opt.linear_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
     scaler = torch.amp.GradScaler(device.type, enabled=opt.precision == "fp16")  # bf16 needs no loss scaling
