@@ -45,15 +45,16 @@ def main() -> None:
     if run.returncode != 0:
         sys.exit(f"bench_raccoon: train.py failed ({run.returncode}):\n{run.stderr[-3000:]}")
     summary = json.loads(run.stdout.strip().splitlines()[-1])
-    recipe = next((line.split("recipe: ", 1)[1] for line in (run.stdout + run.stderr).splitlines()
-                   if line.startswith("recipe: ")), args.hyp or "?")
+    log = (run.stdout + run.stderr).splitlines()
+    recipe = next((line.split("recipe: ", 1)[1] for line in log if line.startswith("recipe: ")), args.hyp or "?")
+    precision = next((line.split()[1].rstrip(";") for line in log if line.startswith("precision ")), "?")
     result = {
-        "epochs": args.epochs, "hyp": recipe, "best_epoch": summary["best_epoch"],
+        "epochs": args.epochs, "hyp": recipe, "precision": precision, "best_epoch": summary["best_epoch"],
         "mAP50": round(summary["mAP50"], 4), "mAP50_95": round(summary["mAP50_95"], 4),
         "final_mAP50": round(summary["final_mAP50"], 4), "final_mAP50_95": round(summary["final_mAP50_95"], 4),
         "train_seconds": summary["seconds"], "wall_seconds": round(wall, 1),
     }
-    print(f"raccoon, yolov7-tiny from scratch, 320 px, {args.epochs} epochs ({recipe}): "
+    print(f"raccoon, yolov7-tiny from scratch, 320 px, {args.epochs} epochs ({recipe}; {precision}): "
           f"best epoch {result['best_epoch']}: mAP@.5 {result['mAP50']:.3f}, mAP@.5:.95 {result['mAP50_95']:.3f}; "
           f"last: {result['final_mAP50']:.3f} / {result['final_mAP50_95']:.3f}; wall {wall:.0f} s")
     if args.json:
