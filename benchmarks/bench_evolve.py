@@ -4,7 +4,7 @@ without the pruner.
     python benchmarks/bench_evolve.py --trials 12 --epochs 3 --img 256 --n-train 300 --n-val 100 \
         --weights runs/train/exp/weights/best.pt [--json]
 
-From scratch, a few epochs of the shapes set score ~0 (mAP@.5:.95 0.003 after 5 epochs at 160 px),
+From scratch, a few epochs of the shapes set score ~0 (fitness under 0.004 after 5 epochs at 160 px),
 so every trial looks alike; fine-tuning the default run's checkpoint (``--weights``) starts near
 its mAP and the trials differ by what their hyper-parameters do. The subset's images are the
 first ones of the built-in set's splits (the generator is seeded per image), so its val images
