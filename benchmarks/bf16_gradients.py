@@ -68,7 +68,7 @@ def compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default="", help="checkpoint whose train_model weights to use (default: fresh init)")
+    p.add_argument("--weights", default="", help="checkpoint to take the weights from: its train_model, else its EMA model (default: fresh init)")
     p.add_argument("--img", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--batches", type=int, default=4)
