@@ -16,7 +16,6 @@ once per epoch (per worker), and each sample draws from that pool with its own g
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,7 +40,9 @@ def build_albumentations(transforms: list[A.BasicTransform] | None = None) -> A.
     ``transforms`` default to ultralytics' light pixel-level set (blur, median blur, grey, CLAHE
     at 1 % each). Boxes travel as ``pascal_voc`` (xyxy pixels) with the classes as a label
     field, so a geometric transform added here moves them too; as in ``box_candidates``, a box
-    that keeps under 10 % of its area is dropped with its class.
+    that keeps under 10 % of its area is dropped with its class. A set of pixel-only transforms
+    gets no box processing at all: it cannot move a box, and albumentations' checking and
+    clipping of every box cost 4x the rest of the stage (0.4 of 0.5 ms per 320-px sample).
     """
     try:
         import albumentations as A  # imported here: slow to import, and only training needs it
@@ -49,10 +50,10 @@ def build_albumentations(transforms: list[A.BasicTransform] | None = None) -> A.
         return None
     if transforms is None:
         transforms = [A.Blur(p=0.01), A.MedianBlur(p=0.01), A.ToGray(p=0.01), A.CLAHE(p=0.01)]
+    if all(isinstance(t, A.ImageOnlyTransform) for t in transforms):
+        return A.Compose(transforms)
     boxes = A.BboxParams(format="pascal_voc", label_fields=["classes", "rows"], min_visibility=0.1, clip=True)
-    with warnings.catch_warnings():  # the default set has no box transform; boxes still pass through
-        warnings.filterwarnings("ignore", "Got processor for bboxes", UserWarning)
-        return A.Compose(transforms, bbox_params=boxes)
+    return A.Compose(transforms, bbox_params=boxes)
 
 
 def apply_albumentations(compose: A.Compose, img: np.ndarray, labels: np.ndarray,
@@ -61,6 +62,8 @@ def apply_albumentations(compose: A.Compose, img: np.ndarray, labels: np.ndarray
     labels [n, 5] (cls, x1, y1, x2, y2 pixels); returns the new image, float32 labels [m, 5] and
     the input row of each (int [m], to keep polygons beside their rows)."""
     compose.set_random_seed(seed)
+    if "bboxes" not in compose.processors:  # pixel-only: the boxes stay as they are
+        return compose(image=img)["image"], labels.astype(np.float32), np.arange(len(labels))
     out = compose(image=img, bboxes=labels[:, 1:5], classes=labels[:, 0], rows=np.arange(len(labels)))
     boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
     classes = np.asarray(out["classes"], np.float32).reshape(-1, 1)

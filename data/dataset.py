@@ -29,9 +29,10 @@ from utils.config import Hyp
 
 LOGGER = logging.getLogger(__name__)
 JPEG_SUFFIXES = (".jpg", ".jpeg")
-# reduction factor -> cv2.imread flag (libjpeg scales while decoding)
-REDUCED_DECODE = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                  8: cv2.IMREAD_REDUCED_COLOR_8}
+# reduction factor -> cv2.imread flags: RGB (no BGR copy to convert) at 1 / r size (libjpeg scales while decoding)
+REDUCED_DECODE = {1: cv2.IMREAD_COLOR_RGB, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2 | cv2.IMREAD_COLOR_RGB,
+                  4: cv2.IMREAD_REDUCED_GRAYSCALE_4 | cv2.IMREAD_COLOR_RGB,
+                  8: cv2.IMREAD_REDUCED_GRAYSCALE_8 | cv2.IMREAD_COLOR_RGB}
 Shapes = tuple[tuple[int, int], tuple[tuple[float, float], tuple[int, int]]] | None
 
 
@@ -135,10 +136,9 @@ class DetectionDataset(Dataset):
         npy = self._disk_path(index)
         if self.cache == "disk" and npy.is_file() and npy.stat().st_mtime_ns >= Path(self.files[index]).stat().st_mtime_ns:
             return np.load(npy, allow_pickle=False)
-        bgr = cv2.imread(self.files[index], REDUCED_DECODE[reduction])
-        if bgr is None:
+        img = cv2.imread(self.files[index], REDUCED_DECODE[reduction])
+        if img is None:
             raise FileNotFoundError(f"{self.files[index]}: cannot read image (changed since the label scan?)")
-        img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         if self.cache == "disk":
             tmp = npy.with_name(f"{npy.name}.{os.getpid()}.tmp.npy")
             try:

@@ -195,12 +195,12 @@ def augment_hsv(img: np.ndarray, rng: np.random.Generator, hgain: float, sgain: 
     if not (hgain or sgain or vgain):
         return img
     r = rng.uniform(-1, 1, 3) * [hgain, sgain, vgain] + 1
-    hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_RGB2HSV))
     x = np.arange(256, dtype=np.float32)
     lut_hue = ((x * r[0]) % 180).astype(np.uint8)  # OpenCV hue is 0..179
     lut_sat = np.clip(x * r[1], 0, 255).astype(np.uint8)
     lut_val = np.clip(x * r[2], 0, 255).astype(np.uint8)
-    hsv = cv2.merge((cv2.LUT(hue, lut_hue), cv2.LUT(sat, lut_sat), cv2.LUT(val, lut_val)))
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+    cv2.LUT(hsv, np.stack([lut_hue, lut_sat, lut_val], 1)[:, None], dst=hsv)  # a table per channel, in place
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 

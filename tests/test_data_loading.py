@@ -219,6 +219,18 @@ def test_exif_rotation_is_applied_in_scan_and_load(tmp_path):
     assert (h0, w0) == (60, 40) and image.shape[:2] == (64, round(40 * 64 / 60))
 
 
+@pytest.mark.parametrize("img_size", [64, 600])  # decoded at 1/8 size, and at full size
+def test_images_load_as_rgb(tmp_path, img_size):
+    from data import build_dataloader
+
+    (tmp_path / "images").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "red.jpg"), np.full((420, 560, 3), (10, 10, 200), np.uint8))  # BGR: red
+    _, ds = build_dataloader(tmp_path / "images", 1, img_size=img_size, batch_size=1)
+    assert ds._reduction(0) == (8 if img_size == 64 else 1)
+    image, _ = ds.load_image(0)
+    np.testing.assert_allclose(image.reshape(-1, 3).mean(0), (200, 10, 10), atol=3)
+
+
 def test_txt_list_source_and_missing_source(tmp_path):
     for name in ("a", "b"):
         _write_image(tmp_path / "set" / "images" / f"{name}.jpg")

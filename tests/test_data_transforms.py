@@ -11,6 +11,7 @@ from data import build_dataloader, letterbox
 from data.augment import apply_albumentations, build_albumentations
 from data.mosaic import mosaic, place4, place9
 from data.transforms import (
+    augment_hsv,
     flip_lr,
     flip_ud,
     normalized_to_pixels,
@@ -224,6 +225,24 @@ def test_albumentations_pixel_stage_returns_boxes_and_classes_unchanged():
     assert not np.array_equal(out, img)  # the p=1 set did change the pixels
     _, empty, _ = apply_albumentations(every_time, img, _labels(), 0)
     assert empty.shape == (0, 5)
+
+
+def test_albumentations_box_processing_only_for_geometric_sets():
+    """Pixel-only sets skip albumentations' box checks (they cannot move a box); others keep them."""
+    A = pytest.importorskip("albumentations")
+    assert "bboxes" not in build_albumentations().processors
+    assert "bboxes" in build_albumentations([A.Blur(p=1), A.HorizontalFlip(p=1)]).processors
+
+
+def test_hsv_jitter_maps_each_channel_through_its_own_gain():
+    img = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    out = augment_hsv(img, np.random.default_rng(3), 0.5, 0.7, 0.4)
+    gains = np.random.default_rng(3).uniform(-1, 1, 3) * [0.5, 0.7, 0.4] + 1
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).astype(np.float32)
+    expected = np.stack([(hsv[..., 0] * gains[0]) % 180, np.clip(hsv[..., 1] * gains[1], 0, 255),
+                         np.clip(hsv[..., 2] * gains[2], 0, 255)], -1).astype(np.uint8)  # OpenCV hue: 0..179
+    np.testing.assert_array_equal(out, cv2.cvtColor(expected, cv2.COLOR_HSV2RGB))
+    assert augment_hsv(img, np.random.default_rng(3), 0, 0, 0) is img
 
 
 def test_albumentations_geometric_transform_moves_boxes_with_pixels():
