@@ -7,9 +7,11 @@ machine's measured peak, all in one run.
 Step: the training step alone (forward, YoloLoss, backward, SGD step, EMA update) on batches
 the shapes set's augmented loader made beforehand, timed phase by phase after warm-up steps.
 Loop (``--loop``): train.py's own epoch loop (``engine`` setup and ``train_one_epoch``, its
-loader, workers and progress bar) on the first ``--loop-images`` shapes images; epoch 0 warms
-up (it also draws the train_batch pictures), epoch 1 is timed, worker start-up included, and
-the time the loop waits for batches is reported. Achieved GFLOP/s = 3 x forward GFLOPs x img/s
+loader, workers and progress bar) on the first ``--loop-images`` shapes images, with the step's
+training (the shapes hyper-parameters, SGD, no warmup); epoch 0 warms up (it also draws the
+train_batch pictures), epoch 1 is timed, worker start-up included, and the time the loop waits
+for batches is reported; epoch 2 runs on its batches made beforehand ("premade"), so loop /
+premade is what the loader's work costs the model when both share the cores. Achieved GFLOP/s = 3 x forward GFLOPs x img/s
 (backward costs about twice the forward). The peak is a large matmul and a 3x3 convolution,
 fp32 and bf16, measured in the same run: figures from other machines compare through it.
 """
@@ -42,6 +44,7 @@ from utils.paths import resolve_path  # noqa: E402
 from utils.precision import PRECISIONS, autocast, cpu_has_native_bf16, resolve_precision  # noqa: E402
 
 PHASES = ("forward", "loss", "backward", "optimizer", "ema")
+STEADY_STATE = ("warmup_epochs=0",)  # the loop's hyp override: no warmup, as the step
 CPU = torch.device("cpu")
 
 
@@ -113,6 +116,22 @@ def step_rate(cfg: str, img: int, batch: int, iters: int, warmup: int, precision
             "split_pct": {k: round(100 * v / seconds, 1) for k, v in totals.items()}}
 
 
+class _Premade:
+    """The loader, but iterating batches made beforehand (its augmentation costs nothing)."""
+
+    def __init__(self, loader: Any, batches: list[Any]) -> None:
+        self.loader, self.made = loader, batches
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    def __len__(self) -> int:
+        return len(self.made)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.made)
+
+
 class _WaitTimed:
     """A loader whose iteration records the time spent waiting for each batch."""
 
@@ -149,7 +168,9 @@ def _subset_data(root: Path, n_images: int, folder: Path) -> Path:
 
 
 def loop_rate(cfg: str, img: int, batch: int, n_images: int, precision: str, workers: int) -> dict:
-    """img/s of train.py's epoch loop (epoch 1, after a warm-up epoch 0) on ``n_images`` images."""
+    """img/s of train.py's epoch loop (epoch 1, after a warm-up epoch 0) on ``n_images`` images, and
+    of the same loop on epoch 2's batches made beforehand (``premade_img_per_s``: the loop without
+    the loader's work, so loop / premade is what the loader's CPU costs the model)."""
     from engine.train.loop import train_one_epoch
     from engine.train.setup import setup
     from utils.torch_utils import dist_info_from_env
@@ -158,8 +179,11 @@ def loop_rate(cfg: str, img: int, batch: int, n_images: int, precision: str, wor
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         data = _subset_data(load_data_config("shapes").root, n_images, folder)
-        opt = TrainOptions(cfg=cfg, data=str(data), img_size=[img, img], batch_size=batch, epochs=2, workers=workers,
+        # the step's training: its hyper-parameters and SGD (a subset this small would get the short-run
+        # recipe, AdamW stepping every batch), past warmup (which steps the optimizer more often)
+        opt = TrainOptions(cfg=cfg, data=str(data), img_size=[img, img], batch_size=batch, epochs=3, workers=workers,
                            project=str(folder / "runs"), noautoanchor=True, precision=precision,
+                           hyp=DEFAULT_HYP, optimizer="SGD", close_mosaic=0, overrides=[*STEADY_STATE],
                            threads=torch.get_num_threads())  # as many as the step had
         run = setup(opt, dist_info_from_env(), CPU)
         train_one_epoch(run, 0)
@@ -167,12 +191,18 @@ def loop_rate(cfg: str, img: int, batch: int, n_images: int, precision: str, wor
         t = time.perf_counter()
         train_one_epoch(run, 1)
         seconds = time.perf_counter() - t
+        timed.loader.set_epoch(2)
+        run.train_loader = _Premade(timed.loader, list(timed.loader))
+        t = time.perf_counter()
+        train_one_epoch(run, 2)
+        premade_seconds = time.perf_counter() - t
         if run.tb is not None:
             run.tb.close()
     used = torch.get_num_threads()
     torch.set_num_threads(threads)
     images = len(timed.loader.dataset)
-    return {"img_per_s": round(images / seconds, 2), "epoch_s": round(seconds, 2),
+    return {"img_per_s": round(images / seconds, 2), "premade_img_per_s": round(images / premade_seconds, 2),
+            "epoch_s": round(seconds, 2),
             "data_wait_pct": round(100 * timed.wait_s / seconds, 1), "images": images,
             "workers": run.opt.workers, "threads": used}
 
@@ -187,8 +217,10 @@ def bench_size(args: argparse.Namespace, img: int, precisions: list[str]) -> dic
         for w in args.workers if args.loop else []:
             r[f"loop_w{w}"] = loop = loop_rate(args.cfg, img, args.batch, args.loop_images, p, w)
             loop["loop_over_step"] = round(loop["img_per_s"] / r["step"]["img_per_s"], 3)
+            loop["loop_over_premade"] = round(loop["img_per_s"] / loop["premade_img_per_s"], 3)
             print(f"@{img} {p} loop, {w} workers: {loop['img_per_s']} img/s, loop/step {loop['loop_over_step']}, "
-                  f"data wait {loop['data_wait_pct']}%, threads {loop['threads']}", flush=True)
+                  f"data wait {loop['data_wait_pct']}%, threads {loop['threads']}; on premade batches "
+                  f"{loop['premade_img_per_s']} img/s (loop / premade {loop['loop_over_premade']})", flush=True)
         for v in r.values():
             v["achieved_gflops"] = round(3 * forward_gflops * v["img_per_s"], 1)
         out[p] = r
