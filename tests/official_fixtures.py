@@ -45,7 +45,14 @@ _PACKAGE = {
 _BUILD = """
 import importlib, os, sys, numpy as np, torch
 from torch import nn
-spec = torch.load(sys.argv[1], weights_only=False)
+# the spec holds real torch.nn layers: allow their classes (and numpy scalars), nothing else
+allowed = [np.dtypes.Float64DType]  # built by pickle after numpy.dtype: not among the listed globals
+for name in torch.serialization.get_unsafe_globals_in_checkpoint(sys.argv[1]):
+    assert name.startswith(("torch.nn.modules.", "numpy.", "collections.OrderedDict")), name
+    module, _, attr = name.rpartition(".")
+    allowed.append(getattr(importlib.import_module(module), attr))
+with torch.serialization.safe_globals(allowed):
+    spec = torch.load(sys.argv[1], weights_only=True)
 
 def build(node):
     if not (isinstance(node, dict) and "__official__" in node):
