@@ -12,7 +12,9 @@ indices)``:
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,13 +56,38 @@ def collate(samples: list[tuple]) -> Batch:
     return Batch(stacked, torch.cat(targets, 0), list(paths), list(shapes), torch.tensor(indices, dtype=torch.long))
 
 
-def _worker_init(worker_id: int) -> None:
+# Linux's idle scheduling class: such a process runs only on a core no other process wants
+IDLE_PRIORITY = hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE")
+
+
+def run_at_idle_priority() -> bool:
+    """Put the calling process in the idle scheduling class (SCHED_IDLE); False where the system
+    has none or refuses it."""
+    if not IDLE_PRIORITY:
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except OSError:
+        return False
+    return True
+
+
+def consumer_options(device: torch.device) -> dict[str, bool]:
+    """``build_dataloader``'s options for a model on ``device``: page-locked batches for CUDA;
+    idle-priority workers for a CPU, whose cores the model's threads use."""
+    return {"pin_memory": device.type == "cuda", "idle_workers": device.type == "cpu"}
+
+
+def _worker_init(worker_id: int, idle: bool = False) -> None:
     """Seed global generators for third-party code (our pipeline uses per-sample generators) and
-    keep OpenCV single-threaded so workers do not oversubscribe the cores."""
+    keep OpenCV single-threaded so workers do not oversubscribe the cores; ``idle``: run at idle
+    priority (see ``build_dataloader``)."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
     cv2.setNumThreads(0)
+    if idle:
+        run_at_idle_priority()
 
 
 class _PassSampler(Sampler[tuple[int, bool, int]]):
@@ -166,6 +193,7 @@ def build_dataloader(
     cache_path: Path | None = None,
     image_weights: bool = False,
     pin_memory: bool = False,
+    idle_workers: bool = False,
     names: list[str] | None = None,
 ) -> tuple[DetectionLoader, DetectionDataset]:
     """Scan ``sources`` (image folders, .txt lists, COCO jsons, VOC roots or ImageSets lists;
@@ -179,6 +207,10 @@ def build_dataloader(
     ``image_weights``: draw each epoch's images with replacement, weighted by their classes
     (a ``WeightedIndexSampler``; the trainer updates ``loader.sampler.set_weights`` each epoch);
     single process and square batches only. ``pin_memory``: page-locked batches, for a CUDA consumer.
+    ``idle_workers``: workers run at idle priority (Linux; elsewhere a no-op), for a consumer that
+    computes on the same CPU cores: a worker then works while the model waits for its batch or
+    leaves a core idle, and never preempts one of the model's threads, which would stall all of them
+    at their next barrier (train.py on CPU, bf16, 2 cores: loop 36.1 / 34.7 img/s against 33.8 / 33.8).
     ``names``: the class names (``DataConfig.names``), needed by VOC sources.
     """
     if image_weights and (rect or rank >= 0):
@@ -207,7 +239,7 @@ def build_dataloader(
         num_workers=workers,
         pin_memory=pin_memory,
         collate_fn=collate,
-        worker_init_fn=_worker_init if workers > 0 else None,
+        worker_init_fn=functools.partial(_worker_init, idle=idle_workers) if workers > 0 else None,
         persistent_workers=workers > 0,  # no start-up (fork, imports, first batches) every epoch
         drop_last=False,
     )

@@ -54,6 +54,10 @@ def busy_cores(sample_s: float = BUSY_SAMPLE_S) -> float:
     return min(now, load)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 @dataclass(frozen=True)
 class CoreSplit:
     """The model's intra-op threads and the loader workers, and why."""
@@ -64,7 +68,7 @@ class CoreSplit:
     busy: float
 
     def describe(self) -> str:
-        return (f"{self.threads} threads for the model, {self.workers} loader workers "
+        return (f"{_count(self.threads, 'thread')} for the model, {_count(self.workers, 'loader worker')} "
                 f"({self.usable} usable cores, {self.busy:.1f} busy with other work)")
 
 

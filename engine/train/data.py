@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from data import DataConfig, DetectionLoader, build_dataloader, load_data_config
 from data.image_weights import image_weights
+from data.loader import consumer_options
 from engine.train.options import TrainOptions
 from models.yolo import Model
 from utils.config import ConfigError, Hyp
@@ -26,15 +29,14 @@ def load_data(opt: TrainOptions, info: DistInfo) -> DataConfig:
 
 
 def build_train_loader(
-    opt: TrainOptions, hyp: Hyp, data: DataConfig, info: DistInfo, batch_size: int, stride: int, pin_memory: bool
+    opt: TrainOptions, hyp: Hyp, data: DataConfig, info: DistInfo, batch_size: int, stride: int, device: torch.device
 ) -> DetectionLoader:
-    """Shuffled, augmented loader of the train split (``batch_size`` per process); ``pin_memory``
-    when training on CUDA."""
+    """Shuffled, augmented loader of the train split (``batch_size`` per process) for a model on ``device``."""
     loader, _ = build_dataloader(
         data.split("train"), data.nc, img_size=opt.img_size[0], batch_size=batch_size, stride=stride, hyp=hyp,
         augment=True, rect=opt.rect, cache=opt.cache_images or None, workers=opt.workers, shuffle=True,
         seed=opt.seed, rank=info.rank if info.distributed else -1, single_cls=opt.single_cls,
-        image_weights=opt.image_weights, pin_memory=pin_memory, names=data.names,
+        image_weights=opt.image_weights, names=data.names, **consumer_options(device),
     )
     if not any(len(labels) for labels in loader.dataset.labels):  # it would train to the end, learning nothing
         raise ConfigError(f"{data.source}: the train split has no labels at all ({len(loader.dataset)} images, not one "
@@ -49,13 +51,13 @@ def set_image_weights(loader: DetectionLoader, nc: int, class_maps: list[float])
 
 
 def build_val_loader(
-    opt: TrainOptions, data: DataConfig, batch_size: int, stride: int, pin_memory: bool
+    opt: TrainOptions, data: DataConfig, batch_size: int, stride: int, device: torch.device
 ) -> DetectionLoader:
     """Letterboxed, rectangular-batch loader of the val split (rank 0 only)."""
     loader, _ = build_dataloader(
         data.split("val"), data.nc, img_size=opt.img_size[-1], batch_size=batch_size * VAL_BATCH_FACTOR,
         stride=stride, rect=True, cache=opt.cache_images or None, workers=opt.workers, single_cls=opt.single_cls,
-        pin_memory=pin_memory, names=data.names,
+        names=data.names, **consumer_options(device),
     )
     return loader
 

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from data import DetectionLoader
+from data.loader import IDLE_PRIORITY
 from engine.train.data import build_train_loader, build_val_loader, check_anchors, load_data
 from engine.train.ema import ModelEMA
 from engine.train.log import TensorBoardLog, write_results_csv
@@ -106,9 +107,9 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     channels_last = device.type in ("cpu", "cuda")  # 1.4x faster training on CPU (oneDNN), faster AMP on CUDA
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    stride, pin = int(model.stride.max()), device.type == "cuda"
-    train_loader = build_train_loader(opt, hyp, data_cfg, info, batch_size, stride, pin)
-    val_loader = build_val_loader(opt, data_cfg, batch_size, stride, pin) if info.is_main else None
+    stride = int(model.stride.max())
+    train_loader = build_train_loader(opt, hyp, data_cfg, info, batch_size, stride, device)
+    val_loader = build_val_loader(opt, data_cfg, batch_size, stride, device) if info.is_main else None
     if ckpt is None and not opt.noautoanchor and info.is_main:
         check_anchors(model, train_loader, hyp, opt.img_size[0], opt.seed)
     accumulate = accumulation_steps(opt.batch_size, hyp.nbs)
@@ -201,7 +202,9 @@ def _resolve_machine_options(opt: TrainOptions, device: torch.device, processes:
         raise ConfigError(str(e)) from None
     cores = split_cores(opt.threads, opt.workers, processes=processes)
     why = f" ({opt.precision}: {precision_reason(precision, device)})" if opt.precision == "auto" else ""
-    LOG.info("precision %s%s; %s", precision, why, cores.describe())
+    idle = " at idle priority (they use what the model leaves)" if (
+        device.type == "cpu" and cores.workers > 0 and IDLE_PRIORITY) else ""
+    LOG.info("precision %s%s; %s%s", precision, why, cores.describe(), idle)
     return dataclasses.replace(opt, precision=precision, threads=cores.threads, workers=cores.workers)
 
 

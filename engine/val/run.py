@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from data import build_dataloader, load_data_config
+from data.loader import consumer_options
 from data.sources import is_coco_json
 from engine.detect.backends import BACKENDS, TorchBackend, load_backend
 from engine.val.batch_plots import batch_hook
@@ -101,7 +102,7 @@ def run_val(opt: ValOptions) -> dict:
     sources = data.split(split)
     loader, dataset = build_dataloader(sources, data.nc, img_size=opt.img_size, batch_size=opt.batch_size,
                                        stride=backend.meta.stride, rect=rect, workers=opt.workers,
-                                       single_cls=opt.single_cls, pin_memory=device.type == "cuda", names=data.names)
+                                       single_cls=opt.single_cls, names=data.names, **consumer_options(device))
     names = ["item"] if opt.single_cls else list(backend.meta.names or data.names)
     save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
