@@ -70,6 +70,7 @@ class DetectionDataset(Dataset):
         self.mosaic = augment and not rect and self.hyp.mosaic > 0
         order = self._rect_order(scan) if rect else np.arange(len(scan.files))
         self.files = [scan.files[i] for i in order]
+        self._jpeg = [Path(f).suffix.lower() in JPEG_SUFFIXES for f in self.files]  # these have a reduced decode
         self.labels = [scan.labels[i].copy() for i in order]
         self.crowd = [scan.crowd[i].copy() for i in order]
         self.segments = [scan.segments[i] for i in order]
@@ -125,7 +126,7 @@ class DetectionDataset(Dataset):
     def _reduction(self, index: int) -> int:
         """The JPEG decoder's downscale (1, 2, 4 or 8) that still leaves the long side at least
         ``img_size``: decoding at 1/2 or 1/4 size costs a fraction of a full decode that is then shrunk."""
-        if self.cache == "disk" or Path(self.files[index]).suffix.lower() not in JPEG_SUFFIXES:
+        if self.cache == "disk" or not self._jpeg[index]:
             return 1  # the disk cache keeps original sizes; other formats have no reduced decode
         long_side = self.shapes[index].max()
         return max((f for f in REDUCED_DECODE if long_side / f >= self.img_size), default=1)

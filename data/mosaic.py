@@ -66,19 +66,20 @@ def mosaic(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], placement
     window, and rows left with no area are dropped.
     """
     img = np.full((canvas, canvas, 3), PAD_VALUE, np.uint8)
-    out, polygons = [], []
+    out, polygons, windows = [], [], []
     for k, (image, lab, ((y1, y2, x1, x2), (iy1, iy2, ix1, ix2))) in enumerate(zip(images, labels, placements, strict=True)):
         if y2 <= y1 or x2 <= x1:
             continue
         img[y1:y2, x1:x2] = image[iy1:iy2, ix1:ix2]
         h, w = image.shape[:2]
         pix = normalized_to_pixels(lab, w, h, x1 - ix1, y1 - iy1)
-        # clip each image's boxes to its own window: the rest of the image is not on the canvas
+        # clip each image's boxes (and below its polygons) to its own window: the rest of the image is not on the canvas
         pix[:, [1, 3]] = pix[:, [1, 3]].clip(x1, x2)
         pix[:, [2, 4]] = pix[:, [2, 4]].clip(y1, y2)
-        polys = [None] * len(pix) if segments is None else to_pixels(segments[k], w, h, x1 - ix1, y1 - iy1)
-        out.append(clip_rows(pix, polys, (x1, y1, x2, y2)))
-        polygons += polys
+        out.append(pix)
+        polygons += [None] * len(pix) if segments is None else to_pixels(segments[k], w, h, x1 - ix1, y1 - iy1)
+        windows += [(x1, y1, x2, y2)] * len(pix)
     boxes = np.concatenate(out, 0) if out else np.zeros((0, 5), np.float32)
+    clip_rows(boxes, polygons, np.array(windows, np.float32).reshape(-1, 4))
     keep = (boxes[:, 3] > boxes[:, 1]) & (boxes[:, 4] > boxes[:, 2])
     return img, boxes[keep], [p for p, k in zip(polygons, keep, strict=True) if k]

@@ -18,68 +18,105 @@ import numpy as np
 Polygons = list  # list[np.ndarray | None], one entry per label row
 
 
-def _previous(a: np.ndarray) -> np.ndarray:
-    """``a`` shifted by one along axis 0 (row i holds row i - 1, row 0 the last): np.roll(a, 1, 0)
-    without its overhead, which dominated the clipping of the few-point polygons of a batch."""
-    return np.concatenate((a[-1:], a[:-1]))
+def pack(polygons: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Polygons [k_i, 2] -> (all their vertices [sum k_i, 2], the counts k_i int64 [n]): the many
+    few-point polygons of a sample are clipped, measured and warped in one numpy pass each."""
+    lengths = np.array([len(p) for p in polygons], np.int64)
+    points = np.concatenate(polygons) if len(polygons) else np.zeros((0, 2), np.float32)
+    return points, lengths
 
 
-def _clip_half_plane(p: np.ndarray, axis: int, bound: float, keep_above: bool) -> np.ndarray:
-    """Sutherland-Hodgman step: the part of polygon ``p`` [k, 2] with p[:, axis] >= bound
-    (``keep_above``) or <= bound. Exact for any simple polygon (concave ones may keep zero-width
-    bridges along the bound, which change neither the extent nor the filled mask)."""
-    d = p[:, axis] - bound if keep_above else bound - p[:, axis]
+def unpack(points: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    """The inverse of ``pack``: one [k_i, 2] array (a view of ``points``) per polygon."""
+    return np.split(points, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+
+def _neighbours(lengths: np.ndarray, step: int) -> np.ndarray:
+    """Index of each packed vertex's previous (``step`` -1) or next (+1) vertex in its own polygon."""
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    index = np.arange(ends[-1] if len(ends) else 0) + step
+    full = lengths > 0
+    if step < 0:
+        index[starts[full]] = ends[full] - 1
+    else:
+        index[ends[full] - 1] = starts[full]
+    return index
+
+
+def _clip_half_plane(points: np.ndarray, lengths: np.ndarray, axis: int, bound: np.ndarray,
+                     keep_above: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Sutherland-Hodgman step on packed polygons: the part of each with x[axis] >= bound
+    (``keep_above``) or <= bound (float32, one per vertex). Exact for any simple polygon (concave
+    ones may keep zero-width bridges along the bound, which change neither the extent nor the mask)."""
+    d = points[:, axis] - bound if keep_above else bound - points[:, axis]
     inside = d >= 0
-    if inside.all() or len(p) == 0:
-        return p
-    if not inside.any():
-        return p[:0]
-    prev, d_prev = _previous(p), _previous(d)
-    crossing = inside != _previous(inside)
+    if inside.all():
+        return points, lengths
+    prev = _neighbours(lengths, -1)
+    p_prev, d_prev = points[prev], d[prev]
+    crossing = inside != inside[prev]
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(crossing, d_prev / (d_prev - d), 0)
-    cut = prev + (p - prev) * t[:, None]
+    cut = p_prev + (points - p_prev) * t[:, None]
     cut[:, axis] = np.where(crossing, bound, cut[:, axis])  # exactly on the bound, no rounding drift
-    points = np.stack([cut, p], 1)  # edge prev -> p emits its crossing first, then p if inside
-    keep = np.stack([crossing, inside], 1)
-    return points[keep].astype(np.float32)
+    keep = np.stack([crossing, inside], 1)  # edge prev -> p emits its crossing first, then p if inside
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    counts = np.bincount(owner, weights=keep.sum(1), minlength=len(lengths)).astype(np.int64)
+    return np.stack([cut, points], 1)[keep].astype(np.float32), counts
 
 
-def clip_polygon(p: np.ndarray, window: tuple[float, float, float, float]) -> np.ndarray:
+Window = tuple[float, float, float, float] | np.ndarray  # xyxy, or float [n, 4]: one per polygon (row)
+
+
+def clip_packed(points: np.ndarray, lengths: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Packed polygons (``pack``) cut to the xyxy ``window`` (or each to its own); a polygon with
+    nothing left has 0 vertices."""
+    windows = np.broadcast_to(np.asarray(window, np.float32), (len(lengths), 4))
+    for axis, column, above in ((0, 0, True), (0, 2, False), (1, 1, True), (1, 3, False)):
+        points, lengths = _clip_half_plane(points, lengths, axis, np.repeat(windows[:, column], lengths), above)
+    return points, lengths
+
+
+def clip_polygon(p: np.ndarray, window: Window) -> np.ndarray:
     """Polygon ``p`` [k, 2] cut to the xyxy ``window``; [0, 2] when nothing is left."""
-    x1, y1, x2, y2 = window
-    if len(p):
-        (lo_x, lo_y), (hi_x, hi_y) = p.min(0), p.max(0)
-        if lo_x >= x1 and lo_y >= y1 and hi_x <= x2 and hi_y <= y2:
-            return p
-    for axis, bound, above in ((0, x1, True), (0, x2, False), (1, y1, True), (1, y2, False)):
-        p = _clip_half_plane(p, axis, bound, above)
-    return p
+    return clip_packed(p, np.array([len(p)]), window)[0]
+
+
+def extents(points: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """xyxy float32 [n, 4] boxes around packed polygons (zeros for an empty one)."""
+    out = np.zeros((len(lengths), 4), np.float32)
+    full = lengths > 0
+    if full.any():
+        starts = (np.cumsum(lengths) - lengths)[full]  # empty polygons own no vertices: segments stay exact
+        out[full] = np.concatenate([np.minimum.reduceat(points, starts), np.maximum.reduceat(points, starts)], 1)
+    return out
 
 
 def extent(p: np.ndarray) -> np.ndarray:
     """xyxy float32 [4] box around polygon ``p`` [k, 2] (zeros for an empty polygon)."""
-    if len(p) == 0:
-        return np.zeros(4, np.float32)
-    return np.concatenate([p.min(0), p.max(0)]).astype(np.float32)
+    return extents(p, np.array([len(p)]))[0]
 
 
-def area(p: np.ndarray) -> float:
-    """Area enclosed by polygon ``p`` [k, 2] (shoelace formula; 0 under 3 points)."""
-    if len(p) < 3:
-        return 0.0
-    x, y = p[:, 0].astype(np.float64), p[:, 1].astype(np.float64)
-    wrap = x[-1] * y[0] - y[-1] * x[0]  # the closing edge, last vertex -> first
-    return 0.5 * abs(float(x[:-1] @ y[1:] - y[:-1] @ x[1:] + wrap))
+def areas(points: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """float64 [n] areas enclosed by packed polygons (shoelace formula; 0 under 3 points)."""
+    x, y = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
+    following = _neighbours(lengths, 1)
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    twice = np.bincount(owner, weights=x * y[following] - y * x[following], minlength=len(lengths))
+    return np.where(lengths >= 3, 0.5 * np.abs(twice), 0.0)
 
 
-def clip_rows(labels: np.ndarray, polygons: Polygons, window: tuple[float, float, float, float]) -> np.ndarray:
-    """Cut each polygon row to ``window`` (xyxy) in place and write its extent into ``labels``
-    [n, 5] (cls, xyxy); box rows are left to the caller. Returns ``labels``."""
-    for i, p in enumerate(polygons):
-        if p is not None:
-            polygons[i] = clip_polygon(p, window)
-            labels[i, 1:5] = extent(polygons[i])
+def clip_rows(labels: np.ndarray, polygons: Polygons, window: Window) -> np.ndarray:
+    """Cut each polygon row to ``window`` (xyxy, or float [n, 4] one per row) in place and write its
+    extent into ``labels`` [n, 5] (cls, xyxy); box rows are left to the caller. Returns ``labels``."""
+    rows = [i for i, p in enumerate(polygons) if p is not None]
+    if rows:
+        windows = np.asarray(window, np.float32)
+        points, lengths = clip_packed(*pack([polygons[i] for i in rows]), windows[rows] if windows.ndim == 2 else windows)
+        labels[rows, 1:5] = extents(points, lengths)
+        for i, p in zip(rows, unpack(points, lengths), strict=True):
+            polygons[i] = p
     return labels
 
 

@@ -13,7 +13,7 @@ import math
 import cv2
 import numpy as np
 
-from data.polygons import Polygons, area, clip_polygon, extent, flip, warp_points
+from data.polygons import Polygons, areas, clip_packed, extents, flip, pack, unpack, warp_points
 from utils.boxes import clip_boxes, cxcywh_to_xyxy, xyxy_to_cxcywh
 
 PAD_VALUE = 114  # grey used for letterbox and mosaic borders, as YOLOv5/v7
@@ -151,13 +151,14 @@ def warp_labels(labels: np.ndarray, polygons: Polygons, matrix: np.ndarray,
     polygons = list(polygons)
     window = (0, 0, out_size[1], out_size[0])
     rows = [i for i, p in enumerate(polygons) if p is not None]
-    visible = np.zeros(len(rows), bool)
-    for k, i in enumerate(rows):
-        before = area(polygons[i])
-        polygons[i] = clip_polygon(warp_points(polygons[i], matrix), window)
-        boxes[i] = extent(polygons[i])
-        visible[k] = area(polygons[i]) > VISIBLE_AREA * before * gain**2
     if rows:
+        points, lengths = pack([polygons[i] for i in rows])
+        before = areas(points, lengths)
+        points, lengths = clip_packed(warp_points(points, matrix), lengths, window)
+        boxes[rows] = extents(points, lengths)
+        visible = areas(points, lengths) > VISIBLE_AREA * before * gain**2
+        for i, p in zip(rows, unpack(points, lengths), strict=True):
+            polygons[i] = p
         keep[rows] = visible & box_candidates(labels[rows, 1:5] * gain, boxes[rows], area_thr=0)
     out = np.concatenate([labels[keep, :1], boxes[keep]], 1).astype(np.float32)
     return out, [p for p, k in zip(polygons, keep, strict=True) if k]
@@ -208,14 +209,14 @@ def flip_lr(img: np.ndarray, labels: np.ndarray, polygons: Polygons) -> tuple[np
     """Mirror left-right; labels [n, 5] (cls, xyxy pixels) and their polygons (pixels, None for box rows)."""
     labels = labels.copy()
     labels[:, [1, 3]] = img.shape[1] - labels[:, [3, 1]]
-    return np.ascontiguousarray(img[:, ::-1]), labels, flip(polygons, img.shape[1], 0)
+    return cv2.flip(img, 1), labels, flip(polygons, img.shape[1], 0)
 
 
 def flip_ud(img: np.ndarray, labels: np.ndarray, polygons: Polygons) -> tuple[np.ndarray, np.ndarray, Polygons]:
     """Mirror up-down; labels [n, 5] (cls, xyxy pixels) and their polygons (pixels, None for box rows)."""
     labels = labels.copy()
     labels[:, [2, 4]] = img.shape[0] - labels[:, [4, 2]]
-    return np.ascontiguousarray(img[::-1]), labels, flip(polygons, img.shape[0], 1)
+    return cv2.flip(img, 0), labels, flip(polygons, img.shape[0], 1)
 
 
 def mixup(img1: np.ndarray, labels1: np.ndarray, img2: np.ndarray, labels2: np.ndarray,

@@ -15,7 +15,7 @@ from data import build_dataloader
 from data.labels import read_label_file
 from data.mosaic import mosaic
 from data.paste import PoolObject, copy_paste, paste_in
-from data.polygons import clip_polygon, extent, fill_mask
+from data.polygons import areas, clip_packed, clip_polygon, extent, extents, fill_mask, pack, unpack
 from data.scan import CACHE_VERSION, load_or_scan
 from data.shapes import ShapesSpec, ensure_shapes
 from data.transforms import perspective_matrix, random_perspective, warp_labels
@@ -137,6 +137,27 @@ def test_clipping_cuts_the_outline_not_just_the_box():
     labels = [np.float32([[0, 0.5, 0.5, 1, 1]])]
     _, out, polygons = mosaic([img], labels, [((0, 25, 0, 100), (0, 25, 0, 100))], 100, [[diamond / 100]])
     np.testing.assert_allclose(out[0, 1:], [25, 0, 75, 25], atol=1e-4)
+
+
+def test_polygons_clipped_together_equal_each_clipped_alone():
+    rng = np.random.default_rng(0)
+    polygons = [rng.uniform(-50, 150, (int(k), 2)).astype(np.float32) for k in rng.integers(3, 9, 40)]
+    polygons[3] = polygons[3][:0]  # an empty one among them
+    polygons[7] = polygons[7] + 500  # wholly outside every window
+    windows = (rng.uniform(0, 40, (40, 4)) + [0, 0, 60, 60]).astype(np.float32)  # xyxy, one per polygon
+    points, lengths = clip_packed(*pack(polygons), windows)
+    together = unpack(points, lengths)
+    alone = [clip_polygon(p, tuple(w)) for p, w in zip(polygons, windows, strict=True)]
+    assert [len(p) for p in together] == [len(p) for p in alone] and len(together[7]) == 0
+    assert all(np.array_equal(a, b) for a, b in zip(together, alone, strict=True))
+    boxes = extents(points, lengths)
+    for p, box, area, w in zip(together, boxes, areas(points, lengths), windows, strict=True):
+        if len(p):
+            assert (box[:2] >= w[:2]).all() and (box[2:] <= w[2:]).all()
+            np.testing.assert_array_equal(box, [*p.min(0), *p.max(0)])
+        else:
+            assert not box.any() and area == 0
+        assert area == pytest.approx(cv2.contourArea(p) if len(p) >= 3 else 0, rel=1e-5, abs=1e-3)
 
 
 def _object_scene():
