@@ -3,8 +3,7 @@
 Per sample: mosaic of 4 (80 %) or 9 images with probability ``hyp.mosaic`` (copy-paste on the
 mosaic canvas with ``hyp.copy_paste``, then mixup with a second mosaic with probability
 ``hyp.mixup``), else a letterboxed single image; then random perspective (``degrees``,
-``translate``, ``scale``, ``shear``, ``perspective``; a mosaic that is only scaled and shifted, as
-by default, is sampled straight from the decoded images, ``data.mosaic.warp_tiles``), paste-in with probability
+``translate``, ``scale``, ``shear``, ``perspective``), paste-in with probability
 ``hyp.paste_in`` (objects of a per-epoch pool, ``data.paste``), the albumentations stage (blur,
 median blur, grey, CLAHE at 1 % each), HSV jitter (``hsv_h/s/v``) and flips (``flipud``,
 ``fliplr``). Polygon rows travel through every geometric step and define their boxes
@@ -21,19 +20,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from data.mosaic import mosaic, mosaic_labels, place4, place9, warp_tiles
+from data.mosaic import mosaic, place4, place9
 from data.paste import PoolObject, build_pool, copy_paste, paste_in
 from data.polygons import Polygons
-from data.transforms import (
-    augment_hsv,
-    flip_lr,
-    flip_ud,
-    mixup,
-    perspective_matrix,
-    pixels_to_normalized,
-    random_perspective,
-    warp_labels,
-)
+from data.transforms import augment_hsv, flip_lr, flip_ud, mixup, pixels_to_normalized, random_perspective
 from utils.config import Hyp
 
 if TYPE_CHECKING:
@@ -92,8 +82,6 @@ class Augmenter:
         self.albumentations = build_albumentations()
         self.copy_paste = hyp.copy_paste if dataset.has_segments else 0.0
         self.paste_in = hyp.paste_in if dataset.has_segments else 0.0
-        # mosaics warped by scale and translation alone go straight from the decoded images to the output
-        self.direct_warp = self.copy_paste == 0 and hyp.degrees == hyp.shear == hyp.perspective == 0
         self._pool: tuple[int, list[PoolObject]] | None = None  # (epoch, objects)
 
     def __getstate__(self) -> dict:
@@ -110,27 +98,20 @@ class Augmenter:
 
     def _mosaic(self, index: int, rng: np.random.Generator) -> Sample:
         """A mosaic around sample ``index``, copy-pasted and warped to img_size."""
-        ds, h, s = self.dataset, self.hyp, self.dataset.img_size
+        ds, s = self.dataset, self.dataset.img_size
         nine = rng.random() < MOSAIC9_PROBABILITY
         indices = [index, *rng.integers(0, len(ds), 8 if nine else 3).tolist()]
-        decoded = [ds.decoded(i) for i in indices]
-        sizes = [size for _, _, size in decoded]
+        loaded = [ds.load_image(i)[0] for i in indices]
+        sizes = [im.shape[:2] for im in loaded]
         if nine:
             placements = place9(tuple(int(v) for v in rng.integers(0, s, 2)), sizes, s)
         else:
             placements = place4(tuple(int(v) for v in rng.integers(s // 2, 3 * s // 2, 2)), sizes, 2 * s)
-        labels = [ds.labels[i] for i in indices]
-        segments = [ds.segments[i] for i in indices]
-        if self.direct_warp:  # the same random draws as the canvas path, one interpolation fewer
-            boxes, polygons = mosaic_labels(sizes, labels, placements, segments)
-            matrix = perspective_matrix(rng, (2 * s, 2 * s), (s, s), h.degrees, h.translate, h.scale, h.shear,
-                                        h.perspective)
-            boxes, polygons = warp_labels(boxes, polygons, matrix, (s, s))
-            return warp_tiles([img for img, _, _ in decoded], sizes, placements, matrix, (s, s)), boxes, polygons
-        img, boxes, polygons = mosaic([ds.resized(d) for d in decoded], labels, placements, 2 * s, segments)
+        img, labels, polygons = mosaic(loaded, [ds.labels[i] for i in indices], placements, 2 * s,
+                                       [ds.segments[i] for i in indices])
         if self.copy_paste > 0:
-            img, boxes, polygons = copy_paste(img, boxes, polygons, self.copy_paste, rng)
-        return self._warp((img, boxes, polygons), rng, (s, s))
+            img, labels, polygons = copy_paste(img, labels, polygons, self.copy_paste, rng)
+        return self._warp((img, labels, polygons), rng, (s, s))
 
     def _warp(self, sample: Sample, rng: np.random.Generator, out_size: tuple[int, int] | None = None) -> Sample:
         h = self.hyp

@@ -150,33 +150,22 @@ class DetectionDataset(Dataset):
                 self.cache = None
         return img
 
-    def decoded(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
-        """(RGB image as decoded, possibly at reduced size, or as cached in RAM; its original
-        (h0, w0); the (h, w) that ``load_image`` resizes it to, long side ``img_size``)."""
+    def load_image(self, index: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """RGB image [h, w, 3] resized so its long side is ``img_size``; returns it and (h0, w0)."""
         h0, w0 = int(self.shapes[index, 1]), int(self.shapes[index, 0])
         if self._ram[index] is not None:
-            img = self._ram[index]
-            return img, (h0, w0), img.shape[:2]
+            return self._ram[index], (h0, w0)
         reduction = self._reduction(index)
         img = self._read(index, reduction)
         if reduction == 1:
             h0, w0 = img.shape[:2]
         r = self.img_size / max(h0, w0)
-        return img, (h0, w0), (round(h0 * r), round(w0 * r))  # from the original size: the same whatever the decode
-
-    def resized(self, decoded: tuple[np.ndarray, tuple[int, int], tuple[int, int]]) -> np.ndarray:
-        """The image of ``decoded(i)`` resized so its long side is ``img_size``."""
-        img, (h0, w0), size = decoded
-        if img.shape[:2] == size:
-            return img
-        # area averaging is the better downscale; training keeps YOLOv7's faster linear
-        interp = cv2.INTER_LINEAR if self.augment or self.img_size > max(h0, w0) else cv2.INTER_AREA
-        return cv2.resize(img, size[::-1], interpolation=interp)
-
-    def load_image(self, index: int) -> tuple[np.ndarray, tuple[int, int]]:
-        """RGB image [h, w, 3] resized so its long side is ``img_size``; returns it and (h0, w0)."""
-        decoded = self.decoded(index)
-        return self.resized(decoded), decoded[1]
+        size = (round(w0 * r), round(h0 * r))  # from the original size: the same whatever the decode
+        if img.shape[1::-1] != size:
+            # area averaging is the better downscale; training keeps YOLOv7's faster linear
+            interp = cv2.INTER_LINEAR if self.augment or r > 1 else cv2.INTER_AREA
+            img = cv2.resize(img, size, interpolation=interp)
+        return img, (h0, w0)
 
     def letterboxed(self, index: int) -> tuple[np.ndarray, np.ndarray, Polygons, Shapes]:
         """Image ``index`` letterboxed to its target shape; labels [n, 5] (cls, xyxy pixels) and their

@@ -107,12 +107,6 @@ def test_image_cache_gives_the_same_batches(root, cache):
     kwargs = dict(img_size=128, batch_size=4, hyp=Hyp(), augment=True, shuffle=True, seed=1)
     plain, _ = build_dataloader(root / "images" / "train", 5, **kwargs)
     cached, _ = build_dataloader(root / "images" / "train", 5, cache=cache, **kwargs)
-    if cache == "ram":  # resized images: a mosaic interpolates them, not the decoded ones, so pixels move a little
-        a, b = _batches(plain), _batches(cached)
-        assert all(torch.equal(x.targets, y.targets) and (x.images.float() - y.images.float()).abs().mean() < 2
-                   for x, y in zip(a, b, strict=True))
-        plain.close_mosaic()
-        cached.close_mosaic()
     assert _same(_batches(plain), _batches(cached))
     if cache == "disk":
         assert len(list((root / "images" / "train").glob("*.jpg.npy"))) == 10

@@ -9,17 +9,15 @@ import pytest
 
 from data import build_dataloader, letterbox
 from data.augment import apply_albumentations, build_albumentations
-from data.mosaic import mosaic, place4, place9, warp_tiles
+from data.mosaic import mosaic, place4, place9
 from data.transforms import (
     augment_hsv,
     flip_lr,
     flip_ud,
     normalized_to_pixels,
-    perspective_matrix,
     pixels_to_normalized,
     random_perspective,
     warp_boxes,
-    warp_image,
 )
 from utils.config import Hyp
 
@@ -169,81 +167,6 @@ def test_mosaic_boxes_follow_pasted_images():
         assert (canvas[int(y1):int(y2), int(x1):int(x2)] == 255).all()
     _, out, _ = mosaic(imgs, labels, place4((12, 50), [(40, 30)] * 4, 100), 100)
     assert out[:, 0].tolist() == [1, 3]  # boxes of images 0 and 2 lie wholly in their cropped parts
-
-
-def _mosaic4(rng, sizes, s=64):
-    """Placements of a random 4-mosaic of images of ``sizes`` on a 2s canvas and a random
-    scale-and-translate matrix down to s x s."""
-    placements = place4(tuple(int(v) for v in rng.integers(s // 2, 3 * s // 2, 2)), sizes, 2 * s)
-    return placements, perspective_matrix(rng, (2 * s, 2 * s), (s, s), translate=0.1, scale=0.5)
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_each_warped_tile_pixel_shows_the_image_under_its_canvas_position(seed):
-    rng = np.random.default_rng(seed)
-    sizes = [(40, 50), (37, 29), (50, 50), (21, 45)]
-    placements, matrix = _mosaic4(rng, sizes)
-    colours = rng.integers(0, 256, (4, 3)).astype(np.uint8)
-    direct = warp_tiles([np.full((h // 2 + 1, w, 3), c, np.uint8) for c, (h, w) in zip(colours, sizes, strict=True)],
-                        sizes, placements, matrix, (64, 64))
-    ids = [np.full((h, w, 3), k, np.uint8) for k, (h, w) in enumerate(sizes)]
-    canvas, _, _ = mosaic(ids, [np.zeros((0, 5), np.float32)] * 4, placements, 128)  # 114: no image
-    y, x = np.mgrid[0:64, 0:64]
-    qx, qy = (x - matrix[0, 2]) / matrix[0, 0], (y - matrix[1, 2]) / matrix[1, 1]  # canvas position of each pixel
-    cx, cy = np.floor(qx + 0.5).astype(int), np.floor(qy + 0.5).astype(int)  # the canvas pixel holding it
-    on_canvas = (cx >= 0) & (cx < 128) & (cy >= 0) & (cy < 128)
-    tile = np.full((64, 64), 114)
-    tile[on_canvas] = canvas[cy[on_canvas], cx[on_canvas], 0]
-    expected = np.full((64, 64, 3), 114, np.uint8)
-    expected[tile < 4] = colours[tile[tile < 4]]
-    np.testing.assert_array_equal(direct, expected)
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_warped_tiles_interpolate_as_the_resize_and_warp_of_the_canvas(seed):
-    """Bilinear steps reproduce a linear ramp exactly, so one interpolation (straight from the images
-    at half size) and two (resize, paste, warp) agree within rounding away from seams and borders."""
-    rng = np.random.default_rng(seed)
-    sizes = [(40, 50)] * 4
-    placements, matrix = _mosaic4(rng, sizes)
-    y, x = np.mgrid[0:20, 0:25]
-    ramps = [np.dstack([10 * x + k, 12 * y + 2 * k, np.full_like(x, 60 * k)]).astype(np.uint8) for k in range(4)]
-    resized = [cv2.resize(im, (50, 40), interpolation=cv2.INTER_LINEAR) for im in ramps]
-    canvas, _, _ = mosaic(resized, [np.zeros((0, 5), np.float32)] * 4, placements, 128)
-    via_canvas = warp_image(canvas, matrix, (64, 64))
-    direct = warp_tiles(ramps, sizes, placements, matrix, (64, 64))
-    # away from where a tile meets another, the grey or its image's border (replicated by the resize)
-    inner = np.zeros((20, 25), np.uint8)
-    inner[2:-2, 2:-2] = 255
-    masks = [cv2.resize(inner, (50, 40), interpolation=cv2.INTER_NEAREST)] * 4
-    far, _, _ = mosaic([np.dstack([m] * 3) for m in masks], [np.zeros((0, 5), np.float32)] * 4, placements, 128)
-    far = cv2.erode(cv2.warpAffine(np.where(far == 255, 255, 0).astype(np.uint8)[:, :, 0], matrix[:2], (64, 64),
-                                   flags=cv2.INTER_NEAREST), np.ones((3, 3), np.uint8)) > 0
-    assert far.sum() > 200
-    assert np.abs(direct.astype(int) - via_canvas.astype(int))[far].max() <= 1
-
-
-def test_warp_tiles_refuses_a_rotation():
-    with pytest.raises(ValueError, match="scale-and-translate"):
-        warp_tiles([], [], [], np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]]), (8, 8))
-
-
-@pytest.mark.parametrize(("overrides", "direct"), [({}, True), ({"degrees": 5.0}, False), ({"perspective": 1e-4}, False)])
-def test_only_scaled_and_shifted_mosaics_warp_straight_from_the_images(tmp_path, overrides, direct):
-    _, ds = build_dataloader(_white_box_set(tmp_path), 1, img_size=64, batch_size=4, hyp=Hyp(**overrides), augment=True)
-    assert ds.augmenter.direct_warp is direct  # a rotation or perspective warps the pasted canvas
-
-
-def test_mosaics_warped_straight_from_the_images_keep_the_canvas_labels(tmp_path):
-    _, ds = build_dataloader(_white_box_set(tmp_path), 1, img_size=64, batch_size=4, hyp=Hyp(mosaic=1.0), augment=True)
-    augmenter = ds.augmenter
-    for i in range(len(ds)):
-        augmenter.direct_warp = False
-        image, labels, _ = augmenter.sample(i, ds.rng(i))
-        augmenter.direct_warp = True
-        direct_image, direct_labels, _ = augmenter.sample(i, ds.rng(i))
-        np.testing.assert_array_equal(labels, direct_labels)  # the same random draws, the same boxes
-        assert np.abs(image.astype(int) - direct_image.astype(int)).mean() < 8
 
 
 def _white_box_set(root, n=8, seed=0):
