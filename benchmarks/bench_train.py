@@ -12,8 +12,9 @@ training (the shapes hyper-parameters, SGD, no warmup); epoch 0 warms up (it als
 train_batch pictures), epoch 1 is timed, worker start-up included, and the time the loop waits
 for batches is reported; epoch 2 runs on its batches made beforehand ("premade"), so loop /
 premade is what the loader's work costs the model when both share the cores. Achieved GFLOP/s
-= 3 x forward GFLOPs x img/s (backward costs about twice the forward). The peak is a large matmul and a 3x3 convolution,
-fp32 and bf16, measured in the same run: figures from other machines compare through it.
+= 3 x forward GFLOPs x img/s (backward costs about twice the forward). The peak is a large
+matmul and a 3x3 convolution, fp32 and bf16, measured in the same run: figures from other
+machines compare through it.
 """
 
 from __future__ import annotations

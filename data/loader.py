@@ -60,16 +60,14 @@ def collate(samples: list[tuple]) -> Batch:
 IDLE_PRIORITY = hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE")
 
 
-def run_at_idle_priority() -> bool:
-    """Put the calling process in the idle scheduling class (SCHED_IDLE); False where the system
-    has none or refuses it."""
-    if not IDLE_PRIORITY:
-        return False
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except OSError:
-        return False
-    return True
+def _run_at_idle_priority() -> None:
+    """Put the calling process in the idle scheduling class (SCHED_IDLE) where the system has one
+    and allows it; elsewhere it keeps its priority."""
+    if IDLE_PRIORITY:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:
+            pass
 
 
 def consumer_options(device: torch.device) -> dict[str, bool]:
@@ -87,7 +85,7 @@ def _worker_init(worker_id: int, idle: bool = False) -> None:
     random.seed(seed)
     cv2.setNumThreads(0)
     if idle:
-        run_at_idle_priority()
+        _run_at_idle_priority()
 
 
 class _PassSampler(Sampler[tuple[int, bool, int]]):

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from data import DetectionLoader
-from data.loader import IDLE_PRIORITY
+from data.loader import IDLE_PRIORITY, consumer_options
 from engine.train.data import build_train_loader, build_val_loader, check_anchors, load_data
 from engine.train.ema import ModelEMA
 from engine.train.log import TensorBoardLog, write_results_csv
@@ -203,7 +203,7 @@ def _resolve_machine_options(opt: TrainOptions, device: torch.device, processes:
     cores = split_cores(opt.threads, opt.workers, processes=processes)
     why = f" ({opt.precision}: {precision_reason(precision, device)})" if opt.precision == "auto" else ""
     idle = " at idle priority (they use what the model leaves)" if (
-        device.type == "cpu" and cores.workers > 0 and IDLE_PRIORITY) else ""
+        consumer_options(device)["idle_workers"] and cores.workers > 0 and IDLE_PRIORITY) else ""
     LOG.info("precision %s%s; %s%s", precision, why, cores.describe(), idle)
     return dataclasses.replace(opt, precision=precision, threads=cores.threads, workers=cores.workers)
 
