@@ -2,12 +2,12 @@
 
 Entry points: ``load_data_config`` (a data-set YAML or a built-in name such as ``shapes``),
 ``build_dataloader`` (sources -> loader yielding ``Batch``), ``letterbox`` (also used by
-inference). See docs/design.md, "Data API".
+inference), ``unit_images`` (a batch's uint8 images as the model's input). See docs/design.md, "Data API".
 """
 
 from data.config import DataConfig, datasets_root, load_data_config
 from data.dataset import DetectionDataset
-from data.loader import Batch, DetectionLoader, build_dataloader, collate
+from data.loader import Batch, DetectionLoader, build_dataloader, collate, unit_images
 from data.transforms import letterbox
 
 __all__ = [
@@ -20,4 +20,5 @@ __all__ = [
     "datasets_root",
     "letterbox",
     "load_data_config",
+    "unit_images",
 ]

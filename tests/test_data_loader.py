@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from data import Batch, build_dataloader
+from data import Batch, build_dataloader, unit_images
 from data.shapes import ShapesSpec, ensure_shapes
 from data.transforms import normalized_to_pixels
+from models.yolo import Model
 from utils.boxes import cxcywh_to_xyxy, letterbox_to_original
 from utils.config import Hyp
 
@@ -144,3 +145,28 @@ def test_pinned_memory_only_when_asked(root):
     default, _ = build_dataloader(src, nc=5, img_size=128, batch_size=4, rect=True)
     pinned, _ = build_dataloader(src, nc=5, img_size=128, batch_size=4, rect=True, pin_memory=True)
     assert default.loader.pin_memory is False and pinned.loader.pin_memory is True
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_unit_images_is_divide_by_255_in_the_dtype_and_layout(dtype, channels_last):
+    images = torch.arange(2 * 3 * 5 * 7, dtype=torch.int64).remainder(256).to(torch.uint8).view(2, 3, 5, 7)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    out = unit_images(images, torch.device("cpu"), dtype)
+    assert out.dtype == dtype and out.shape == images.shape
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert torch.equal(out, (images.float() / 255).to(dtype))
+    strided = images[..., ::2]  # neither layout: the plain path
+    assert torch.equal(unit_images(strided, torch.device("cpu"), dtype), (strided.float() / 255).to(dtype))
+
+
+def test_bf16_input_gives_the_forward_autocast_gives_fp32_input():
+    """The trainer feeds its bf16 forward bf16 images: the same numbers as autocast's own rounding."""
+    torch.manual_seed(0)
+    model = Model("yolov7-tiny.yaml", nc=3).train().to(memory_format=torch.channels_last)
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = model(unit_images(images, torch.device("cpu"), torch.bfloat16))
+        autocast_rounded = model(images.float() / 255)
+    assert all(torch.equal(a, b) for a, b in zip(ours, autocast_rounded, strict=True))

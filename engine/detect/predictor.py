@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import letterbox
+from data import letterbox, unit_images
 from engine.detect.backends import BackendError, call_fixed_batch, load_backend
 from engine.detect.sources import read_image
 from utils.boxes import letterbox_to_original
@@ -108,8 +108,7 @@ class Predictor:
             boxed, gains, pad = letterbox(im, target, self.stride, auto=False)
             batch.append(boxed[..., ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
             undo.append((gains, pad, im.shape[:2]))
-        x = torch.from_numpy(np.ascontiguousarray(np.stack(batch))).to(self.device)
-        return x.float() / 255, undo
+        return unit_images(torch.from_numpy(np.ascontiguousarray(np.stack(batch))), self.device), undo
 
     def _detect(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Input batch -> per image [n, 6] (x1, y1, x2, y2, score, class) in input pixels."""

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from data import Batch, DetectionLoader
+from data import Batch, DetectionLoader, unit_images
 from engine.train.data import set_dataset_mosaic, set_image_weights
 from engine.train.log import epoch_row, progress_header, progress_line, write_results_csv, zero_metrics
 from engine.train.optim import apply_warmup, warmup_iterations
@@ -43,7 +43,7 @@ from utils.checkpoint import (
     strip_checkpoint,
 )
 from utils.errors import UserError
-from utils.precision import autocast
+from utils.precision import autocast, autocast_dtype
 from utils.torch_utils import (
     any_flag,
     broadcast_flag,
@@ -234,7 +234,10 @@ def train_step(run: Run, batch: Batch, step: bool) -> torch.Tensor | None:
     finite on any process (then nothing is backpropagated, so every DDP process skips alike).
     """
     model = run.model
-    images = prepare_images(batch.images.to(run.device, non_blocking=True).float().div_(255),
+    # in the forward's precision already (autocast would round the first layer's input to it; multi-scale
+    # resizes in fp32)
+    dtype = torch.float32 if run.opt.multi_scale else autocast_dtype(run.precision) or torch.float32
+    images = prepare_images(unit_images(batch.images, run.device, dtype),
                             multi_scale=run.opt.multi_scale, base_size=run.opt.img_size[0],
                             stride=int(unwrap(model).stride.max()), channels_last=run.channels_last)
     with autocast(run.device, run.precision):  # the forward only: the loss and OTA cost run in fp32

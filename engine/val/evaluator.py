@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from data import unit_images
 from engine.detect.backends import Backend, call_fixed_batch
 from engine.tta import tta_forward
 from utils.boxes import letterbox_to_original
@@ -181,7 +182,7 @@ def _predict(model: nn.Module | Backend, loader, *, loss_fn: Callable | None, co
     all_dets, indices = [], []
     for batch in loader:
         t0 = _sync(device)
-        images = batch.images.to(device, non_blocking=True).to(dtype) / 255
+        images = unit_images(batch.images, device, dtype)
         targets = batch.targets.to(device)
         t1 = _sync(device)
         if augment:
