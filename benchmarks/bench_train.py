@@ -34,7 +34,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data import build_dataloader, load_data_config  # noqa: E402
+from data import build_dataloader, load_data_config, unit_images  # noqa: E402
 from engine.train.ema import ModelEMA  # noqa: E402
 from engine.train.optim import accumulation_steps, build_optimizer  # noqa: E402
 from engine.train.options import DEFAULT_HYP, TrainOptions  # noqa: E402
@@ -42,7 +42,13 @@ from models.loss import YoloLoss  # noqa: E402
 from models.yolo import Model, count_flops  # noqa: E402
 from utils.config import Hyp, load  # noqa: E402
 from utils.paths import resolve_path  # noqa: E402
-from utils.precision import PRECISIONS, autocast, cpu_has_native_bf16, resolve_precision  # noqa: E402
+from utils.precision import (  # noqa: E402
+    PRECISIONS,
+    autocast,
+    autocast_dtype,
+    cpu_has_native_bf16,
+    resolve_precision,
+)
 
 PHASES = ("forward", "loss", "backward", "optimizer", "ema")
 STEADY_STATE = ("warmup_epochs=0",)  # the loop's hyp override: no warmup, as the step
@@ -93,7 +99,7 @@ def step_rate(cfg: str, img: int, batch: int, iters: int, warmup: int, precision
     totals = dict.fromkeys(PHASES, 0.0)
     for step in range(warmup + iters):
         b = batches[step % len(batches)]
-        images = b.images.float().div_(255).contiguous(memory_format=torch.channels_last)
+        images = unit_images(b.images, CPU, autocast_dtype(precision) or torch.float32)  # as the trainer's input
         t0 = time.perf_counter()
         with autocast(CPU, precision):
             raw = model(images)

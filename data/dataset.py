@@ -33,6 +33,8 @@ JPEG_SUFFIXES = (".jpg", ".jpeg")
 REDUCED_DECODE = {1: cv2.IMREAD_COLOR_RGB, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2 | cv2.IMREAD_COLOR_RGB,
                   4: cv2.IMREAD_REDUCED_GRAYSCALE_4 | cv2.IMREAD_COLOR_RGB,
                   8: cv2.IMREAD_REDUCED_GRAYSCALE_8 | cv2.IMREAD_COLOR_RGB}
+CACHES = (None, "auto", "ram", "disk")  # "auto": "ram" if the resized images take little memory, else None
+AUTO_RAM_FRACTION = 0.1  # of the available memory, the most "auto" gives the RAM cache
 Shapes = tuple[tuple[int, int], tuple[tuple[float, float], tuple[int, int]]] | None
 
 
@@ -62,11 +64,11 @@ class DetectionDataset(Dataset):
         single_cls: bool = False,
         seed: int = 0,
     ) -> None:
-        if cache not in (None, "ram", "disk"):
-            raise ValueError(f"cache must be None, 'ram' or 'disk', got {cache!r}")
+        if cache not in CACHES:
+            raise ValueError(f"cache must be one of {', '.join(map(repr, CACHES))}, got {cache!r}")
         self.img_size, self.stride, self.augment, self.rect = img_size, stride, augment, rect
         self.hyp = hyp or Hyp()
-        self.seed, self.epoch, self.cache = seed, 0, cache
+        self.seed, self.epoch = seed, 0
         self.mosaic = augment and not rect and self.hyp.mosaic > 0
         order = self._rect_order(scan) if rect else np.arange(len(scan.files))
         self.files = [scan.files[i] for i in order]
@@ -82,15 +84,37 @@ class DetectionDataset(Dataset):
         self.category_ids = list(scan.category_ids)
         self.shapes = np.array([scan.shapes[i][::-1] for i in order], np.float64).reshape(-1, 2)
         self.batch_shapes = self._batch_shapes(batch_size, pad) if rect else None
+        self.cache = self._auto_cache() if cache == "auto" else cache
         self.batch_size = batch_size
         self._ram: list[np.ndarray | None] = [None] * len(self.files)
         self.augmenter = Augmenter(self, self.hyp) if augment else None
         if augment and not self.has_segments and (self.hyp.copy_paste > 0 or self.hyp.paste_in > 0):
             LOGGER.warning("copy_paste=%g, paste_in=%g have no effect: the labels have no polygons (box-only data "
                            "set; both cut objects out by their outlines)", self.hyp.copy_paste, self.hyp.paste_in)
-        if cache == "ram":
+        if self.cache == "ram":
             with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # OpenCV decodes without the GIL
                 self._ram = list(pool.map(lambda i: self.load_image(i)[0], range(len(self.files))))
+
+    def cache_bytes(self) -> int:
+        """Memory the resized images take in the RAM cache (uint8, long side ``img_size``)."""
+        scale = self.img_size / self.shapes.max(1)
+        return int(np.sum(np.round(self.shapes[:, 0] * scale) * np.round(self.shapes[:, 1] * scale) * 3))
+
+    def _auto_cache(self) -> str | None:
+        """'ram' when the resized images fit in AUTO_RAM_FRACTION of the available memory (shared by
+        this machine's processes of a torchrun job), else None; said in one line either way."""
+        need, available = self.cache_bytes(), available_memory()
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        fits = available is not None and need * processes <= AUTO_RAM_FRACTION * available
+        need_text = f"{need * processes / 1e9:.2f} GB" + (f" for {processes} processes" if processes > 1 else "")
+        of = f"the {available / 1e9:.1f} GB available" if available is not None else "an unknown free memory"
+        if fits:
+            LOGGER.info("caching %d images in RAM (%s of %s; --cache-images none reads them from disk)",
+                        len(self.files), need_text, of)
+        else:
+            LOGGER.info("not caching %d images in RAM (%s, over %.0f%% of %s; --cache-images ram caches them anyway)",
+                        len(self.files), need_text, 100 * AUTO_RAM_FRACTION, of)
+        return "ram" if fits else None
 
     @staticmethod
     def _rect_order(scan: ScanResult) -> np.ndarray:
@@ -190,3 +214,18 @@ class DetectionDataset(Dataset):
         # [3, H, W] as a view of the HWC pixels: collate stacks them channels-last, the model's layout
         image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
         return image, targets, self.files[index], shapes, index
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux MemAvailable, else free pages), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -64,3 +64,11 @@ def test_commands_reject_out_of_range_flags(main, argv, flag, capsys):
 def test_every_field_is_declared_with_option(cls):
     # one declaration per flag: a plain field would get a flag without help or range
     assert all("cli" in f.metadata for f in dataclasses.fields(cls))
+
+
+@pytest.mark.parametrize(("argv", "cache"), [([], "auto"), (["--cache-images"], "ram"), (["--cache-images", "disk"], "disk"),
+                                             (["--cache-images", "none"], None)])
+def test_cache_images_flag(argv, cache):
+    opt = TrainOptions(**vars(build_parser(TrainOptions).parse_args(argv)))
+    assert opt.image_cache == cache
+    assert TrainOptions(cache_images="").image_cache is None  # the value older runs' opt.yaml holds

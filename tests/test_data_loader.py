@@ -114,6 +114,25 @@ def test_image_cache_gives_the_same_batches(root, cache):
         assert _same(_batches(plain), _batches(cached))  # second pass reads the .npy files
 
 
+@pytest.mark.parametrize("free_share", [0.09, 0.11])
+def test_auto_cache_keeps_the_images_in_ram_when_they_take_little_memory(root, monkeypatch, caplog, free_share):
+    """'auto' caches when the resized images take at most 10% of the available memory, else reads them."""
+    import data.dataset
+
+    kwargs = dict(img_size=128, batch_size=4, hyp=Hyp(), augment=True, shuffle=True, seed=1)
+    _, probe = build_dataloader(root / "images" / "train", 5, **kwargs)
+    monkeypatch.setattr(data.dataset, "available_memory", lambda: int(probe.cache_bytes() / free_share))
+    with caplog.at_level("INFO", logger="data.dataset"):
+        auto, ds = build_dataloader(root / "images" / "train", 5, cache="auto", **kwargs)
+    fits = free_share < 0.1
+    assert ds.cache == ("ram" if fits else None)
+    assert sum(im is not None for im in ds._ram) == (10 if fits else 0)
+    assert ("not caching" not in caplog.text) == fits and "10 images in RAM" in caplog.text
+    assert sum(im.nbytes for im in ds._ram if im is not None) == (probe.cache_bytes() if fits else 0)
+    plain, _ = build_dataloader(root / "images" / "train", 5, **kwargs)
+    assert _same(_batches(plain), _batches(auto))
+
+
 def test_single_cls_and_coco_source(root):
     _, ds = build_dataloader(root / "annotations" / "instances_val.json", 5, img_size=64, single_cls=True)
     assert all((lab[:, 0] == 0).all() for lab in ds.labels) and ds.category_ids == [1, 2, 3, 4, 5]

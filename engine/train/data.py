@@ -34,7 +34,7 @@ def build_train_loader(
     """Shuffled, augmented loader of the train split (``batch_size`` per process) for a model on ``device``."""
     loader, _ = build_dataloader(
         data.split("train"), data.nc, img_size=opt.img_size[0], batch_size=batch_size, stride=stride, hyp=hyp,
-        augment=True, rect=opt.rect, cache=opt.cache_images or None, workers=opt.workers, shuffle=True,
+        augment=True, rect=opt.rect, cache=opt.image_cache, workers=opt.workers, shuffle=True,
         seed=opt.seed, rank=info.rank if info.distributed else -1, single_cls=opt.single_cls,
         image_weights=opt.image_weights, names=data.names, **consumer_options(device),
     )
@@ -56,7 +56,7 @@ def build_val_loader(
     """Letterboxed, rectangular-batch loader of the val split (rank 0 only)."""
     loader, _ = build_dataloader(
         data.split("val"), data.nc, img_size=opt.img_size[-1], batch_size=batch_size * VAL_BATCH_FACTOR,
-        stride=stride, rect=True, cache=opt.cache_images or None, workers=opt.workers, single_cls=opt.single_cls,
+        stride=stride, rect=True, cache=opt.image_cache, workers=opt.workers, single_cls=opt.single_cls,
         names=data.names, **consumer_options(device),
     )
     return loader

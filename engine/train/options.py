@@ -41,7 +41,14 @@ class TrainOptions:
     nosave: bool = option(False, "save only the final checkpoint")
     notest: bool = option(False, "validate only after the final epoch")
     noautoanchor: bool = option(False, "keep the config's anchors")
-    cache_images: str = option("", nargs="?", const="ram", choices=["", "ram", "disk"])
+    cache_images: str = option("auto", "decoded, resized images kept: auto (in RAM when they take at most 10%% of the "
+                               "free memory), none, ram (the flag alone) or disk (.npy beside the images)",
+                               nargs="?", const="ram", choices=["auto", "none", "ram", "disk", ""])  # "": none (old runs)
+
+    @property
+    def image_cache(self) -> str | None:
+        """--cache-images as ``build_dataloader``'s ``cache`` (None: read the images each time)."""
+        return None if self.cache_images in ("", "none") else self.cache_images
     image_weights: bool = option(False, "draw images by their classes' (1 - mAP@.5)^2 / frequency (one process)")
     device: str = option("", "'' (auto), cpu, 0, 0,1,2,3 or mps")
     multi_scale: bool = option(False, "vary the image size +/- 50%% per batch")
