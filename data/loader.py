@@ -57,7 +57,6 @@ def collate(samples: list[tuple]) -> Batch:
     return Batch(stacked, torch.cat(targets, 0), list(paths), list(shapes), torch.tensor(indices, dtype=torch.long))
 
 
-
 @functools.cache
 def _unit_table(dtype: torch.dtype) -> np.ndarray:
     """The 256 values ``k / 255`` (computed in fp32, then rounded to ``dtype``) as raw bits for cv2.LUT."""
@@ -226,7 +225,8 @@ def build_dataloader(
     Training: ``augment=True, shuffle=True`` (``hyp`` gives the augmentation). Validation:
     ``rect=True`` (images sorted by aspect ratio, each batch letterboxed to its own stride
     multiple; forces shuffle off). ``cache``: None, 'ram', 'disk' (decoded images as .npy
-    beside the files) or 'auto' ('ram' when they take little of the free memory, DetectionDataset). ``rank`` >= 0 uses a DistributedSampler (torch.distributed initialised).
+    beside the files) or 'auto' ('ram' when they take little of the free memory, DetectionDataset).
+    ``rank`` >= 0 uses a DistributedSampler (torch.distributed initialised).
     ``cache_path``: the label-cache json, default beside the labels (see data.sources; VOC: ``_cache_path``).
     ``image_weights``: draw each epoch's images with replacement, weighted by their classes
     (a ``WeightedIndexSampler``; the trainer updates ``loader.sampler.set_weights`` each epoch);
