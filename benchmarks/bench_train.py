@@ -1,7 +1,7 @@
 """Training throughput: the model step and the real train.py loop, per precision, next to this
 machine's measured peak, all in one run.
 
-    python benchmarks/bench_train.py [--cfg yolov7-tiny.yaml] [--img 320] [--batch 16] [--iters 6]
+    python benchmarks/bench_train.py [--cfg yolov7-tiny.yaml] [--img 320] [--batch 16] [--iters 8]
                                      [--precision fp32 bf16] [--loop] [--loop-images 480] [--json]
 
 Step: the training step alone (forward, YoloLoss, backward, SGD step, EMA update) on batches
@@ -11,7 +11,9 @@ loader, workers and progress bar) on the first ``--loop-images`` shapes images, 
 training (the shapes hyper-parameters, SGD, no warmup); epoch 0 warms up (it also draws the
 train_batch pictures), epoch 1 is timed, worker start-up included, and the time the loop waits
 for batches is reported; epoch 2 runs on its batches made beforehand ("premade"), so loop /
-premade is what the loader's work costs the model when both share the cores. Achieved GFLOP/s
+premade is what the loader's work costs the model when both share the cores; the step is timed
+again after the loop, and loop / step divides by the mean of the two (the machine's speed drifts
+between them by more than the loader costs). Achieved GFLOP/s
 = 3 x forward GFLOPs x img/s (backward costs about twice the forward). The peak is a large
 matmul and a 3x3 convolution, fp32 and bf16, measured in the same run: figures from other
 machines compare through it.
@@ -223,9 +225,14 @@ def bench_size(args: argparse.Namespace, img: int, precisions: list[str]) -> dic
         print(f"@{img} {p} step: {r['step']['img_per_s']} img/s, split % {r['step']['split_pct']}", flush=True)
         for w in args.workers if args.loop else []:
             r[f"loop_w{w}"] = loop = loop_rate(args.cfg, img, args.batch, args.loop_images, p, w)
-            loop["loop_over_step"] = round(loop["img_per_s"] / r["step"]["img_per_s"], 3)
+            # the step again right after the loop: the machine's speed drifts by more than the loader costs,
+            # so the loop is compared with the mean of the steps timed just before and just after it
+            after = step_rate(args.cfg, img, args.batch, args.iters, args.warmup, p)["img_per_s"]
+            loop["step_after_img_per_s"] = after
+            loop["loop_over_step"] = round(loop["img_per_s"] / ((r["step"]["img_per_s"] + after) / 2), 3)
             loop["loop_over_premade"] = round(loop["img_per_s"] / loop["premade_img_per_s"], 3)
-            print(f"@{img} {p} loop, {w} workers: {loop['img_per_s']} img/s, loop/step {loop['loop_over_step']}, "
+            print(f"@{img} {p} loop, {w} workers: {loop['img_per_s']} img/s, loop/step {loop['loop_over_step']} "
+                  f"(step {r['step']['img_per_s']} before, {after} after), "
                   f"data wait {loop['data_wait_pct']}%, threads {loop['threads']}; on premade batches "
                   f"{loop['premade_img_per_s']} img/s (loop / premade {loop['loop_over_premade']})", flush=True)
         for v in r.values():
