@@ -13,10 +13,9 @@ train_batch pictures), epoch 1 is timed, worker start-up included, and the time 
 for batches is reported; epoch 2 runs on its batches made beforehand ("premade"), so loop /
 premade is what the loader's work costs the model when both share the cores; the step is timed
 again after the loop, and loop / step divides by the mean of the two (the machine's speed drifts
-between them by more than the loader costs). Achieved GFLOP/s
-= 3 x forward GFLOPs x img/s (backward costs about twice the forward). The peak is a large
-matmul and a 3x3 convolution, fp32 and bf16, measured in the same run: figures from other
-machines compare through it.
+between them by more than the loader costs). Achieved GFLOP/s = 3 x forward GFLOPs x img/s
+(backward costs about twice the forward). The peak is a large matmul and a 3x3 convolution, fp32
+and bf16, measured in the same run: figures from other machines compare through it.
 """
 
 from __future__ import annotations

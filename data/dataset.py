@@ -96,9 +96,13 @@ class DetectionDataset(Dataset):
                 self._ram = list(pool.map(lambda i: self.load_image(i)[0], range(len(self.files))))
 
     def cache_bytes(self) -> int:
-        """Memory the resized images take in the RAM cache (uint8, long side ``img_size``)."""
-        scale = self.img_size / self.shapes.max(1)
-        return int(np.sum(np.round(self.shapes[:, 0] * scale) * np.round(self.shapes[:, 1] * scale) * 3))
+        """Memory the resized images take in the RAM cache (uint8 RGB, as ``load_image`` makes them)."""
+        return sum(w * h * 3 for w, h in (self._resized_size(h0, w0) for w0, h0 in self.shapes.tolist()))
+
+    def _resized_size(self, h0: float, w0: float) -> tuple[int, int]:
+        """(w, h) of an image of original size (h0, w0) resized so its long side is ``img_size``."""
+        r = self.img_size / max(h0, w0)
+        return round(w0 * r), round(h0 * r)
 
     def _auto_cache(self) -> str | None:
         """'ram' when the resized images fit in AUTO_RAM_FRACTION of the available memory (shared by
@@ -183,11 +187,10 @@ class DetectionDataset(Dataset):
         img = self._read(index, reduction)
         if reduction == 1:
             h0, w0 = img.shape[:2]
-        r = self.img_size / max(h0, w0)
-        size = (round(w0 * r), round(h0 * r))  # from the original size: the same whatever the decode
+        size = self._resized_size(h0, w0)  # from the original size: the same whatever the decode
         if img.shape[1::-1] != size:
             # area averaging is the better downscale; training keeps YOLOv7's faster linear
-            interp = cv2.INTER_LINEAR if self.augment or r > 1 else cv2.INTER_AREA
+            interp = cv2.INTER_LINEAR if self.augment or self.img_size > max(h0, w0) else cv2.INTER_AREA
             img = cv2.resize(img, size, interpolation=interp)
         return img, (h0, w0)
 

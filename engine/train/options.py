@@ -44,11 +44,6 @@ class TrainOptions:
     cache_images: str = option("auto", "decoded, resized images kept: auto (in RAM when they take at most 10%% of the "
                                "free memory), none, ram (the flag alone) or disk (.npy beside the images)",
                                nargs="?", const="ram", choices=["auto", "none", "ram", "disk", ""])  # "": none (old runs)
-
-    @property
-    def image_cache(self) -> str | None:
-        """--cache-images as ``build_dataloader``'s ``cache`` (None: read the images each time)."""
-        return None if self.cache_images in ("", "none") else self.cache_images
     image_weights: bool = option(False, "draw images by their classes' (1 - mAP@.5)^2 / frequency (one process)")
     device: str = option("", "'' (auto), cpu, 0, 0,1,2,3 or mps")
     multi_scale: bool = option(False, "vary the image size +/- 50%% per batch")
@@ -82,6 +77,11 @@ class TrainOptions:
                                 shortcuts={"--no-evolve-prune": False})
     evolve_storage: str = option("", "Optuna storage URL, e.g. postgresql://... (default: <run>/study.db)")
     evolve_study: str = option("", "study name in the storage (default: the newest, else --name)")
+
+    @property
+    def image_cache(self) -> str | None:
+        """--cache-images as ``build_dataloader``'s ``cache`` (None: read the images each time)."""
+        return None if self.cache_images in ("", "none") else self.cache_images
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for opt.yaml and checkpoints)."""
