@@ -17,9 +17,14 @@ import json
 import sys
 from pathlib import Path
 
-from engine.detect.run import DetectOptions, run_detect
-from utils import cli
-from utils.errors import UserError, command_main
+from utils.cpu import shorten_openmp_spin
+
+if __name__ == "__main__":  # run as the command, not imported: before the imports below load torch
+    shorten_openmp_spin()
+
+from engine.detect.run import DetectOptions, run_detect  # noqa: E402
+from utils import cli  # noqa: E402
+from utils.errors import UserError, command_main  # noqa: E402
 
 TRAIN_RUNS = Path("runs/train")
 

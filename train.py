@@ -17,10 +17,15 @@ import json
 import logging
 import sys
 
-from engine.train.options import TrainOptions
-from utils import cli
-from utils.config import Hyp
-from utils.errors import command_main
+from utils.cpu import shorten_openmp_spin
+
+if __name__ == "__main__":  # run as the command, not imported: before the imports below load torch
+    shorten_openmp_spin()
+
+from engine.train.options import TrainOptions  # noqa: E402
+from utils import cli  # noqa: E402
+from utils.config import Hyp  # noqa: E402
+from utils.errors import command_main  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

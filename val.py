@@ -14,10 +14,15 @@ import argparse
 import json
 import sys
 
-from engine.val.report import format_stats
-from engine.val.run import ValOptions, evaluate_files, run_val
-from utils import cli
-from utils.errors import UserError, command_main
+from utils.cpu import shorten_openmp_spin
+
+if __name__ == "__main__":  # run as the command, not imported: before the imports below load torch
+    shorten_openmp_spin()
+
+from engine.val.report import format_stats  # noqa: E402
+from engine.val.run import ValOptions, evaluate_files, run_val  # noqa: E402
+from utils import cli  # noqa: E402
+from utils.errors import UserError, command_main  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

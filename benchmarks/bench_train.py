@@ -2,18 +2,21 @@
 machine's measured peak, all in one run.
 
     python benchmarks/bench_train.py [--cfg yolov7-tiny.yaml] [--img 320] [--batch 16] [--iters 8]
-                                     [--precision fp32 bf16] [--loop] [--loop-images 480] [--json]
+                                     [--precision fp32 bf16] [--loop] [--loop-images 480] [--repeats 3]
+                                     [--json]
 
 Step: the training step alone (forward, YoloLoss, backward, SGD step, EMA update) on batches
 the shapes set's augmented loader made beforehand, timed phase by phase after warm-up steps.
 Loop (``--loop``): train.py's own epoch loop (``engine`` setup and ``train_one_epoch``, its
 loader, workers and progress bar) on the first ``--loop-images`` shapes images, with the step's
 training (the shapes hyper-parameters, SGD, no warmup); epoch 0 warms up (it also draws the
-train_batch pictures), epoch 1 is timed, worker start-up included, and the time the loop waits
-for batches is reported; epoch 2 runs on its batches made beforehand ("premade"), so loop /
-premade is what the loader's work costs the model when both share the cores; the step is timed
-again after the loop, and loop / step divides by the mean of the two (the machine's speed drifts
-between them by more than the loader costs). Achieved GFLOP/s = 3 x forward GFLOPs x img/s
+train_batch pictures), then ``--repeats`` times: a timed epoch, worker start-up included, with the
+time the loop waits for batches; the next epoch on its batches made beforehand ("premade"), so
+loop / premade is what the loader's work costs the model when both share the cores; the step
+timed again. The machine's speed drifts by more than the loader costs, so each loop epoch is
+divided by the mean of the steps timed just before and after it, and the medians are reported.
+Like train.py, the script lets the model's OpenMP threads sleep soon (utils.cpu.shorten_openmp_spin).
+Achieved GFLOP/s = 3 x forward GFLOPs x img/s
 (backward costs about twice the forward). The peak is a large matmul and a 3x3 convolution, fp32
 and bf16, measured in the same run: figures from other machines compare through it.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import sys
 import tempfile
 import time
@@ -30,10 +34,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.cpu import shorten_openmp_spin  # noqa: E402
+
+if __name__ == "__main__":  # as train.py does, before torch loads
+    shorten_openmp_spin()
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from data import build_dataloader, load_data_config, unit_images  # noqa: E402
 from engine.train.ema import ModelEMA  # noqa: E402
@@ -175,44 +184,54 @@ def _subset_data(root: Path, n_images: int, folder: Path) -> Path:
     return yaml_path
 
 
-def loop_rate(cfg: str, img: int, batch: int, n_images: int, precision: str, workers: int) -> dict:
-    """img/s of train.py's epoch loop (epoch 1, after a warm-up epoch 0) on ``n_images`` images, and
-    of the same loop on epoch 2's batches made beforehand (``premade_img_per_s``: the loop without
-    the loader's work, so loop / premade is what the loader's CPU costs the model)."""
+def loop_rate(cfg: str, img: int, batch: int, n_images: int, precision: str, workers: int, repeats: int,
+              step_rate_now: Callable[[], float]) -> dict:
+    """img/s of train.py's epoch loop on ``n_images`` images, ``repeats`` times (epochs 1, 3, ... after a
+    warm-up epoch 0), each followed by the same loop on its next epoch's batches made beforehand
+    (``premade``: the loop without the loader's work, so loop / premade is what the loader's CPU costs
+    the model) and by ``step_rate_now()`` (the step's img/s; the caller timed one before). The loop's
+    rate is compared with the mean of the steps just before and after it; medians over the repeats."""
     from engine.train.loop import train_one_epoch
     from engine.train.setup import setup
     from utils.torch_utils import dist_info_from_env
 
     threads = torch.get_num_threads()  # train.py's own choice of threads must not leak into the next case
+    steps, runs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         data = _subset_data(load_data_config("shapes").root, n_images, folder)
         # the step's training: its hyper-parameters and SGD (a subset this small would get the short-run
         # recipe, AdamW stepping every batch), past warmup (which steps the optimizer more often)
-        opt = TrainOptions(cfg=cfg, data=str(data), img_size=[img, img], batch_size=batch, epochs=3, workers=workers,
-                           project=str(folder / "runs"), noautoanchor=True, precision=precision,
+        opt = TrainOptions(cfg=cfg, data=str(data), img_size=[img, img], batch_size=batch, epochs=1 + 2 * repeats,
+                           workers=workers, project=str(folder / "runs"), noautoanchor=True, precision=precision,
                            hyp=DEFAULT_HYP, optimizer="SGD", close_mosaic=0, overrides=[*STEADY_STATE],
                            threads=torch.get_num_threads())  # as many as the step had
         run = setup(opt, dist_info_from_env(), CPU)
         train_one_epoch(run, 0)
-        run.train_loader = timed = _WaitTimed(run.train_loader)
-        t = time.perf_counter()
-        train_one_epoch(run, 1)
-        seconds = time.perf_counter() - t
-        timed.loader.set_epoch(2)
-        run.train_loader = _Premade(timed.loader, list(timed.loader))
-        t = time.perf_counter()
-        train_one_epoch(run, 2)
-        premade_seconds = time.perf_counter() - t
+        loader = run.train_loader
+        images = len(loader.dataset)
+        for k in range(repeats):
+            run.train_loader = timed = _WaitTimed(loader)
+            t = time.perf_counter()
+            train_one_epoch(run, 1 + 2 * k)
+            seconds = time.perf_counter() - t
+            loader.set_epoch(2 + 2 * k)
+            run.train_loader = _Premade(loader, list(loader))
+            t = time.perf_counter()
+            train_one_epoch(run, 2 + 2 * k)
+            premade_seconds = time.perf_counter() - t
+            steps.append(step_rate_now())
+            runs.append({"img_per_s": round(images / seconds, 2), "premade_img_per_s": round(images / premade_seconds, 2),
+                         "step_after_img_per_s": steps[-1], "data_wait_pct": round(100 * timed.wait_s / seconds, 1)})
         if run.tb is not None:
             run.tb.close()
     used = torch.get_num_threads()
     torch.set_num_threads(threads)
-    images = len(timed.loader.dataset)
-    return {"img_per_s": round(images / seconds, 2), "premade_img_per_s": round(images / premade_seconds, 2),
-            "epoch_s": round(seconds, 2),
-            "data_wait_pct": round(100 * timed.wait_s / seconds, 1), "images": images,
-            "workers": run.opt.workers, "threads": used}
+    return {"runs": runs, "images": images, "workers": run.opt.workers, "threads": used}
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
 
 
 def bench_size(args: argparse.Namespace, img: int, precisions: list[str]) -> dict:
@@ -223,17 +242,22 @@ def bench_size(args: argparse.Namespace, img: int, precisions: list[str]) -> dic
         r = {"step": step_rate(args.cfg, img, args.batch, args.iters, args.warmup, p)}
         print(f"@{img} {p} step: {r['step']['img_per_s']} img/s, split % {r['step']['split_pct']}", flush=True)
         for w in args.workers if args.loop else []:
-            r[f"loop_w{w}"] = loop = loop_rate(args.cfg, img, args.batch, args.loop_images, p, w)
-            # the step again right after the loop: the machine's speed drifts by more than the loader costs,
-            # so the loop is compared with the mean of the steps timed just before and just after it
-            after = step_rate(args.cfg, img, args.batch, args.iters, args.warmup, p)["img_per_s"]
-            loop["step_after_img_per_s"] = after
-            loop["loop_over_step"] = round(loop["img_per_s"] / ((r["step"]["img_per_s"] + after) / 2), 3)
-            loop["loop_over_premade"] = round(loop["img_per_s"] / loop["premade_img_per_s"], 3)
-            print(f"@{img} {p} loop, {w} workers: {loop['img_per_s']} img/s, loop/step {loop['loop_over_step']} "
-                  f"(step {r['step']['img_per_s']} before, {after} after), "
-                  f"data wait {loop['data_wait_pct']}%, threads {loop['threads']}; on premade batches "
-                  f"{loop['premade_img_per_s']} img/s (loop / premade {loop['loop_over_premade']})", flush=True)
+            r[f"loop_w{w}"] = loop = loop_rate(
+                args.cfg, img, args.batch, args.loop_images, p, w, args.repeats,
+                lambda p=p: step_rate(args.cfg, img, args.batch, args.iters, args.warmup, p)["img_per_s"])
+            # the machine's speed drifts by more than the loader costs: each loop epoch is compared with
+            # the steps timed just before and just after it, and with the premade epoch right after it
+            steps = [r["step"]["img_per_s"]] + [x["step_after_img_per_s"] for x in loop["runs"]]
+            for x, before, after in zip(loop["runs"], steps[:-1], steps[1:], strict=True):
+                x["loop_over_step"] = round(x["img_per_s"] / ((before + after) / 2), 3)
+                x["loop_over_premade"] = round(x["img_per_s"] / x["premade_img_per_s"], 3)
+            for key in ("img_per_s", "premade_img_per_s", "data_wait_pct", "loop_over_step", "loop_over_premade"):
+                loop[key] = _median([x[key] for x in loop["runs"]])
+            print(f"@{img} {p} loop, {w} workers ({loop['threads']} threads), median of {args.repeats}: "
+                  f"{loop['img_per_s']} img/s, loop/step {loop['loop_over_step']} "
+                  f"({', '.join(str(x['loop_over_step']) for x in loop['runs'])}; steps {steps}), "
+                  f"data wait {loop['data_wait_pct']}%; on premade batches {loop['premade_img_per_s']} img/s "
+                  f"(loop / premade {loop['loop_over_premade']})", flush=True)
         for v in r.values():
             v["achieved_gflops"] = round(3 * forward_gflops * v["img_per_s"], 1)
         out[p] = r
@@ -255,6 +279,8 @@ def main() -> None:
                    help="precisions to compare ('auto': bf16 on CPUs with native bf16, else fp32)")
     p.add_argument("--loop", action="store_true", help="also time train.py's epoch loop with its loader")
     p.add_argument("--loop-images", type=int, default=480, help="images per timed loop epoch")
+    p.add_argument("--repeats", type=int, default=3, help="timed loop epochs, each with its premade epoch and a step "
+                   "timing after it (medians reported)")
     p.add_argument("--workers", type=int, nargs="+", default=[-1],
                    help="loader workers of the loop, one loop per count (-1: train.py's choice)")
     p.add_argument("--json", action="store_true")

@@ -132,3 +132,57 @@ def test_threads_and_workers_from_the_free_cores(monkeypatch):
     monkeypatch.setattr(utils.cpu, "busy_cores", lambda: pytest.fail("given counts need no measurement"))
     split = utils.cpu.split_cores(threads=2, workers=0)
     assert (split.threads, split.workers) == (2, 0) and "2 threads for the model, 0 loader workers" in split.describe()
+
+
+# Run in a fresh interpreter: the spin count torch's OpenMP would read when the command loads torch.
+_SPIN_AT_TORCH_IMPORT = """
+import os, runpy, sys
+seen = []
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("GOMP_SPINCOUNT"))
+sys.meta_path.insert(0, Watch())
+sys.argv = [sys.argv[1], "--help"]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit:
+    pass
+print("seen", seen)
+"""
+
+
+@pytest.mark.parametrize("script", ["train.py", "val.py", "detect.py"])
+def test_commands_shorten_the_openmp_spin_before_torch_loads(script):
+    import subprocess
+    import sys
+
+    from utils.cpu import OPENMP_SPIN_COUNT
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", _SPIN_AT_TORCH_IMPORT, script], cwd=root, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert f"seen ['{OPENMP_SPIN_COUNT}']" in out
+
+
+def test_openmp_spin_keeps_the_users_setting(monkeypatch):
+    import sys
+
+    from utils.cpu import OPENMP_SPIN_COUNT, shorten_openmp_spin
+
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    shorten_openmp_spin()  # torch is loaded here: too late, so nothing is set
+    assert "GOMP_SPINCOUNT" not in os.environ
+    monkeypatch.delitem(sys.modules, "torch")  # as in a command before its imports (put back afterwards)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # the user's policy decides the spin
+    shorten_openmp_spin()
+    assert "GOMP_SPINCOUNT" not in os.environ
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "77")
+    shorten_openmp_spin()
+    assert os.environ["GOMP_SPINCOUNT"] == "77"
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    shorten_openmp_spin()
+    assert os.environ["GOMP_SPINCOUNT"] == str(OPENMP_SPIN_COUNT)
