@@ -14,7 +14,8 @@ train_batch pictures), then ``--repeats`` times: a timed epoch, worker start-up 
 time the loop waits for batches; the next epoch on its batches made beforehand ("premade"), so
 loop / premade is what the loader's work costs the model when both share the cores; the step
 timed again. The machine's speed drifts by more than the loader costs, so each loop epoch is
-divided by the mean of the steps timed just before and after it, and the medians are reported.
+divided by the mean of the steps timed just before and after it, and the medians are reported
+(the step's rate and its speed-up over fp32: the median of all its timings).
 Like train.py, the script lets the model's OpenMP threads sleep soon (utils.cpu.shorten_openmp_spin).
 Achieved GFLOP/s = 3 x forward GFLOPs x img/s
 (backward costs about twice the forward). The peak is a large matmul and a 3x3 convolution, fp32
@@ -247,7 +248,10 @@ def bench_size(args: argparse.Namespace, img: int, precisions: list[str]) -> dic
                 lambda p=p: step_rate(args.cfg, img, args.batch, args.iters, args.warmup, p)["img_per_s"])
             # the machine's speed drifts by more than the loader costs: each loop epoch is compared with
             # the steps timed just before and just after it, and with the premade epoch right after it
-            steps = [r["step"]["img_per_s"]] + [x["step_after_img_per_s"] for x in loop["runs"]]
+            timings = r["step"].setdefault("timings_img_per_s", [r["step"]["img_per_s"]])  # every step timing
+            steps = timings[-1:] + [x["step_after_img_per_s"] for x in loop["runs"]]
+            timings += steps[1:]
+            r["step"]["median_img_per_s"] = _median(timings)  # the step's rate (and speed-up over fp32)
             for x, before, after in zip(loop["runs"], steps[:-1], steps[1:], strict=True):
                 x["loop_over_step"] = round(x["img_per_s"] / ((before + after) / 2), 3)
                 x["loop_over_premade"] = round(x["img_per_s"] / x["premade_img_per_s"], 3)
@@ -259,11 +263,12 @@ def bench_size(args: argparse.Namespace, img: int, precisions: list[str]) -> dic
                   f"data wait {loop['data_wait_pct']}%; on premade batches {loop['premade_img_per_s']} img/s "
                   f"(loop / premade {loop['loop_over_premade']})", flush=True)
         for v in r.values():
-            v["achieved_gflops"] = round(3 * forward_gflops * v["img_per_s"], 1)
+            v["achieved_gflops"] = round(3 * forward_gflops * v.get("median_img_per_s", v["img_per_s"]), 1)
         out[p] = r
     for p in precisions if "fp32" in precisions else []:
         for kind, v in out[p].items():
-            v["speedup_vs_fp32"] = round(v["img_per_s"] / out["fp32"][kind]["img_per_s"], 3)
+            rate = "median_img_per_s" if "median_img_per_s" in v else "img_per_s"
+            v["speedup_vs_fp32"] = round(v[rate] / out["fp32"][kind][rate], 3)
     return out
 
 
