@@ -290,6 +290,8 @@ def main() -> None:
                    help="loader workers of the loop, one loop per count (-1: train.py's choice)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error(f"--repeats must be at least 1, got {args.repeats}")
     logging.basicConfig(level=logging.WARNING)
     precisions = list(dict.fromkeys(resolve_precision(x, CPU) for x in args.precision))
     result: dict[str, Any] = {"cfg": args.cfg, "threads": torch.get_num_threads(), "native_bf16": cpu_has_native_bf16(),
