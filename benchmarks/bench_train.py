@@ -15,11 +15,11 @@ time the loop waits for batches; the next epoch on its batches made beforehand (
 loop / premade is what the loader's work costs the model when both share the cores; the step
 timed again. The machine's speed drifts by more than the loader costs, so each loop epoch is
 divided by the mean of the steps timed just before and after it, and the medians are reported
-(the step's rate and its speed-up over fp32: the median of all its timings).
-Like train.py, the script lets the model's OpenMP threads sleep soon (utils.cpu.shorten_openmp_spin).
-Achieved GFLOP/s = 3 x forward GFLOPs x img/s
-(backward costs about twice the forward). The peak is a large matmul and a 3x3 convolution, fp32
-and bf16, measured in the same run: figures from other machines compare through it.
+(the step's rate and its speed-up over fp32: the median of all its timings). Like train.py, the
+script lets the model's OpenMP threads sleep soon (utils.cpu.shorten_openmp_spin). Achieved GFLOP/s =
+3 x forward GFLOPs x img/s (backward costs about twice the forward). The peak is a large matmul and
+a 3x3 convolution, fp32 and bf16, measured in the same run: figures from other machines compare
+through it.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def loop_rate(cfg: str, img: int, batch: int, n_images: int, precision: str, wor
     from utils.torch_utils import dist_info_from_env
 
     threads = torch.get_num_threads()  # train.py's own choice of threads must not leak into the next case
-    steps, runs = [], []
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         data = _subset_data(load_data_config("shapes").root, n_images, folder)
@@ -221,9 +221,9 @@ def loop_rate(cfg: str, img: int, batch: int, n_images: int, precision: str, wor
             t = time.perf_counter()
             train_one_epoch(run, 2 + 2 * k)
             premade_seconds = time.perf_counter() - t
-            steps.append(step_rate_now())
             runs.append({"img_per_s": round(images / seconds, 2), "premade_img_per_s": round(images / premade_seconds, 2),
-                         "step_after_img_per_s": steps[-1], "data_wait_pct": round(100 * timed.wait_s / seconds, 1)})
+                         "step_after_img_per_s": step_rate_now(),
+                         "data_wait_pct": round(100 * timed.wait_s / seconds, 1)})
         if run.tb is not None:
             run.tb.close()
     used = torch.get_num_threads()
