@@ -1,7 +1,9 @@
-"""utils/detection_metrics.py: best-F1 precision/recall and the confusion matrix, by hand."""
+"""utils/detection_metrics.py: best-F1 precision/recall and the confusion matrix, by hand; the
+curves' plots (utils/metric_plots.py)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,3 +77,18 @@ def test_confusion_matrix_detection_overlapping_two_gts() -> None:
     dt = _dt([1, 1], [0, 1], [[1, 0, 10, 10], [100, 100, 10, 10]], [0.9, 0.8])
     cm = confusion_matrix(gt, dt, 2)
     assert torch.equal(cm, torch.tensor([[1, 0, 0], [0, 1, 0], [0, 1, 0]]))
+
+
+@pytest.mark.parametrize("has_gt", [False, True])
+def test_curves_plot_without_warnings_also_when_no_class_has_ground_truth(tmp_path, has_gt) -> None:
+    import warnings
+
+    from utils.metric_plots import plot_confidence_curve, plot_pr_curve
+
+    x = np.linspace(0, 1, 101)
+    curves = np.stack([1 - x, x])  # 2 classes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns about a legend without labelled lines
+        pr = plot_pr_curve(x, curves, np.array([0.5 if has_gt else -1.0, -1.0]), ["a", "b"], tmp_path / "PR.png")
+        f1 = plot_confidence_curve(x, curves, np.array([has_gt, False]), ["a", "b"], "F1", tmp_path / "F1.png")
+    assert pr.stat().st_size > 0 and f1.stat().st_size > 0

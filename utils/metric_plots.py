@@ -39,8 +39,8 @@ def plot_pr_curve(
     if valid.any():
         mean = precision[valid].mean(0)
         ax.plot(recall, mean, linewidth=3, color="blue", label=f"all classes {ap50[valid].mean():.3f} mAP@0.5")
+        ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")  # no ground truth at all: no lines, no legend
     ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1))
-    ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
     return _save(fig, path)
 
 
@@ -58,8 +58,8 @@ def plot_confidence_curve(
         mean = values[has_gt].mean(0)
         i = int(mean.argmax())
         ax.plot(conf, mean, linewidth=3, color="blue", label=f"all classes {mean[i]:.2f} at {conf[i]:.3f}")
+        ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
     ax.set(xlabel="Confidence", ylabel=ylabel, xlim=(0, 1), ylim=(0, 1))
-    ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
     return _save(fig, path)
 
 
