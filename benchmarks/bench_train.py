@@ -235,6 +235,11 @@ def _median(values: list[float]) -> float:
     return round(statistics.median(values), 3)
 
 
+def _rate(result: dict) -> float:
+    """A step's or loop's img/s: the median of the step's timings where it was timed more than once."""
+    return result.get("median_img_per_s", result["img_per_s"])
+
+
 def bench_size(args: argparse.Namespace, img: int, precisions: list[str]) -> dict:
     """Step (and loop) rates of every precision at ``img`` pixels."""
     forward_gflops = count_flops(Model(args.cfg, nc=5), img) / 1e9
@@ -263,12 +268,11 @@ def bench_size(args: argparse.Namespace, img: int, precisions: list[str]) -> dic
                   f"data wait {loop['data_wait_pct']}%; on premade batches {loop['premade_img_per_s']} img/s "
                   f"(loop / premade {loop['loop_over_premade']})", flush=True)
         for v in r.values():
-            v["achieved_gflops"] = round(3 * forward_gflops * v.get("median_img_per_s", v["img_per_s"]), 1)
+            v["achieved_gflops"] = round(3 * forward_gflops * _rate(v), 1)
         out[p] = r
     for p in precisions if "fp32" in precisions else []:
         for kind, v in out[p].items():
-            rate = "median_img_per_s" if "median_img_per_s" in v else "img_per_s"
-            v["speedup_vs_fp32"] = round(v[rate] / out["fp32"][kind][rate], 3)
+            v["speedup_vs_fp32"] = round(_rate(v) / _rate(out["fp32"][kind]), 3)
     return out
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -154,9 +156,6 @@ print("seen", seen)
 
 @pytest.mark.parametrize("script", ["train.py", "val.py", "detect.py"])
 def test_commands_shorten_the_openmp_spin_before_torch_loads(script):
-    import subprocess
-    import sys
-
     from utils.cpu import OPENMP_SPIN_COUNT
 
     root = Path(__file__).resolve().parents[1]
@@ -167,8 +166,6 @@ def test_commands_shorten_the_openmp_spin_before_torch_loads(script):
 
 
 def test_openmp_spin_keeps_the_users_setting(monkeypatch):
-    import sys
-
     from utils.cpu import OPENMP_SPIN_COUNT, shorten_openmp_spin
 
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
