@@ -24,6 +24,7 @@ from engine.detect.backends import BackendError, call_fixed_batch, load_backend
 from engine.detect.sources import read_image
 from utils.boxes import letterbox_to_original
 from utils.nms import non_max_suppression
+from utils.rounding import round_up
 from utils.torch_utils import select_device
 
 ImageInput = str | Path | np.ndarray
@@ -55,7 +56,7 @@ def batch_shape(shapes: Sequence[tuple[int, int]], img_size: int, stride: int) -
         r = img_size / max(h, w)
         heights.append(round(h * r))
         widths.append(round(w * r))
-    return -(-max(heights) // stride) * stride, -(-max(widths) // stride) * stride
+    return round_up(max(heights), stride), round_up(max(widths), stride)
 
 
 class Predictor:
@@ -81,7 +82,7 @@ class Predictor:
         self.stride = self.meta.stride
         img_size = img_size or self.meta.default_img_size
         if img_size % self.stride:
-            img_size = -(-img_size // self.stride) * self.stride  # as YOLOv7's check_img_size
+            img_size = round_up(img_size, self.stride)  # as YOLOv7's check_img_size
         self.img_size = img_size
         self.conf_thres, self.iou_thres, self.max_det = conf_thres, iou_thres, max_det
         self.classes = list(classes) if classes is not None else None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import random
 import time
 import warnings
@@ -44,6 +43,7 @@ from utils.checkpoint import (
 )
 from utils.errors import UserError
 from utils.precision import autocast, autocast_dtype
+from utils.rounding import round_up
 from utils.torch_utils import (
     any_flag,
     broadcast_flag,
@@ -171,7 +171,7 @@ def prepare_images(
         size = random.randrange(int(base_size * 0.5), int(base_size * 1.5) + stride) // stride * stride
         scale = size / max(images.shape[2:])
         if scale != 1:
-            new = [math.ceil(x * scale / stride) * stride for x in images.shape[2:]]
+            new = [round_up(x * scale, stride) for x in images.shape[2:]]
             images = F.interpolate(images, size=new, mode="bilinear", align_corners=False)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from utils.config import ConfigError, Hyp, from_mapping
 from utils.cpu import split_cores
 from utils.paths import increment_path, resolve_path
 from utils.precision import precision_reason, resolve_precision
+from utils.rounding import round_up
 from utils.torch_utils import DistInfo, barrier, seed_everything
 
 LOG = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def _build_model(opt: TrainOptions, nc: int, names: list[str], ckpt: dict | None
 def _round_img_size(opt: TrainOptions, stride: int) -> TrainOptions:
     """``opt`` with --img-size rounded up to multiples of the model's largest stride (YOLOv7's
     check_img_size): the loss needs every output grid to tile the image exactly."""
-    sizes = [math.ceil(s / stride) * stride for s in opt.img_size]
+    sizes = [round_up(s, stride) for s in opt.img_size]
     if sizes == list(opt.img_size):
         return opt
     LOG.warning("--img-size %s is not a multiple of the stride %d: using %s", opt.img_size, stride, sizes)
