@@ -25,6 +25,7 @@ import torch
 from engine.tta import augmented_forward
 from utils.checkpoint import CheckpointError
 from utils.errors import UserError
+from utils.nms import split_by_image
 
 METADATA_KEY = "elan_yolo"  # ONNX metadata_props key, TorchScript extra-file name, OpenVINO rt_info key
 # What runs a weights file (--backend); "auto" picks by the file's kind (weights_kind).
@@ -173,7 +174,7 @@ class OnnxBackend:
         if not self.meta.nms:
             return out
         # NMS output rows: (batch index, x1, y1, x2, y2, score, class)
-        return [out[out[:, 0] == i, 1:] for i in range(x.shape[0])]
+        return split_by_image(out, x.shape[0])
 
 
 def read_onnx_metadata(path: Path) -> Metadata:

@@ -23,7 +23,7 @@ from data import letterbox, unit_images
 from engine.detect.backends import BackendError, call_fixed_batch, load_backend
 from engine.detect.sources import read_image
 from utils.boxes import letterbox_to_original
-from utils.nms import non_max_suppression
+from utils.nms import keep_best, non_max_suppression
 from utils.rounding import round_up
 from utils.torch_utils import select_device
 
@@ -125,7 +125,7 @@ class Predictor:
         filtered-out class may already have suppressed a neighbour (utils.nms filters first)."""
         if self.classes is not None:
             det = det[torch.isin(det[:, 5], torch.tensor(self.classes, dtype=det.dtype, device=det.device))]
-        return det[det[:, 4].argsort(descending=True)][: self.max_det]
+        return keep_best(det, self.max_det)
 
     @torch.no_grad()
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:

@@ -21,7 +21,7 @@ from engine.tta import tta_forward
 from utils.boxes import letterbox_to_original
 from utils.coco_eval import CocoResult, Detections, GroundTruth, accumulate, match, summarize
 from utils.detection_metrics import F1Result, best_f1, confusion_matrix
-from utils.nms import non_max_suppression
+from utils.nms import keep_best, non_max_suppression
 
 # The one list of the metrics a training logs: results.csv columns, TensorBoard tags and
 # results.png panels derive from it (engine/train/log.py). COCO's 12 numbers are added under
@@ -108,7 +108,7 @@ def _file_forward(backend: Backend, images: Tensor, conf_thres: float, iou_thres
         return call_fixed_batch(backend, images, backend.meta.batch)
     dets = call_fixed_batch(lambda x: backend(x, conf_thres=conf_thres, iou_thres=iou_thres), images,
                             backend.meta.batch)
-    return [d[d[:, 4].argsort(descending=True)][:max_det] for d in dets]  # the graph caps per class
+    return [keep_best(d, max_det) for d in dets]  # the graph caps per class
 
 
 @torch.no_grad()
