@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.tta import augmented_forward
+from engine.tta import tta_forward
 from utils.checkpoint import CheckpointError
 from utils.errors import UserError
 from utils.nms import split_by_image
@@ -107,7 +107,7 @@ class TorchBackend:
         """[B, 3, H, W] -> decoded [B, N, 5 + nc]; ``augment`` adds scaled and flipped passes."""
         x = x.contiguous(memory_format=self.memory_format)
         if augment:
-            return augmented_forward(lambda t: self.model(t)[0], x, self.meta.stride)
+            return tta_forward(self.model, x)
         return self.model(x)[0]
 
 
