@@ -9,7 +9,7 @@ import pytest
 import torch
 from train_helpers import tiny_data, tiny_options
 
-import engine.train.data
+import engine.train.loaders
 import engine.train.loop
 import train as train_cli
 from data import build_dataloader

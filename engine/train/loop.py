@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from data import Batch, DetectionLoader, unit_images
-from engine.train.data import set_dataset_mosaic, set_image_weights
+from engine.train.loaders import set_dataset_mosaic, set_image_weights
 from engine.train.log import epoch_row, progress_header, progress_line, write_results_csv, zero_metrics
 from engine.train.optim import apply_warmup, warmup_iterations
 from engine.train.options import TrainOptions

@@ -19,8 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from data import DetectionLoader
 from data.loader import IDLE_PRIORITY, consumer_options
-from engine.train.data import build_train_loader, build_val_loader, check_anchors, load_data
 from engine.train.ema import ModelEMA
+from engine.train.loaders import autoanchor_for_training, build_train_loader, build_val_loader, load_data
 from engine.train.log import TensorBoardLog, write_results_csv
 from engine.train.optim import accumulation_steps, build_optimizer, lr_lambda, scaled_weight_decay
 from engine.train.options import DEFAULT_CFG, TrainOptions, find_resume_checkpoint, load_hyp, resume_run_dir
@@ -111,7 +111,7 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     train_loader = build_train_loader(opt, hyp, data_cfg, info, batch_size, stride, device)
     val_loader = build_val_loader(opt, data_cfg, batch_size, stride, device) if info.is_main else None
     if ckpt is None and not opt.noautoanchor and info.is_main:
-        check_anchors(model, train_loader, hyp, opt.img_size[0], opt.seed)
+        autoanchor_for_training(model, train_loader, hyp, opt.img_size[0], opt.seed)
     accumulate = accumulation_steps(opt.batch_size, hyp.nbs)
     optimizer = build_optimizer(model, opt.optimizer, hyp, scaled_weight_decay(hyp.weight_decay, opt.batch_size, hyp.nbs))
     lf = lr_lambda(opt.epochs, hyp.lrf, opt.linear_lr)
