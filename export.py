@@ -23,10 +23,10 @@ from engine.export.accuracy import accuracy_table, format_accuracy
 from engine.export.exporter import ExportError, export_model
 from engine.export.options import ExportOptions
 from utils import cli
+from utils.device import select_device
 from utils.errors import command_main
 from utils.paths import check_writable
 from utils.rounding import round_up
-from utils.torch_utils import select_device
 
 
 def build_parser() -> argparse.ArgumentParser:

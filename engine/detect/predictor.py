@@ -23,9 +23,9 @@ from data import letterbox, unit_images
 from engine.detect.backends import BackendError, call_fixed_batch, load_backend
 from engine.detect.sources import read_image
 from utils.boxes import letterbox_to_original
+from utils.device import select_device
 from utils.nms import keep_best, non_max_suppression
 from utils.rounding import round_up
-from utils.torch_utils import select_device
 
 ImageInput = str | Path | np.ndarray
 

@@ -12,7 +12,7 @@ from data.loader import consumer_options
 from engine.train.options import TrainOptions
 from models.yolo import Model
 from utils.config import ConfigError, Hyp
-from utils.torch_utils import DistInfo, barrier
+from utils.distributed import DistInfo, barrier
 
 LOG = logging.getLogger(__name__)
 VAL_BATCH_FACTOR = 2  # validation needs no gradients, so twice the training batch fits

@@ -41,20 +41,19 @@ from utils.checkpoint import (
     state_dict_is_finite,
     strip_checkpoint,
 )
-from utils.errors import UserError
-from utils.precision import autocast, autocast_dtype
-from utils.rounding import round_up
-from utils.torch_utils import (
+from utils.device import memory_string, select_device
+from utils.distributed import (
     any_flag,
     broadcast_flag,
     destroy_process_group,
     dist_info_from_env,
     init_process_group,
-    memory_string,
-    seed_everything,
-    select_device,
     unwrap,
 )
+from utils.errors import UserError
+from utils.precision import autocast, autocast_dtype
+from utils.rounding import round_up
+from utils.seed import seed_everything
 
 LOG = logging.getLogger(__name__)
 MAX_BAD_STEPS = 5  # consecutive non-finite losses that stop the run

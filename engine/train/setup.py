@@ -33,10 +33,11 @@ from models.yolo import Model, count_flops
 from utils.checkpoint import CheckpointError, load_checkpoint, set_rng_state
 from utils.config import ConfigError, Hyp, from_mapping
 from utils.cpu import split_cores
+from utils.distributed import DistInfo, barrier
 from utils.paths import increment_path, resolve_path
 from utils.precision import precision_reason, resolve_precision
 from utils.rounding import round_up
-from utils.torch_utils import DistInfo, barrier, seed_everything
+from utils.seed import seed_everything
 
 LOG = logging.getLogger(__name__)
 
