@@ -81,9 +81,7 @@ class Predictor:
         self.names = self.meta.names
         self.stride = self.meta.stride
         img_size = img_size or self.meta.default_img_size
-        if img_size % self.stride:
-            img_size = round_up(img_size, self.stride)  # as YOLOv7's check_img_size
-        self.img_size = img_size
+        self.img_size = round_up(img_size, self.stride)  # as YOLOv7's check_img_size
         self.conf_thres, self.iou_thres, self.max_det = conf_thres, iou_thres, max_det
         self.classes = list(classes) if classes is not None else None
         self.agnostic = agnostic
