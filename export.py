@@ -23,9 +23,10 @@ from engine.export.accuracy import accuracy_table, format_accuracy
 from engine.export.exporter import ExportError, export_model
 from engine.export.options import ExportOptions
 from utils import cli
+from utils.device import select_device
 from utils.errors import command_main
 from utils.paths import check_writable
-from utils.torch_utils import select_device
+from utils.rounding import round_up
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = TorchBackend(Path(opt.weights), select_device(opt.device))  # UserErrors: one line (command_main)
     stride = backend.meta.stride
     sizes = opt.img_size or [backend.meta.default_img_size]
-    img_size = tuple(-(-s // stride) * stride for s in (sizes * 2)[:2])  # multiples of the stride
+    img_size = tuple(round_up(s, stride) for s in (sizes * 2)[:2])  # multiples of the stride
     data = opt.data or backend.train_options.get("data")
     if opt.int8 and not data:
         raise ExportError("--int8 needs --data (the checkpoint names no training data set)")

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.tta import augmented_forward
+from engine.tta import tta_forward
 from utils.checkpoint import CheckpointError
 from utils.errors import UserError
+from utils.nms import split_by_image
 
 METADATA_KEY = "elan_yolo"  # ONNX metadata_props key, TorchScript extra-file name, OpenVINO rt_info key
 # What runs a weights file (--backend); "auto" picks by the file's kind (weights_kind).
@@ -106,7 +107,7 @@ class TorchBackend:
         """[B, 3, H, W] -> decoded [B, N, 5 + nc]; ``augment`` adds scaled and flipped passes."""
         x = x.contiguous(memory_format=self.memory_format)
         if augment:
-            return augmented_forward(lambda t: self.model(t)[0], x, self.meta.stride)
+            return tta_forward(self.model, x)
         return self.model(x)[0]
 
 
@@ -173,7 +174,7 @@ class OnnxBackend:
         if not self.meta.nms:
             return out
         # NMS output rows: (batch index, x1, y1, x2, y2, score, class)
-        return [out[out[:, 0] == i, 1:] for i in range(x.shape[0])]
+        return split_by_image(out, x.shape[0])
 
 
 def read_onnx_metadata(path: Path) -> Metadata:

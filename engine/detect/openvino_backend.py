@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from engine.detect.backends import METADATA_KEY, BackendError, Metadata, read_onnx_metadata
+from utils.nms import split_by_image
 
 # OpenVINO's CPU plugin defaults to bf16 where the CPU has it; fp32 files are meant as fp32.
 # (INT8 layers of a quantised IR still run in int8 under this hint.)
@@ -64,5 +65,5 @@ class OpenVinoBackend:
         out = torch.from_numpy(self.request.get_output_tensor(0).data.copy())
         if not self.meta.nms:
             return out
-        return [out[out[:, 0] == i, 1:] for i in range(x.shape[0])]
+        return split_by_image(out, x.shape[0])
 

@@ -30,7 +30,7 @@ from engine.export.openvino_export import export_openvino, quantize_openvino
 from engine.export.options import DEFAULT_CALIB, FORMATS
 from engine.export.quantize import calibration_batches, quantize_onnx
 from utils.errors import UserError
-from utils.nms import non_max_suppression
+from utils.nms import keep_best, non_max_suppression
 
 RTOL = 1e-4  # parity tolerance on raw outputs, relative
 ATOL = 1e-5  # absolute floor, for probabilities that are ~0
@@ -215,7 +215,7 @@ def check_export(path: Path, model: nn.Module, x: torch.Tensor, nms_options: dic
     conf, iou = check_threshold(ref), nms_options["iou_thres"]
     refs = non_max_suppression(ref, conf, iou, agnostic=nms_options["agnostic"], max_det=nms_options["max_det"])
     # the graph caps boxes per class; like Predictor, keep the best max_det of each image
-    dets = [d[d[:, 4].argsort(descending=True)][: nms_options["max_det"]] for d in backend(x, conf, iou)]
+    dets = [keep_best(d, nms_options["max_det"]) for d in backend(x, conf, iou)]
     diff = check_detections(path.name, dets, refs)
     count = sum(len(r) for r in refs)
     return f"same {count} detections as PyTorch + utils.nms at conf {conf:.3g} (max abs diff {diff:.2e})", diff
