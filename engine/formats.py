@@ -65,21 +65,25 @@ class Metadata:
             raise BackendError(f"{source}: metadata {METADATA_KEY!r} is not valid ({e})") from None
 
 
-# Recognisers: (path, its first 64 bytes, b"" for a folder) -> is it this kind. They exclude
-# each other, so the table's order does not matter.
-def _zip_has_code(path: Path) -> bool:
-    """Checkpoints and TorchScript files are both zip archives; only TorchScript stores code."""
+# Recognisers: (path, its first 64 bytes, b"" for a folder) -> is it this kind. Each looks for
+# its own marks, so they exclude each other and the table's order does not matter.
+def _zip_entries(path: Path, head: bytes) -> list[str]:
+    """The entries of a zip archive (checkpoints and TorchScript files are both), [] for another file."""
+    if not head.startswith(b"PK"):
+        return []
     with zipfile.ZipFile(path) as archive:
-        return any("/code/" in name for name in archive.namelist())
+        return archive.namelist()
 
 
 def _is_checkpoint(path: Path, head: bytes) -> bool:
-    # b"\x80": a pickle, torch.save's legacy (non-zip) format
-    return head.startswith(b"\x80") or (head.startswith(b"PK") and not _zip_has_code(path))
+    # torch.save's zip holds a pickle and no code; b"\x80": a pickle, its legacy (non-zip) format
+    entries = _zip_entries(path, head)
+    return head.startswith(b"\x80") or (any(e.endswith("/data.pkl") for e in entries)
+                                         and not any("/code/" in e for e in entries))
 
 
 def _is_torchscript(path: Path, head: bytes) -> bool:
-    return head.startswith(b"PK") and _zip_has_code(path)
+    return any("/code/" in e for e in _zip_entries(path, head))  # only TorchScript stores code
 
 
 def _is_onnx(path: Path, head: bytes) -> bool:
