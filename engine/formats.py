@@ -134,6 +134,11 @@ class Format:
         """Every --backend that runs this kind, the default first."""
         return (self.backend, *self.also_runs_on)
 
+    @property
+    def folder(self) -> bool:
+        """Written as a folder of files of its own (``file`` names one file in it)."""
+        return "/" in self.file
+
     def path(self, stem: Path, int8: bool = False) -> Path:
         """Where export writes it for checkpoint ``stem`` (path without suffix), or its INT8 copy."""
         return stem.parent / self.file.format(stem=stem.name, int8="_int8" if int8 else "")

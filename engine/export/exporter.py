@@ -275,9 +275,10 @@ def check_int8(path: Path, model: nn.Module, x: torch.Tensor, nms_options: dict 
     return f"runs (max abs diff {diff:.3g} from PyTorch; calibrated on {calib_images} images)", diff
 
 
-def file_size_mb(path: Path) -> float:
-    """Size of an exported file in MB; an OpenVINO .xml counts with the files beside it (.bin)."""
-    files = list(path.parent.iterdir()) if path.suffix == ".xml" else [path]
+def file_size_mb(path: Path, fmt: Format) -> float:
+    """Size of an exported file in MB; a format written as a folder (an OpenVINO .xml + .bin) counts
+    every file in it."""
+    files = list(path.parent.iterdir()) if fmt.folder else [path]
     return sum(f.stat().st_size for f in files) / 1e6
 
 
@@ -307,7 +308,7 @@ def export_model(model: nn.Module, stem: Path, formats: list[str], img_size: tup
         raise ExportError("--int8 needs calibration images (--data)")
     if int8 and not quantised:
         raise ExportError(f"--int8: none of {', '.join(f.name for f in rows)} has an INT8 copy "
-                          f"({names(tuple(f for f in EXPORT_FORMATS if f.quantizer))} have)")
+                          f"(formats that have: {names(tuple(f for f in EXPORT_FORMATS if f.quantizer))})")
     device = next(model.parameters()).device
     x = torch.rand(batch, 3, *img_size, generator=torch.Generator().manual_seed(0)).to(device)
     nms_options = {"conf_thres": conf_thres, "iou_thres": iou_thres, "max_det": max_det,
@@ -323,7 +324,7 @@ def export_model(model: nn.Module, stem: Path, formats: list[str], img_size: tup
         for fmt in rows:
             path, options = files[fmt.name], specs[fmt.name].nms_options
             check, diff = check_export(path, model, x, options)
-            results.append(ExportResult(fmt.name, path, file_size_mb(path), check, diff, specs[fmt.name].dynamic))
+            results.append(ExportResult(fmt.name, path, file_size_mb(path, fmt), check, diff, specs[fmt.name].dynamic))
         if int8:
             batches = calibration_batches(calib_sources, len(model.names), img_size, batch, calib,
                                           int(model.stride.max()))
@@ -331,7 +332,7 @@ def export_model(model: nn.Module, stem: Path, formats: list[str], img_size: tup
                 meta = dataclasses.replace(specs[fmt.name].metadata(model), precision="int8")
                 path = resolve(fmt.quantizer)(files[fmt.name], fmt.path(stem, int8=True), batches, meta)
                 check, diff = check_int8(path, model, x, specs[fmt.name].nms_options, len(batches) * batch)
-                results.append(ExportResult(fmt.name + INT8_SUFFIX, path, file_size_mb(path), check, diff,
+                results.append(ExportResult(fmt.name + INT8_SUFFIX, path, file_size_mb(path, fmt), check, diff,
                                             specs[fmt.name].dynamic))
     return results
 
