@@ -17,9 +17,8 @@ from pathlib import Path
 
 from models.official import is_official, pickle_globals
 from models.official_map import convert_official
-from utils import cli
 from utils.checkpoint import CheckpointError, save_checkpoint
-from utils.cli import option
+from utils.cli import build_parser, namespace_to, option
 from utils.errors import command_main
 
 
@@ -41,8 +40,8 @@ class ConvertOptions:
 
 @command_main("python -m models.convert")
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.build_parser(ConvertOptions, __doc__.splitlines()[0], prog="python -m models.convert")
-    args = cli.namespace_to(ConvertOptions, parser.parse_args(argv))
+    parser = build_parser(ConvertOptions, __doc__.splitlines()[0], prog="python -m models.convert")
+    args = namespace_to(ConvertOptions, parser.parse_args(argv))
     src = Path(args.src)
     out = Path(args.out) if args.out else default_out(src)
     if src.is_file() and not is_official(pickle_globals(src)):
