@@ -292,7 +292,7 @@ def main() -> None:
                    "timing after it (medians reported)")
     p.add_argument("--workers", type=int, nargs="+", default=[-1],
                    help="loader workers of the loop, one loop per count (-1: train.py's choice)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = p.parse_args()
     if args.repeats < 1:
         p.error(f"--repeats must be at least 1, got {args.repeats}")

@@ -25,6 +25,7 @@ from utils.config import ConfigError, Range, from_mapping, ranged, read_yaml
 LOGGER = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).resolve().parent
 DATASETS_ENV = "ELAN_YOLO_DATASETS"
+SPLITS = ("train", "val", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +56,7 @@ class DataConfig:
 
     def split(self, name: str) -> list[Path]:
         """Sources of split ``name`` ('train', 'val' or 'test'); ConfigError when it is empty."""
-        if name not in ("train", "val", "test"):
+        if name not in SPLITS:
             raise ConfigError(f"{self.source}: unknown split {name!r} (train, val, test)")
         sources = getattr(self, name)
         if not sources:
@@ -147,7 +148,7 @@ def load_data_config(name_or_path: str | Path) -> DataConfig:
     root = _root(raw, yaml_path)
     if raw.generator is not None:
         _generate(raw.generator, root, _names(raw, source, []), source)
-    splits = {split: _sources(getattr(raw, split), root, split) for split in ("train", "val", "test")}
+    splits = {split: _sources(getattr(raw, split), root, split) for split in SPLITS}
     names = _names(raw, source, list(splits.values()))
     return DataConfig(root=root, nc=len(names), names=names, source=source, **splits)
 

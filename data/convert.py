@@ -14,23 +14,24 @@ object (images and boxes per split) as its last line.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from data.config import DataConfig, load_data_config
+from data.config import SPLITS, DataConfig, load_data_config
 from data.scan import ScanResult, load_or_scan
 from data.sources import is_coco_json
+from utils import cli
+from utils.cli import option
 from utils.errors import UserError, command_main
 
 FORMATS = ("yolo", "coco")
-SPLITS = ("train", "val", "test")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -131,16 +132,21 @@ def convert(cfg: DataConfig, to: str, out: Path, copy: bool = False) -> dict[str
     return summary
 
 
+@dataclass
+class ConvertOptions:
+    """The flags of ``python -m data.convert``."""
+
+    to: str = option("", "output format", choices=FORMATS, required=True)
+    data: str = option("", "source data-set YAML (YOLO, COCO json or VOC sources)", required=True)
+    out: str = option("", "output folder", required=True)
+    copy: bool = option(False, "copy the images instead of linking them")
+    json: bool = option(False, "(accepted; the JSON summary is always printed last)")
+
+
 @command_main("data.convert")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data.convert", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--to", required=True, choices=FORMATS, help="output format")
-    p.add_argument("--data", required=True, help="source data-set YAML (YOLO, COCO json or VOC sources)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--copy", action="store_true", help="copy the images instead of linking them")
-    p.add_argument("--json", action="store_true", help="(accepted; the JSON summary is always printed last)")
-    args = p.parse_args(argv)
+    parser = cli.build_parser(ConvertOptions, __doc__, prog="python -m data.convert")
+    args = cli.namespace_to(ConvertOptions, parser.parse_args(argv))
     out = Path(args.out)
     summary = convert(load_data_config(args.data), args.to, out, args.copy)
     for split, counts in summary.items():

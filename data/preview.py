@@ -8,16 +8,20 @@ Also writes labels.jpg (label statistics) beside it with ``--labels``. Prints on
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from data.config import load_data_config
+from data.config import SPLITS, load_data_config
 from data.dataset import DetectionDataset
 from data.loader import Batch, build_dataloader
+from utils import cli
+from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, option
 from utils.config import Hyp, apply_overrides, load
+from utils.errors import command_main
 from utils.plots import plot_images, plot_labels
 
 
@@ -37,37 +41,50 @@ def _outlines(dataset: DetectionDataset, batch: Batch) -> list[list[np.ndarray |
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="shapes", help="data-set YAML or built-in name")
-    p.add_argument("--split", default="train", choices=("train", "val", "test"))
-    p.add_argument("--hyp", default=None, help="hyper-parameter YAML (default: Hyp() defaults)")
-    p.add_argument("--img", type=int, default=320, help="image size")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-augment", action="store_true", help="letterboxed images instead of the training pipeline")
-    p.add_argument("--labels", action="store_true", help="also write labels.jpg beside --out")
-    p.add_argument("--out", default="runs/preview.jpg")
-    p.add_argument("--json", action="store_true", help="(accepted; the JSON summary is always printed last)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="hyper-parameter overrides, e.g. paste_in=1")
-    args = p.parse_args(argv)
-    cfg = load_data_config(args.data)
-    hyp = apply_overrides(load(Hyp, args.hyp) if args.hyp else Hyp(), args.overrides)
-    augment = not args.no_augment
-    loader, dataset = build_dataloader(cfg.split(args.split), cfg.nc, img_size=args.img, batch_size=args.batch, hyp=hyp,
-                                       augment=augment, shuffle=augment, seed=args.seed, names=cfg.names)
+@dataclass
+class PreviewOptions:
+    """The flags of ``python -m data.preview``."""
+
+    data: str = option("shapes", "data-set YAML or built-in name")
+    split: str = option("train", choices=SPLITS)
+    hyp: str | None = option(None, "hyper-parameter YAML (default: Hyp() defaults)")
+    img: int = option(320, "image size", at_least=MIN_IMG_SIZE, at_most=MAX_IMG_SIZE)
+    batch: int = option(16, at_least=1)
+    seed: int = option(0)
+    no_augment: bool = option(False, "letterboxed images instead of the training pipeline")
+    labels: bool = option(False, "also write labels.jpg beside --out")
+    out: str = option("runs/preview.jpg")
+    json: bool = option(False, "(accepted; the JSON summary is always printed last)")
+    overrides: list[str] = option([], "hyper-parameter overrides, e.g. paste_in=1", positional=True, nargs="*",
+                                  metavar="key=value")
+
+
+def preview(opt: PreviewOptions) -> dict:
+    """Draw one batch of ``opt.data``'s split to ``opt.out`` (and labels.jpg with ``opt.labels``);
+    returns the summary: paths, image / box / polygon counts, the batch shape."""
+    cfg = load_data_config(opt.data)
+    hyp = apply_overrides(load(Hyp, opt.hyp) if opt.hyp else Hyp(), opt.overrides)
+    augment = not opt.no_augment
+    loader, dataset = build_dataloader(cfg.split(opt.split), cfg.nc, img_size=opt.img, batch_size=opt.batch, hyp=hyp,
+                                       augment=augment, shuffle=augment, seed=opt.seed, names=cfg.names)
     batch = next(iter(loader))
-    out = Path(args.out)
+    out = Path(opt.out)
     polygons = _outlines(dataset, batch)
     plot_images(batch.images, batch.targets, batch.paths, cfg.names, out, polygons=polygons)
     result = {"out": str(out), "images": len(batch.paths), "boxes": len(batch.targets),
               "polygons": sum(p is not None for image in polygons for p in image),
               "shape": list(batch.images.shape)}
-    if args.labels:
+    if opt.labels:
         result["labels"] = str(plot_labels(dataset.labels, cfg.names, out.with_name("labels.jpg")))
-    print(json.dumps(result))
     return result
 
 
+@command_main("python -m data.preview")
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.build_parser(PreviewOptions, __doc__, prog="python -m data.preview")
+    print(json.dumps(preview(cli.namespace_to(PreviewOptions, parser.parse_args(argv)))))
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -60,8 +60,7 @@ class SummaryOptions:
 
 @command_main("python -m models")
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.build_parser(SummaryOptions, __doc__.splitlines()[0])
-    parser.prog = "python -m models"
+    parser = cli.build_parser(SummaryOptions, __doc__.splitlines()[0], prog="python -m models")
     args = cli.namespace_to(SummaryOptions, parser.parse_args(argv))
     model, totals = summary(args.cfg, args.img, args.scale, args.nc)
     if args.json:

@@ -10,14 +10,15 @@ JSON object with ``out``, ``cfg``, ``params``, ``nc``, ``names`` (and ``epoch``,
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from models.official import is_official, pickle_globals
 from models.official_convert import convert_official
 from utils.checkpoint import CheckpointError, save_checkpoint
+from utils.cli import build_parser, namespace_to, option
 from utils.errors import command_main
 
 
@@ -27,19 +28,20 @@ def default_out(src: str | Path) -> Path:
     return src.with_name(f"{src.stem}-elan.pt")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m models.convert", description=__doc__.splitlines()[0])
-    p.add_argument("src", help="official YOLOv7 checkpoint (.pt)")
-    p.add_argument("--out", default=None, help="output checkpoint (default: SRC stem + -elan.pt)")
-    p.add_argument("--keep-official-cfg", action="store_true",
-                   help="keep the file's own unrolled config instead of our compact one")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    return p.parse_args(argv)
+@dataclass
+class ConvertOptions:
+    """The flags of ``python -m models.convert``."""
+
+    src: str = option("", "official YOLOv7 checkpoint (.pt)", positional=True)
+    out: str | None = option(None, "output checkpoint (default: SRC stem + -elan.pt)")
+    keep_official_cfg: bool = option(False, "keep the file's own unrolled config instead of our compact one")
+    json: bool = option(False, "print one JSON object as the last line")
 
 
 @command_main("python -m models.convert")
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    parser = build_parser(ConvertOptions, __doc__.splitlines()[0], prog="python -m models.convert")
+    args = namespace_to(ConvertOptions, parser.parse_args(argv))
     src = Path(args.src)
     out = Path(args.out) if args.out else default_out(src)
     if src.is_file() and not is_official(pickle_globals(src)):

@@ -38,9 +38,9 @@ path-length sets as bit masks), never by enumerating paths.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
+import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -49,9 +49,12 @@ import torch
 from torch import nn
 
 from models.gradpath_trace import COMPUTATIONAL, INPUT, LayerGraph, trace_graph
+from utils import cli
+from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, option
+from utils.errors import command_main
 
 __all__ = [  # the tracing names too: callers import the whole analysis from here
-    "COMPUTATIONAL", "INPUT", "LayerGraph", "LayerStats", "analyse", "analyse_model",
+    "COMPUTATIONAL", "INPUT", "GradpathOptions", "LayerGraph", "LayerStats", "analyse", "analyse_model",
     "format_table", "main", "save_plot", "summarise", "summary_line", "trace_graph", "write_csv",
 ]
 
@@ -200,32 +203,38 @@ def save_plot(rows: list[LayerStats], path: str | Path, title: str = "") -> None
     fig.savefig(path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+@dataclass
+class GradpathOptions:
+    """The flags of ``python -m models.gradpath``."""
+
+    cfg: str = option("", "model YAML", required=True)
+    img: int = option(256, "input size (multiple of the max stride)", at_least=MIN_IMG_SIZE, at_most=MAX_IMG_SIZE)
+    scale: str | None = option(None, "entry of the config's scales table (e.g. d4)")
+    csv: str | None = option(None, "write per-layer rows to this CSV file")
+    plot: str | None = option(None, "save a path-length plot (PNG)")
+    json: bool = option(False, "print one JSON object as the last line")
+
+
+@command_main("python -m models.gradpath")
+def main(argv: list[str] | None = None) -> int:
     """Command line: table and summary of a model config's gradient paths."""
-    parser = argparse.ArgumentParser(prog="python -m models.gradpath", description=__doc__.split("\n")[0])
-    parser.add_argument("--cfg", required=True, help="model YAML")
-    parser.add_argument("--img", type=int, default=256, help="input size (multiple of the max stride)")
-    parser.add_argument("--scale", default=None, help="entry of the config's scales table (e.g. d4)")
-    parser.add_argument("--csv", default=None, help="write per-layer rows to this CSV file")
-    parser.add_argument("--plot", default=None, help="save a path-length plot (PNG)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    args = parser.parse_args(argv)
+    parser = cli.build_parser(GradpathOptions, __doc__.split("\n")[0], prog="python -m models.gradpath")
+    opt = cli.namespace_to(GradpathOptions, parser.parse_args(argv))
 
     from models.yolo import Model  # the command needs the builder; the analysis does not
 
-    _, rows, summary = analyse_model(Model(args.cfg, scale=args.scale), args.img)
-    if args.csv:
-        write_csv(rows, args.csv)
-    if args.plot:
-        save_plot(rows, args.plot, title=f"{Path(args.cfg).name}: {summary_line(summary)}")
-    result = {"cfg": str(args.cfg), "scale": args.scale, **summary, "rows": [asdict(r) for r in rows]}
-    if args.json:
-        print(json.dumps(result))
+    _, rows, summary = analyse_model(Model(opt.cfg, scale=opt.scale), opt.img)
+    if opt.csv:
+        write_csv(rows, opt.csv)
+    if opt.plot:
+        save_plot(rows, opt.plot, title=f"{Path(opt.cfg).name}: {summary_line(summary)}")
+    if opt.json:
+        print(json.dumps({"cfg": str(opt.cfg), "scale": opt.scale, **summary, "rows": [asdict(r) for r in rows]}))
     else:
         print(format_table(rows))
         print(summary_line(summary))
-    return result
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

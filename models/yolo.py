@@ -123,7 +123,8 @@ class Model(nn.Module):
         head = self.head
         if head.aux:
             lead = self.froms[-1][: head.nl]
-            self.dropped = set(range(len(self.model) - 1)) - self._needed(lead)
+            last = len(self.model) - 2  # the row a head input of -1 means
+            self.dropped = set(range(last + 1)) - self._needed([last if j == -1 else j for j in lead])
             for i in self.dropped:
                 self.model[i] = nn.Identity()
             self.froms[-1] = lead

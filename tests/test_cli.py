@@ -6,8 +6,13 @@ import dataclasses
 
 import pytest
 
+import data.convert
+import data.preview
 import detect
 import export
+import models.__main__
+import models.convert
+import models.gradpath
 import train
 import val
 from engine.detect.run import DetectOptions
@@ -60,7 +65,35 @@ def test_commands_reject_out_of_range_flags(main, argv, flag, capsys):
     assert e.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("cls", [TrainOptions, ValOptions, DetectOptions, ExportOptions])
+@pytest.mark.parametrize("main, argv, flag", [
+    (models.gradpath.main, ["--cfg", "x.yaml", "--img", "8"], "--img"),
+    (data.convert.main, ["--to", "xml", "--data", "x.yaml", "--out", "x"], "--to"),
+    (data.preview.main, ["--batch", "0"], "--batch"), (data.preview.main, ["--split", "dev"], "--split"),
+    (models.__main__.main, ["--cfg", "x.yaml", "--nc", "0"], "--nc"),
+])
+def test_module_commands_reject_out_of_range_flags(main, argv, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("main, argv, prog", [
+    (models.gradpath.main, ["--cfg", "none.yaml"], "python -m models.gradpath"),
+    (models.convert.main, ["none.pt"], "python -m models.convert"),
+    (data.convert.main, ["--to", "yolo", "--data", "none.yaml", "--out", "out"], "data.convert"),
+    (data.preview.main, ["--data", "none.yaml"], "python -m data.preview"),
+])
+def test_module_commands_report_a_missing_file_in_one_line(main, argv, prog, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{prog}: error: none.") and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("cls", [TrainOptions, ValOptions, DetectOptions, ExportOptions, models.__main__.SummaryOptions,
+                                 models.gradpath.GradpathOptions, models.convert.ConvertOptions,
+                                 data.convert.ConvertOptions, data.preview.PreviewOptions])
 def test_every_field_is_declared_with_option(cls):
     # one declaration per flag: a plain field would get a flag without help or range
     assert all("cli" in f.metadata for f in dataclasses.fields(cls))

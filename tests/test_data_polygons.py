@@ -273,13 +273,14 @@ def test_plot_images_draws_polygon_outlines_in_the_class_colour():
     assert (edge == class_colour(3)).all(1).any()
 
 
-def test_preview_reports_the_polygons_it_draws(shapes_root, tmp_path):
+def test_preview_reports_the_polygons_it_draws(shapes_root, tmp_path, capsys):
     from data import preview
 
     data = tmp_path / "small.yaml"
     data.write_text(f"path: {shapes_root}\ntrain: images/train\nval: images/val\nnames: [a, b, c, d, e]\n")
-    result = preview.main(["--data", str(data), "--img", "64", "--batch", "2", "--out", str(tmp_path / "p.png"),
-                           "paste_in=1"])
+    assert preview.main(["--data", str(data), "--img", "64", "--batch", "2", "--out", str(tmp_path / "p.png"),
+                         "paste_in=1"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert (tmp_path / "p.png").is_file() and result["polygons"] == result["boxes"] > 0
 
 

@@ -55,6 +55,28 @@ def test_search_space_is_yolov7s_table_minus_fixed_and_unused():
     assert TABLE["lr0"].log and TABLE["weight_decay"].log and not TABLE["momentum"].log
 
 
+def test_plots_leave_the_backend_and_style_of_pyplot_alone(tmp_path):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from engine.evolve.report import write_plots
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("lr0", 1e-3, 1e-1, log=True) - t.suggest_float("momentum", 0.6, 0.98),
+                   n_trials=4)
+    previous = matplotlib.get_backend()
+    plt.switch_backend("svg")  # a user's own (non-Agg) backend, as a notebook's inline one
+    try:
+        style = dict(matplotlib.rcParams)
+        written = write_plots(study, tmp_path)
+        assert matplotlib.get_backend() == "svg" and dict(matplotlib.rcParams) == style  # no ggplot left behind
+        assert not plt.get_fignums()  # every figure closed
+    finally:
+        plt.switch_backend(previous)
+    assert [p.name for p in written] == ["evolve_history.png", "evolve_importances.png", "evolve_slices.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
+
+
 def test_three_trials_write_csv_and_hyp_train_accepts(root):
     opt = tiny_options(root, name="three", evolve=3, overrides=[*QUICK, "lr0=0.02"])
     summary = evolve(opt)

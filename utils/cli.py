@@ -2,9 +2,10 @@
 
 A field made with :func:`option` carries its default, help, aliases, choices, value range and
 argparse shape in its metadata; :func:`build_parser` turns the dataclass into an
-``argparse.ArgumentParser`` and :func:`parse_options` into an instance. A value outside the
-declared range or choices is argparse's usage error (exit 2, ``prog: error: argument --x: ...``).
-:func:`check_ranges` applies the same ranges to an instance built in Python (``ConfigError``).
+``argparse.ArgumentParser`` and :func:`namespace_to` its parsed namespace into an instance. A
+value outside the declared range or choices is argparse's usage error (exit 2, ``prog: error:
+argument --x: ...``). :func:`check_ranges` applies the same ranges to an instance built in Python
+(``ConfigError``). A range is a ``utils.config.Range``, the check config files use too.
 
 The flag is the field name with ``_`` turned into ``-`` (``img_size`` -> ``--img-size``); the
 type comes from the annotation: ``bool`` is a store_true switch, ``list[T]`` takes one or more
@@ -20,7 +21,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from utils.config import ConfigError
+from utils.config import ConfigError, Range
 
 T = TypeVar("T")
 _KEY = "cli"
@@ -34,9 +35,7 @@ class Flag:
     help: str = ""
     aliases: tuple[str, ...] = ()
     choices: tuple[Any, ...] | None = None
-    at_least: float | None = None  # inclusive lower bound of each value
-    at_most: float | None = None  # inclusive upper bound
-    below: float | None = None  # exclusive upper bound
+    valid: Range = Range()  # the range of each value
     nargs: str | None = None  # overrides the one the type implies
     const: Any = None  # value when the flag stands without one (with nargs="?")
     shortcuts: tuple[tuple[str, Any], ...] = ()  # extra flags that store a constant, e.g. --adam
@@ -49,13 +48,7 @@ class Flag:
         """Why ``value`` (one item) is outside this flag's range or choices, or None."""
         if self.choices is not None and value not in self.choices:
             return f"must be one of {', '.join(map(repr, self.choices))}, got {value!r}"
-        if self.at_least is not None and value < self.at_least:
-            return f"must be >= {self.at_least:g}, got {value}"
-        if self.at_most is not None and value > self.at_most:
-            return f"must be <= {self.at_most:g}, got {value}"
-        if self.below is not None and value >= self.below:
-            return f"must be < {self.below:g}, got {value}"
-        return None
+        return self.valid.error(value)
 
 
 def option(
@@ -77,7 +70,7 @@ def option(
 ) -> Any:
     """A dataclass field with its command-line declaration; a list default is copied per instance."""
     flag = Flag(help=help, aliases=tuple(aliases), choices=None if choices is None else tuple(choices),
-                at_least=at_least, at_most=at_most, below=below, nargs=nargs, const=const,
+                valid=Range(at_least=at_least, at_most=at_most, below=below), nargs=nargs, const=const,
                 shortcuts=tuple((shortcuts or {}).items()), positional=positional, metavar=metavar,
                 required=required, cli=cli)
     if isinstance(default, list):
@@ -120,9 +113,11 @@ def _checked(kind: type, flag: Flag) -> Callable[[str], Any]:
     return convert
 
 
-def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
-    """The argparse parser of the option dataclass ``cls``; defaults are the fields' defaults."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(cls: type, description: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
+    """The argparse parser of the option dataclass ``cls``; defaults are the fields' defaults.
+    ``prog`` names the command in usage and errors (default: the script's file name)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         flag = flag_of(field)
@@ -160,11 +155,6 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
 def namespace_to(cls: type[T], namespace: argparse.Namespace) -> T:
     """The ``cls`` instance of a parsed namespace (every flag is a field: nothing is filtered)."""
     return cls(**vars(namespace))
-
-
-def parse_options(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None) -> T:
-    """Parse ``argv`` (default: sys.argv[1:]) into a ``cls`` instance."""
-    return namespace_to(cls, build_parser(cls, description).parse_args(argv))
 
 
 def check_ranges(options: Any) -> None:

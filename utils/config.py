@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import operator
 import re
 import types
 import typing
@@ -160,8 +161,9 @@ def _check_type(value: Any, annotation: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class Range:
-    """The values a numeric config field accepts (inclusive ``at_least`` / ``at_most``,
-    exclusive ``above`` / ``below``); declared with :func:`ranged`, checked by from_mapping."""
+    """The values a number accepts (inclusive ``at_least`` / ``at_most``, exclusive ``above`` /
+    ``below``): the one range check of config fields (declared with :func:`ranged`, checked by
+    from_mapping) and of command-line flags (``utils.cli.option``)."""
 
     at_least: float | None = None
     above: float | None = None
@@ -170,12 +172,11 @@ class Range:
 
     def error(self, value: float) -> str | None:
         """Why ``value`` is outside the range, or None."""
-        for bound, fails, word in ((self.at_least, value < (self.at_least or 0), ">="),
-                                   (self.above, value <= (self.above or 0), ">"),
-                                   (self.at_most, value > (self.at_most or 0), "<="),
-                                   (self.below, value >= (self.below or 0), "<")):
-            if bound is not None and fails:
-                return f"must be {word} {bound:g}, got {value:g}"
+        for bound, holds, word in ((self.at_least, operator.ge, ">="), (self.above, operator.gt, ">"),
+                                   (self.at_most, operator.le, "<="), (self.below, operator.lt, "<")):
+            if bound is not None and not holds(value, bound):  # compared only when bounded: a str has no range
+                shown = f"{value:g}" if isinstance(value, float) else value  # an int as typed: 100000, not 1e+05
+                return f"must be {word} {bound:g}, got {shown}"
         return None
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +79,31 @@ def write_best_hyp(study: optuna.Study, path: Path) -> FrozenTrial | None:
     return best
 
 
+@contextlib.contextmanager
+def _pyplot_on_agg() -> Iterator[Any]:
+    """pyplot on the Agg backend inside the block, the caller's backend and style restored after.
+
+    Optuna's matplotlib plots cannot use the object API: they make their figures with
+    ``plt.subplots``, need an Agg canvas (their bar labels ask it for a renderer) and set the
+    "ggplot" style globally. ``rc_context`` undoes the style; the backend goes back to the one
+    chosen before (a notebook's inline one; ``matplotlib.use`` would have kept Agg for good).
+    A process that had not chosen one yet (train.py) stays on Agg, as it would without a display.
+    """
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    chosen = matplotlib.get_backend(auto_select=False)  # None: pyplot has not picked one
+    with matplotlib.rc_context():
+        plt.switch_backend("agg")
+        try:
+            yield plt
+        finally:
+            if chosen is not None:
+                plt.switch_backend(chosen)
+
+
 def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
     """evolve_history.png, evolve_importances.png (>= 2 complete trials), evolve_slices.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as vis
 
     n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
@@ -101,7 +122,7 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
                  IMPORTANCE_MIN_TRIALS, n_complete)
     plots["evolve_slices.png"] = lambda: vis.plot_slice(study, params=params)
     written = []
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _pyplot_on_agg() as plt:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Target and region quantiles")
         for name, plot in plots.items():

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import optuna
 
 
-class Range(NamedTuple):
+class SearchRange(NamedTuple):
     """One row of YOLOv7's table: mutation gain (0: never mutated), lower and upper limit."""
 
     gain: float
@@ -30,37 +30,37 @@ class Range(NamedTuple):
 # YOLOv7 train.py's `meta` table (keys, gains, limits). weight_decay's lower limit is 1e-5
 # instead of 0 so that it can be sampled on a log scale (1e-5 at the nominal batch of 64 is
 # negligible decay, as 0 is).
-TABLE: dict[str, Range] = {
-    "lr0": Range(1, 1e-5, 1e-1, log=True),
-    "lrf": Range(1, 0.01, 1.0, log=True),
-    "momentum": Range(0.3, 0.6, 0.98),
-    "weight_decay": Range(1, 1e-5, 0.001, log=True),
-    "warmup_epochs": Range(1, 0.0, 5.0),
-    "warmup_momentum": Range(1, 0.0, 0.95),
-    "warmup_bias_lr": Range(1, 0.0, 0.2),
-    "box": Range(1, 0.02, 0.2, log=True),
-    "cls": Range(1, 0.2, 4.0, log=True),
-    "cls_pw": Range(1, 0.5, 2.0),
-    "obj": Range(1, 0.2, 4.0, log=True),
-    "obj_pw": Range(1, 0.5, 2.0),
-    "iou_t": Range(0, 0.1, 0.7),
-    "anchor_t": Range(1, 2.0, 8.0),
-    "anchors": Range(2, 2.0, 10.0),
-    "fl_gamma": Range(0, 0.0, 2.0),
-    "hsv_h": Range(1, 0.0, 0.1),
-    "hsv_s": Range(1, 0.0, 0.9),
-    "hsv_v": Range(1, 0.0, 0.9),
-    "degrees": Range(1, 0.0, 45.0),
-    "translate": Range(1, 0.0, 0.9),
-    "scale": Range(1, 0.0, 0.9),
-    "shear": Range(1, 0.0, 10.0),
-    "perspective": Range(0, 0.0, 0.001),
-    "flipud": Range(1, 0.0, 1.0),
-    "fliplr": Range(0, 0.0, 1.0),
-    "mosaic": Range(1, 0.0, 1.0),
-    "mixup": Range(1, 0.0, 1.0),
-    "copy_paste": Range(1, 0.0, 1.0),
-    "paste_in": Range(1, 0.0, 1.0),
+TABLE: dict[str, SearchRange] = {
+    "lr0": SearchRange(1, 1e-5, 1e-1, log=True),
+    "lrf": SearchRange(1, 0.01, 1.0, log=True),
+    "momentum": SearchRange(0.3, 0.6, 0.98),
+    "weight_decay": SearchRange(1, 1e-5, 0.001, log=True),
+    "warmup_epochs": SearchRange(1, 0.0, 5.0),
+    "warmup_momentum": SearchRange(1, 0.0, 0.95),
+    "warmup_bias_lr": SearchRange(1, 0.0, 0.2),
+    "box": SearchRange(1, 0.02, 0.2, log=True),
+    "cls": SearchRange(1, 0.2, 4.0, log=True),
+    "cls_pw": SearchRange(1, 0.5, 2.0),
+    "obj": SearchRange(1, 0.2, 4.0, log=True),
+    "obj_pw": SearchRange(1, 0.5, 2.0),
+    "iou_t": SearchRange(0, 0.1, 0.7),
+    "anchor_t": SearchRange(1, 2.0, 8.0),
+    "anchors": SearchRange(2, 2.0, 10.0),
+    "fl_gamma": SearchRange(0, 0.0, 2.0),
+    "hsv_h": SearchRange(1, 0.0, 0.1),
+    "hsv_s": SearchRange(1, 0.0, 0.9),
+    "hsv_v": SearchRange(1, 0.0, 0.9),
+    "degrees": SearchRange(1, 0.0, 45.0),
+    "translate": SearchRange(1, 0.0, 0.9),
+    "scale": SearchRange(1, 0.0, 0.9),
+    "shear": SearchRange(1, 0.0, 10.0),
+    "perspective": SearchRange(0, 0.0, 0.001),
+    "flipud": SearchRange(1, 0.0, 1.0),
+    "fliplr": SearchRange(0, 0.0, 1.0),
+    "mosaic": SearchRange(1, 0.0, 1.0),
+    "mixup": SearchRange(1, 0.0, 1.0),
+    "copy_paste": SearchRange(1, 0.0, 1.0),
+    "paste_in": SearchRange(1, 0.0, 1.0),
 }
 # Accepted for YOLOv7 file compatibility but without effect here (searching them would only
 # add noise dimensions): utils.config.COMPAT_ONLY_KEYS (iou_t, anchors: autoanchor keeps the

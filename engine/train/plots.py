@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,6 @@ from typing import Any
 from data import Batch, DetectionLoader
 from engine.train.log import TensorBoardLog, result_panels
 
-LOG = logging.getLogger(__name__)
 
 def panel_grid(n: int, max_cols: int = 5) -> tuple[int, int]:
     """(rows, columns) of a grid for ``n`` panels: at most ``max_cols`` wide (10 panels: 2 x 5)."""
@@ -23,10 +21,8 @@ def plot_results(csv_path: Path) -> Path | None:
     """results.png next to ``csv_path``: one panel per loss / metric over the epochs."""
     if not csv_path.is_file():
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # object API: no pyplot backend switched
+    from matplotlib.figure import Figure
 
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
@@ -35,7 +31,9 @@ def plot_results(csv_path: Path) -> Path | None:
     epochs = [int(float(r["epoch"])) for r in rows]
     panels = result_panels()
     n_rows, n_cols = panel_grid(len(panels))
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3 * n_cols, 3 * n_rows), tight_layout=True, squeeze=False)
+    fig = Figure(figsize=(3 * n_cols, 3 * n_rows), tight_layout=True)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for ax in axes.ravel()[len(panels):]:
         ax.set_visible(False)
     for ax, key in zip(axes.ravel(), panels, strict=False):
@@ -45,7 +43,6 @@ def plot_results(csv_path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     out = csv_path.with_name("results.png")
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out
 
 

@@ -5,7 +5,6 @@ ground-truth file."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +31,6 @@ from utils.coco_json import load_detections, load_ground_truth
 from utils.device import select_device
 from utils.errors import UserError
 from utils.paths import increment_path
-
-LOG = logging.getLogger("val")
 
 
 @dataclass
