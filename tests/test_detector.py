@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -22,6 +23,7 @@ from detect_fixtures import (
 )
 from train_helpers import tiny_data, tiny_options
 
+import export
 import val
 from data.shapes import CLASSES
 from elan_yolo import Detector
@@ -133,15 +135,22 @@ def test_torch_hub_local_entries(workdir: Path) -> None:
                           source="local").weights == str(workdir / "weights.pt")
 
 
-def test_untrained_model_and_exported_weights(workdir: Path, tmp_path: Path) -> None:
-    """Detector.model for a config; an exported TorchScript file predicts like its checkpoint."""
-    assert Detector("yolov7-tiny.yaml").model.nc == 80
-    write_images(tmp_path, [(128, 128)])
-    from engine.export import export_model
-    from models import load_model
-
-    model = load_model(workdir / "weights.pt", "cpu", fuse=True)
-    (ts,) = export_model(model, tmp_path / "weights", ["torchscript"], (IMG_SIZE, IMG_SIZE))
-    a = Detector(ts.file).predict(tmp_path / "img0.jpg", img_size=IMG_SIZE)[0]
-    b = Detector(workdir / "weights.pt").predict(tmp_path / "img0.jpg", img_size=IMG_SIZE)[0]
-    np.testing.assert_allclose(a.boxes, b.boxes, atol=0.05)
+def test_export_equals_export_py_and_the_file_predicts(workdir: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    ours, theirs = (shutil.copy(workdir / "weights.pt", tmp_path / folder / "best.pt") for folder in "ab")
+    summary = Detector(ours).export(include=["torchscript"], img_size=[IMG_SIZE])
+    capsys.readouterr()
+    assert export.main(["--weights", str(theirs), "--include", "torchscript", "--img-size", str(IMG_SIZE),
+                        "--json"]) == 0
+    command = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # the same formats, checks and sizes (the traced file's debug records differ in a few KB)
+    assert [(e["format"], e["check"]) for e in summary["exports"]] == [(e["format"], e["check"])
+                                                                         for e in command["exports"]]
+    assert summary["exports"][0]["size_mb"] == pytest.approx(command["exports"][0]["size_mb"], rel=0.02)
+    assert summary["img_size"] == command["img_size"]
+    files = [e["file"] for e in summary["exports"] + command["exports"]]
+    image = workdir / "images" / "img0.jpg"
+    boxes = [Detector(f).predict(image)[0].boxes for f in [*files, ours]]
+    for other in boxes[1:]:
+        np.testing.assert_allclose(other, boxes[0], atol=0.05)
+    assert Detector("yolov7-tiny.yaml").model.nc == 80  # a config: an untrained model

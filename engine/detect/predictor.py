@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from data import letterbox, unit_images
-from engine.detect.backends import BackendError, call_fixed_batch, load_backend
+from engine.backends import BackendError, call_fixed_batch, load_backend
 from engine.detect.results import Detections
 from engine.detect.sources import read_image
 from utils.boxes import letterbox_to_original
@@ -48,7 +48,7 @@ class Predictor:
     validated at during training, or the size a file was exported at. ``classes`` keeps only
     those class indices; ``agnostic`` runs NMS across classes;
     ``augment`` enables test-time augmentation (PyTorch checkpoints only); ``backend`` overrides
-    what runs the file (engine.detect.backends.BACKENDS: an .onnx file on 'openvino'); ``threads``
+    what runs the file (engine.formats.BACKENDS: an .onnx file on 'openvino'); ``threads``
     the CPU threads of onnxruntime / OpenVINO (None: all cores).
     Raises BackendError naming the file when the weights are unusable.
     """

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from data import unit_images
-from engine.detect.backends import Backend, call_fixed_batch
+from engine.backends import Backend, call_fixed_batch
 from engine.tta import tta_forward
 from utils.boxes import letterbox_to_original
 from utils.coco_eval import CocoResult, DatasetDetections, GroundTruth, accumulate, match, summarize
@@ -126,7 +126,7 @@ def evaluate(
     ground_truth: GroundTruth | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` (eval-mode output ``(pred, raw)``, or an exported file's backend from
-    engine.detect.backends.load_backend) on ``loader`` (yields ``Batch``,
+    engine.backends.load_backend) on ``loader`` (yields ``Batch``,
     letterboxed with ``shapes``; its ``dataset`` holds labels, crowd boxes, image ids).
 
     ``loss_fn(raw, targets, img_size) -> (loss, items[4])`` adds the mean validation loss

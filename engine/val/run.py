@@ -15,7 +15,7 @@ import torch
 from data import build_dataloader, load_data_config
 from data.loader import consumer_options
 from data.sources import is_coco_json
-from engine.detect.backends import BACKENDS, TorchBackend, load_backend
+from engine.backends import BACKENDS, TorchBackend, load_backend
 from engine.val.batch_plots import batch_hook
 from engine.val.evaluator import EvalResult, evaluate, image_keys
 from engine.val.report import (
