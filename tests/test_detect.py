@@ -244,12 +244,12 @@ def test_no_weights_or_source_uses_newest_checkpoint_on_shapes_val(workdir: Path
 def test_drawing_options() -> None:
     """--hide-conf draws a shorter label, --hide-labels none, --line-thickness wider lines."""
     det = Detections(np.array([[20.0, 30.0, 80.0, 90.0]], np.float32), np.array([0.87], np.float32),
-                     np.array([1]), (120, 160))
+                     np.array([1]), (120, 160), NAMES)
     image = np.zeros((120, 160, 3), np.uint8)
 
     def painted(**flags) -> int:
         opt = DetectOptions(weights="", source="", **flags)
-        return int(draw(image, det, NAMES, opt).astype(np.int64).sum())  # ink
+        return int(draw(image, det, opt).astype(np.int64).sum())  # ink
 
     full, no_conf, no_label = painted(), painted(hide_conf=True), painted(hide_labels=True)
     assert full > no_conf > no_label > 0

@@ -13,7 +13,6 @@ allows), run as one batch, post-processed with utils.nms and mapped back to orig
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 
 from data import letterbox, unit_images
 from engine.backends import BackendError, call_fixed_batch, load_backend
+from engine.detect.results import Detections
 from engine.detect.sources import read_image
 from utils.boxes import letterbox_to_original
 from utils.device import select_device
@@ -28,24 +28,6 @@ from utils.nms import keep_best, non_max_suppression
 from utils.rounding import round_up
 
 ImageInput = str | Path | np.ndarray
-
-
-@dataclass
-class Detections:
-    """Detections of one image: ``boxes`` float32 [n, 4] xyxy in original pixels, ``scores``
-    float32 [n], ``classes`` int64 [n], sorted by score; ``shape`` (height, width) of the image."""
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    classes: np.ndarray
-    shape: tuple[int, int]
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    def as_array(self) -> np.ndarray:
-        """float32 [n, 6] = (x1, y1, x2, y2, score, class)."""
-        return np.concatenate([self.boxes, self.scores[:, None], self.classes[:, None].astype(np.float32)], 1)
 
 
 def batch_shape(shapes: Sequence[tuple[int, int]], img_size: int, stride: int) -> tuple[int, int]:
@@ -136,20 +118,26 @@ class Predictor:
             det = det.detach().cpu().float().numpy()
             boxes = letterbox_to_original(det[:, :4], gains, pad, shape) if len(det) else det[:, :4]
             results.append(Detections(boxes.astype(np.float32), det[:, 4].astype(np.float32),
-                                      det[:, 5].astype(np.int64), tuple(shape)))
+                                      det[:, 5].astype(np.int64), tuple(shape), list(self.names)))
         return results
 
     def __call__(self, images: ImageInput | Sequence[ImageInput]) -> list[Detections]:
-        """Detect on one or several images given as paths or BGR uint8 [h, w, 3] arrays."""
+        """Detect on one or several images given as paths or BGR uint8 [h, w, 3] arrays; each result
+        keeps its image and path (so ``plot()`` needs no argument)."""
         if isinstance(images, (str, Path, np.ndarray)):
             images = [images]
-        arrays = []
+        arrays, paths = [], []
         for im in images:
             if isinstance(im, np.ndarray):
                 arrays.append(im)
+                paths.append("")
                 continue
             array = read_image(Path(im))
             if array is None:
                 raise FileNotFoundError(f"{im}: cannot read image")
             arrays.append(array)
-        return self.predict(arrays)
+            paths.append(str(im))
+        results = self.predict(arrays)
+        for det, array, path in zip(results, arrays, paths, strict=True):
+            det.image, det.path = array, path
+        return results

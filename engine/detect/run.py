@@ -21,10 +21,8 @@ import numpy as np
 from engine.detect.predictor import Detections, Predictor
 from engine.detect.sources import Frame, Source
 from engine.formats import BACKENDS
-from utils.boxes import xyxy_to_cxcywh
 from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, option
 from utils.paths import increment_path
-from utils.plots import class_colour, draw_boxes
 
 
 @dataclass
@@ -62,55 +60,27 @@ class DetectOptions:
     json: bool = option(False, "print the summary as one JSON object (last line)")
 
 
-def summary_line(det: Detections, names: list[str]) -> str:
+def summary_line(det: Detections) -> str:
     """'2 circles, 1 square' style counts per class (YOLOv7's per-image line), or '(no detections)'."""
     counts = Counter(int(c) for c in det.classes)
     if not counts:
         return "(no detections)"
     parts = []
     for cls in sorted(counts):
-        name = names[cls] if cls < len(names) else str(cls)
+        name = det.name(cls)
         parts.append(f"{counts[cls]} {name}{'s' if counts[cls] > 1 else ''}")
     return ", ".join(parts)
 
 
-def draw(image_bgr: np.ndarray, det: Detections, names: list[str], opt: DetectOptions) -> np.ndarray:
-    """A copy of the BGR image with the detections drawn (utils.plots works in RGB)."""
-    rgb = np.ascontiguousarray(image_bgr[..., ::-1])
-    if opt.hide_labels:
-        lw = opt.line_thickness or max(round(sum(rgb.shape[:2]) / 2 * 0.003), 1)
-        for box, cls in zip(det.boxes.astype(int), det.classes, strict=False):
-            cv2.rectangle(rgb, tuple(box[:2]), tuple(box[2:]), class_colour(cls), lw, cv2.LINE_AA)
-    else:
-        rgb = draw_boxes(rgb, det.boxes, det.classes, None if opt.hide_conf else det.scores, names,
-                         opt.line_thickness)
-    return np.ascontiguousarray(rgb[..., ::-1])
+def draw(image_bgr: np.ndarray, det: Detections, opt: DetectOptions) -> np.ndarray:
+    """A copy of the BGR image with the detections drawn as detect.py's flags ask."""
+    return det.plot(image_bgr, line_thickness=opt.line_thickness, hide_labels=opt.hide_labels,
+                    hide_conf=opt.hide_conf)
 
 
-def label_lines(det: Detections, save_conf: bool) -> list[str]:
-    """YOLO label rows 'cls cx cy w h [score]', normalised to the original image."""
-    h, w = det.shape
-    xywh = xyxy_to_cxcywh(det.boxes) / np.array([w, h, w, h], np.float32)
-    rows = []
-    for cls, box, score in zip(det.classes, xywh, det.scores, strict=False):
-        values = [f"{v:.6f}" for v in box] + ([f"{score:.6f}"] if save_conf else [])
-        rows.append(" ".join([str(int(cls))] + values))
-    return rows
-
-
-def json_entry(frame: Frame, det: Detections, names: list[str]) -> dict:
+def json_entry(frame: Frame, det: Detections) -> dict:
     """One image of detections.json: boxes xyxy in original pixels."""
-    return {
-        "path": frame.path,
-        "frame": frame.index if frame.kind != "image" else None,
-        "height": det.shape[0],
-        "width": det.shape[1],
-        "detections": [
-            {"class": int(c), "name": names[int(c)] if int(c) < len(names) else str(int(c)),
-             "score": round(float(s), 5), "box": [round(float(v), 2) for v in b]}
-            for b, s, c in zip(det.boxes, det.scores, det.classes, strict=False)
-        ],
-    }
+    return {**det.to_dict(), "path": frame.path, "frame": frame.index if frame.kind != "image" else None}
 
 
 class VideoSink:
@@ -145,12 +115,17 @@ def frame_label(frame: Frame, number: int, total: int) -> str:
     return f"{frame.kind} (frame {frame.index + 1}{count}) {frame.path}"
 
 
+def predictor_for(opt: DetectOptions) -> Predictor:
+    """The Predictor that ``opt``'s model and thresholds describe."""
+    return Predictor(opt.weights, opt.device, opt.img_size, opt.conf_thres, opt.iou_thres, opt.classes,
+                     opt.agnostic_nms, opt.max_det, opt.augment, opt.backend)
+
+
 def run_detect(opt: DetectOptions, predictor: Predictor | None = None) -> dict:
     """Detect on every frame of ``opt.source``; write outputs; return a summary dict
     (save_dir, images, detections, per-class counts, ms_per_image, skipped, files)."""
     source = Source(opt.source, opt.batch_size)  # first: a bad source fails before the model loads
-    predictor = predictor or Predictor(opt.weights, opt.device, opt.img_size, opt.conf_thres, opt.iou_thres,
-                                       opt.classes, opt.agnostic_nms, opt.max_det, opt.augment, opt.backend)
+    predictor = predictor or predictor_for(opt)
     names = predictor.names
     save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -168,11 +143,11 @@ def run_detect(opt: DetectOptions, predictor: Predictor | None = None) -> dict:
                 images += 1
                 totals.update(int(c) for c in det.classes)
                 h, w = det.shape
-                print(f"{frame_label(frame, images, len(source.files))}: {w}x{h} {summary_line(det, names)} "
+                print(f"{frame_label(frame, images, len(source.files))}: {w}x{h} {summary_line(det)} "
                       f"({1000 * elapsed / len(batch):.1f} ms)", flush=True)
-                save_outputs(frame, det, names, opt, save_dir, videos)
+                save_outputs(frame, det, opt, save_dir, videos)
                 if opt.save_json:
-                    entries.append(json_entry(frame, det, names))
+                    entries.append(json_entry(frame, det))
     finally:
         videos.close()
     if opt.save_json:
@@ -188,16 +163,15 @@ def run_detect(opt: DetectOptions, predictor: Predictor | None = None) -> dict:
     }
 
 
-def save_outputs(frame: Frame, det: Detections, names: list[str], opt: DetectOptions, save_dir: Path,
+def save_outputs(frame: Frame, det: Detections, opt: DetectOptions, save_dir: Path,
                  videos: VideoSink) -> None:
     """Drawn image or video frame, and the YOLO label file, of one frame."""
     stem = Path(frame.path).stem if frame.kind == "image" else f"{Path(frame.path).stem}_{frame.index}"
     if opt.save_txt:
-        rows = label_lines(det, opt.save_conf)
-        (save_dir / "labels" / f"{stem}.txt").write_text("".join(r + "\n" for r in rows))
+        det.save_txt(save_dir / "labels" / f"{stem}.txt", opt.save_conf)
     if opt.nosave:
         return
-    drawn = draw(frame.image, det, names, opt)
+    drawn = draw(frame.image, det, opt)
     if frame.kind == "image":
         out = save_dir / Path(frame.path).name
         if not cv2.imwrite(str(out), drawn):
