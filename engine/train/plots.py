@@ -38,7 +38,7 @@ def plot_results(csv_path: Path) -> Path | None:
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(3 * n_cols, 3 * n_rows), tight_layout=True, squeeze=False)
     for ax in axes.ravel()[len(panels):]:
         ax.set_visible(False)
-    for ax, key in zip(axes.ravel(), panels, strict=False):
+    for ax, key in zip(axes.ravel()[: len(panels)], panels, strict=True):
         ax.plot(epochs, [float(r[key]) for r in rows], marker=".", linewidth=1.5)
         ax.set_title(key, fontsize=10)
         ax.set_xlabel("epoch")

@@ -24,7 +24,14 @@ from engine.train.data import build_train_loader, build_val_loader, check_anchor
 from engine.train.ema import ModelEMA
 from engine.train.log import TensorBoardLog, write_results_csv
 from engine.train.optim import accumulation_steps, build_optimizer, lr_lambda, scaled_weight_decay
-from engine.train.options import DEFAULT_CFG, TrainOptions, find_resume_checkpoint, load_hyp, resume_run_dir
+from engine.train.options import (
+    DEFAULT_CFG,
+    TrainOptions,
+    check_assigner,
+    find_resume_checkpoint,
+    load_hyp,
+    resume_run_dir,
+)
 from engine.train.plots import plot_labels
 from engine.train.recipe import apply_recipe
 from engine.train.validation import validation_loss
@@ -99,7 +106,10 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     data_cfg = load_data(opt, info)
     if ckpt is None:
         opt = apply_recipe(opt, data_cfg)
-    hyp = from_mapping(Hyp, ckpt["hyp"], str(opt.resume)) if ckpt is not None else load_hyp(opt)
+    if ckpt is not None:
+        hyp = check_assigner(from_mapping(Hyp, ckpt["hyp"], str(opt.resume)), str(opt.resume))
+    else:
+        hyp = load_hyp(opt)
     nc, names = (1, ["item"]) if opt.single_cls else (data_cfg.nc, list(data_cfg.names))
     model = _build_model(opt, nc, names, ckpt).to(device)
     opt = _round_img_size(opt, int(model.stride.max()))
