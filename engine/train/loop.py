@@ -190,8 +190,8 @@ def train_one_epoch(run: Run, epoch: int, timer: EpochTimer | None = None) -> Lo
     set_sampling(run.train_loader, epoch, opt, run.nc, run.class_maps)
     run.train_loader.set_epoch(epoch)  # shuffle order and augmentation stream of this epoch
     run.model.train()
-    nb = len(run.train_loader)
-    n_warmup = warmup_iterations(hyp, nb)
+    batches_per_epoch = len(run.train_loader)
+    n_warmup = warmup_iterations(hyp, batches_per_epoch)
     mean_losses = torch.zeros(len(LossItems._fields), device=run.device)  # LossItems stacked
     n_good = 0
     run.optimizer.zero_grad(set_to_none=True)
@@ -199,13 +199,14 @@ def train_one_epoch(run: Run, epoch: int, timer: EpochTimer | None = None) -> Lo
     batches = enumerate(timer.batches(run.train_loader))
     if run.info.is_main:
         LOG.info(progress_header())
-        batches = tqdm(batches, total=nb, bar_format="{l_bar}{bar:10}{r_bar}")
+        batches = tqdm(batches, total=batches_per_epoch, bar_format="{l_bar}{bar:10}{r_bar}")
     for i, batch in batches:
-        ni = i + nb * epoch  # iterations since the start of training: warmup and accumulation key on it
+        iteration = i + batches_per_epoch * epoch  # since the start of training: warmup and accumulation key on it
         accumulate = run.accumulate
-        if n_warmup and ni <= n_warmup:
-            accumulate = apply_warmup(run.optimizer, ni, n_warmup, run.lf(epoch), hyp, run.batch_size)
-        items = train_step(run, batch, step=(ni + 1) % accumulate == 0 or i == nb - 1)
+        if n_warmup and iteration <= n_warmup:
+            accumulate = apply_warmup(run.optimizer, iteration, n_warmup, run.lr_factor(epoch), hyp, run.batch_size)
+        last = i == batches_per_epoch - 1
+        items = train_step(run, batch, step=(iteration + 1) % accumulate == 0 or last)
         timer.images += len(batch.paths)
         if items is None:
             run.bad_steps_in_row += 1  # counted across epochs: a 1-batch epoch must not reset it
