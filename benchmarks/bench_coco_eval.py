@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.coco_eval import Detections, GroundTruth, coco_evaluate  # noqa: E402
+from utils.coco_eval import DatasetDetections, GroundTruth, coco_evaluate  # noqa: E402
 
 
 def make_dataset(images: int, dets: int, classes: int, seed: int) -> tuple[dict, list[dict]]:
@@ -67,7 +67,7 @@ def run_ours(gt: dict, results: list[dict], device: str) -> tuple[np.ndarray, fl
         torch.tensor([x["area"] for x in a], dtype=torch.float64, device=device),
         torch.tensor([bool(x["iscrowd"]) for x in a], device=device),
     )
-    d = Detections(
+    d = DatasetDetections(
         torch.tensor([x["image_id"] for x in results], device=device),
         torch.tensor([x["category_id"] - 1 for x in results], device=device),
         torch.tensor([x["bbox"] for x in results], dtype=torch.float64, device=device),

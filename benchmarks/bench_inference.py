@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
 from data import load_data_config  # noqa: E402
-from engine.detect.backends import TorchBackend, load_backend  # noqa: E402
+from engine.backends import TorchBackend, load_backend  # noqa: E402
 from engine.detect.predictor import Predictor  # noqa: E402
 from engine.export.exporter import export_model  # noqa: E402
 from models.yolo import Model  # noqa: E402

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_raccoon.py [--epochs 30] [--hyp FILE] [--json] [-- key=value ...]
 
-Protocol (README, "Real photos: raccoon"): yolov7-tiny from scratch, 320 px, batch 16, 2
+Protocol (docs/benchmarks.md, "Real photos: raccoon"): yolov7-tiny from scratch, 320 px, batch 16, 2
 loader workers, 160 training photos, mAP on the 40 validation photos. Runs train.py as a user
 would (so the recipe train.py picks when --hyp is not given is what is measured) and prints
 mAP@.5 and mAP@.5:.95 of the best epoch and of the last, and the wall time of the whole run.

@@ -194,7 +194,7 @@ def loop_rate(cfg: str, img: int, batch: int, n_images: int, precision: str, wor
     rate is compared with the mean of the steps just before and after it; medians over the repeats."""
     from engine.train.loop import train_one_epoch
     from engine.train.setup import setup
-    from utils.torch_utils import dist_info_from_env
+    from utils.distributed import dist_info_from_env
 
     threads = torch.get_num_threads()  # train.py's own choice of threads must not leak into the next case
     runs = []

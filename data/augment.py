@@ -1,7 +1,7 @@
 """The training augmentation pipeline, driven by the hyper-parameters (``utils.config.Hyp``).
 
 Per sample: mosaic of 4 (80 %) or 9 images with probability ``hyp.mosaic`` (copy-paste on the
-mosaic canvas with ``hyp.copy_paste``, then mixup with a second mosaic with probability
+mosaic canvas, ``hyp.copy_paste`` of its polygon objects, then mixup with a second mosaic with probability
 ``hyp.mixup``), else a letterboxed single image; then random perspective (``degrees``,
 ``translate``, ``scale``, ``shear``, ``perspective``), paste-in with probability
 ``hyp.paste_in`` (objects of a per-epoch pool, ``data.paste``), the albumentations stage (blur,
@@ -42,7 +42,7 @@ def build_albumentations(transforms: list[A.BasicTransform] | None = None) -> A.
     field, so a geometric transform added here moves them too; as in ``box_candidates``, a box
     that keeps under 10 % of its area is dropped with its class. A set of pixel-only transforms
     gets no box processing at all: it cannot move a box, and albumentations' checking and
-    clipping of every box cost 4x the rest of the stage (0.4 of 0.5 ms per 320-px sample).
+    clipping of every box would cost most of the stage's time (docs/benchmarks.md).
     """
     try:
         import albumentations as A  # imported here: slow to import, and only training needs it

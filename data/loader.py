@@ -234,7 +234,7 @@ def build_dataloader(
     ``idle_workers``: workers run at idle priority (Linux; elsewhere a no-op), for a consumer that
     computes on the same CPU cores: a worker then works while the model waits for its batch or
     leaves a core idle, and never preempts one of the model's threads, which would stall all of them
-    at their next barrier (train.py on CPU, bf16, 2 cores: loop 36.1 / 34.7 img/s against 33.8 / 33.8).
+    at their next barrier (measured: docs/benchmarks.md, "Data pipeline").
     ``names``: the class names (``DataConfig.names``), needed by VOC sources.
     """
     if image_weights and (rect or rank >= 0):

@@ -1,7 +1,7 @@
 """Copy-paste and paste-in: objects cut out by their polygon masks and pasted as new labelled objects.
 
-- ``copy_paste`` (YOLOv5/v7's, probability ``hyp.copy_paste`` = fraction of the polygon objects
-  tried): each chosen object is mirrored left-right and pasted at its mirrored place, kept only
+- ``copy_paste`` (YOLOv5/v7's; ``hyp.copy_paste`` is the fraction of the polygon objects tried,
+  ``round(fraction * m)`` of m, not a probability): each chosen object is mirrored left-right and pasted at its mirrored place, kept only
   where it hides under 30 % of every existing box (intersection over that box's area).
 - ``paste_in`` (YOLOv7's, with probability ``hyp.paste_in`` per sample): up to 20 random windows
   (sizes from 3/4 down to 1/16 of the image, as YOLOv7) that hide under 30 % of every box get an

@@ -10,7 +10,6 @@ YOLOR's implicit layers are in models/reparam.py.
 from __future__ import annotations
 
 import ast
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,11 +57,6 @@ def make_act(spec: ActSpec) -> nn.Module:
             raise ValueError(f"activation {spec!r}: arguments must be literals") from None
         return _ACTIVATIONS[match.group(1)](*args)
     raise ValueError(f"activation must be true/false or a name like 'LeakyReLU(0.1)', got {spec!r}")
-
-
-def make_divisible(x: float, divisor: int = 8) -> int:
-    """Smallest multiple of ``divisor`` that is >= ``x`` (YOLOv5/v7 channel rounding)."""
-    return int(math.ceil(x / divisor) * divisor)
 
 
 def autopad(k: int, p: int | None = None) -> int:

@@ -25,7 +25,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises ``utils.checkpoint.CheckpointError`` naming the file for anything else.
     """
     if Path(path).is_file() and is_official(pickle_globals(path)):
-        from models.official_map import convert_official  # local: only official files need it
+        from models.official_convert import convert_official  # local: only official files need it
 
         conv = convert_official(path)
         LOG.warning("%s: official YOLOv7 checkpoint converted in memory (%s, %s weights); "

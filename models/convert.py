@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from models.official import is_official, pickle_globals
-from models.official_map import convert_official
+from models.official_convert import convert_official
 from utils.checkpoint import CheckpointError, save_checkpoint
 from utils.errors import command_main
 

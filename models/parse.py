@@ -22,9 +22,10 @@ from typing import Any
 import yaml
 from torch import nn
 
-from models.blocks import Block, RowContext, make_divisible
+from models.blocks import Block, RowContext
 from models.registry import lookup
 from utils.config import ConfigError, read_yaml
+from utils.rounding import round_up
 
 CFG_DIR = Path(__file__).resolve().parents[1] / "cfg"
 TOP_KEYS = ("nc", "depth_multiple", "width_multiple", "anchors", "backbone", "head", "scales", "scale",
@@ -219,7 +220,7 @@ def parse_model(cfg: ModelConfig, ch: int = 3) -> ParsedModel:
             if args and isinstance(args[-1], dict):
                 kwargs.update(args.pop())
             n = max(round(n * gd), 1) if n > 1 else n
-            ctx = RowContext(ch=ch_in, n=n, width=lambda c: make_divisible(c * gw, 8),
+            ctx = RowContext(ch=ch_in, n=n, width=lambda c: round_up(c * gw, 8),
                              act=data.get("activation", True), nc=data["nc"], anchors=data["anchors"])
             layer = build_row(cls, ctx, args, kwargs)
             if n > 1 and not cls.takes_depth:

@@ -14,7 +14,7 @@ from pycocotools.cocoeval import COCOeval
 
 from utils.coco_eval import (
     STAT_NAMES,
-    Detections,
+    DatasetDetections,
     GroundTruth,
     coco_evaluate,
     pair_iou,
@@ -130,7 +130,7 @@ def ours(gt: dict, dets: list[dict]):
         torch.tensor([x["area"] for x in a], dtype=torch.float64),
         torch.tensor([bool(x["iscrowd"]) for x in a]),
     )
-    d = Detections(
+    d = DatasetDetections(
         torch.tensor([x["image_id"] for x in dets], dtype=torch.long),
         torch.tensor([index[x["category_id"]] for x in dets], dtype=torch.long),
         torch.tensor([x["bbox"] for x in dets], dtype=torch.float64).view(-1, 4),
@@ -160,7 +160,7 @@ def test_hand_computed() -> None:
         torch.tensor([False, False]),
     )
     # 100x100 gt vs a 100x60 box inside it: IoU 0.6.
-    d = Detections(
+    d = DatasetDetections(
         torch.tensor([1, 1, 1]),
         torch.tensor([0, 0, 0]),
         torch.tensor([[0.0, 0.0, 100.0, 100.0], [500, 500, 50, 50], [200, 200, 100, 60]], dtype=torch.float64),
@@ -200,7 +200,7 @@ def test_no_detections() -> None:
         torch.tensor([100.0], dtype=torch.float64), torch.tensor([False]),
     )
     empty = torch.zeros(0, dtype=torch.long)
-    d = Detections(empty, empty, torch.zeros(0, 4, dtype=torch.float64), torch.zeros(0, dtype=torch.float64))
+    d = DatasetDetections(empty, empty, torch.zeros(0, 4, dtype=torch.float64), torch.zeros(0, dtype=torch.float64))
     stats = coco_evaluate(g, d, 2).as_dict()
     # Class 0 has a gt and nothing found: 0; class 1 has no gt: left out; no medium/large gt: -1.
     assert stats["AP"] == 0.0 and stats["AR100"] == 0.0 and stats["APs"] == 0.0
@@ -212,6 +212,6 @@ def test_no_ground_truth() -> None:
     empty = torch.zeros(0, dtype=torch.long)
     g = GroundTruth(empty, empty, torch.zeros(0, 4, dtype=torch.float64), torch.zeros(0, dtype=torch.float64),
                     torch.zeros(0, dtype=torch.bool))
-    d = Detections(torch.tensor([1]), torch.tensor([0]), torch.tensor([[0.0, 0, 10, 10]], dtype=torch.float64),
+    d = DatasetDetections(torch.tensor([1]), torch.tensor([0]), torch.tensor([[0.0, 0, 10, 10]], dtype=torch.float64),
                    torch.tensor([0.5], dtype=torch.float64))
     assert coco_evaluate(g, d, 1).stats.tolist() == [-1.0] * 12

@@ -25,7 +25,7 @@ import detect
 import val
 from data.shapes import CLASSES
 from data.sources import label_path, list_images
-from engine.detect.backends import BackendError, load_backend, weights_kind
+from engine.backends import BackendError, load_backend, weights_kind
 from engine.detect.predictor import Predictor
 from engine.export.exporter import export_model
 

@@ -23,10 +23,10 @@ from detect_fixtures import (  # noqa: F401 (one_thread: autouse fixture)
 
 import detect
 from data import letterbox, load_data_config
-from engine.detect.backends import augmented_forward
 from engine.detect.predictor import Detections, Predictor, batch_shape
 from engine.detect.run import DetectOptions, draw
 from engine.detect.sources import Source, SourceError
+from engine.tta import augmented_forward
 from utils.nms import non_max_suppression
 
 SIZES = [(96, 160), (200, 120), (128, 128)]  # (h, w): landscape, portrait, square

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.coco_eval import Detections, GroundTruth, match
+from utils.coco_eval import DatasetDetections, GroundTruth, match
 from utils.detection_metrics import best_f1, confusion_matrix
 
 F64 = torch.float64
@@ -19,8 +19,8 @@ def _gt(image, cls, boxes, crowd=None) -> GroundTruth:
                        torch.tensor(crowd if crowd is not None else [False] * len(image)))
 
 
-def _dt(image, cls, boxes, scores) -> Detections:
-    return Detections(torch.tensor(image), torch.tensor(cls), torch.tensor(boxes, dtype=F64).view(-1, 4),
+def _dt(image, cls, boxes, scores) -> DatasetDetections:
+    return DatasetDetections(torch.tensor(image), torch.tensor(cls), torch.tensor(boxes, dtype=F64).view(-1, 4),
                       torch.tensor(scores, dtype=F64))
 
 

@@ -21,6 +21,7 @@ from detect_fixtures import (  # noqa: F401 (one_thread: autouse fixture)
 )
 
 import detect
+from engine.backends import load_backend
 from engine.detect.predictor import Predictor
 from engine.export.exporter import (
     ExportError,
@@ -31,6 +32,7 @@ from engine.export.exporter import (
     export_onnx,
     sorted_detections,
 )
+from engine.formats import EXPORT_FORMATS, FORMATS, format_named, resolve
 from utils.nms import non_max_suppression
 
 RTOL = 1e-4
@@ -193,3 +195,24 @@ def test_detect_with_onnx_equals_checkpoint(kind: str, exported: dict, dynamic_o
         for da, db in zip(a["detections"], b["detections"], strict=False):
             np.testing.assert_allclose(da["box"], db["box"], atol=0.02)
             assert da["score"] == pytest.approx(db["score"], abs=1e-4)
+
+
+def test_the_format_table_names_real_writers_readers_and_quantisers() -> None:
+    for fmt in FORMATS:
+        assert callable(resolve(fmt.reader)) and set(fmt.backends) <= {f.backend for f in FORMATS}
+    for fmt in EXPORT_FORMATS:
+        assert callable(resolve(fmt.writer)) and (fmt.quantizer is None or callable(resolve(fmt.quantizer)))
+        assert fmt.source is None or format_named(fmt.source) in EXPORT_FORMATS
+        stem = Path("runs/best")
+        assert fmt.path(stem).is_relative_to("runs") and fmt.path(stem).name.startswith("best")
+        assert fmt.quantizer is None or fmt.path(stem, int8=True) != fmt.path(stem)
+
+
+def test_options_apply_only_to_formats_that_support_them(model, tmp_path: Path) -> None:
+    """--nms and --dynamic with TorchScript (no NMS inside, always shape-free): written without NMS
+    and checked on raw outputs; --int8 with no format that has an INT8 copy is an ExportError."""
+    result = export_model(model, tmp_path / "m", ["torchscript"], (IMG_SIZE, IMG_SIZE), nms=True)[0]
+    meta = load_backend(result.file, torch.device("cpu")).meta
+    assert not meta.nms and meta.batch is None and result.dynamic and "raw outputs" in result.check
+    with pytest.raises(ExportError, match="INT8 copy"):
+        export_model(model, tmp_path / "q", ["torchscript"], (IMG_SIZE, IMG_SIZE), int8=True, calib_sources=[tmp_path])

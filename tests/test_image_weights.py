@@ -9,7 +9,7 @@ import pytest
 import torch
 from train_helpers import tiny_data, tiny_options
 
-import engine.train.data
+import engine.train.loaders
 import engine.train.loop
 import train as train_cli
 from data import build_dataloader
@@ -21,7 +21,7 @@ from engine.train.options import TrainOptions
 from engine.train.setup import setup
 from utils.checkpoint import load_checkpoint
 from utils.config import ConfigError, Hyp
-from utils.torch_utils import DistInfo
+from utils.distributed import DistInfo
 
 # image 0: classes 0, 0, 1; image 1: class 1; image 2: no labels; image 3: class 2. Class 3 never occurs.
 LABELS = [np.array([[0, .5, .5, .1, .1], [0, .2, .2, .1, .1], [1, .3, .3, .1, .1]], np.float32),

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou, nms
 
-from utils.nms import non_max_suppression
+from utils.nms import keep_best, non_max_suppression, split_by_image
 
 
 def pytest_approx(x: float):
@@ -96,3 +96,18 @@ def test_matches_per_class_reference_on_random_batch() -> None:
             bx = o[o[:, 5] == c, :4]
             iou = box_iou(bx, bx).fill_diagonal_(0)
             assert iou.max() <= 0.5
+
+
+def test_keep_best_orders_and_caps() -> None:
+    det = torch.tensor([[0, 0, 1, 1, 0.2, 0], [0, 0, 2, 2, 0.9, 1], [0, 0, 3, 3, 0.5, 0]])
+    assert keep_best(det, 2)[:, 4].tolist() == pytest.approx([0.9, 0.5])
+    assert keep_best(det, 5)[:, 2].tolist() == [2.0, 3.0, 1.0]
+    assert keep_best(torch.zeros(0, 6), 3).shape == (0, 6)
+
+
+def test_split_by_image_keeps_empty_images() -> None:
+    rows = torch.tensor([[2, 1, 1, 2, 2, 0.8, 3], [0, 5, 5, 6, 6, 0.7, 1], [2, 3, 3, 4, 4, 0.6, 0]])
+    out = split_by_image(rows, 3)
+    assert [len(d) for d in out] == [1, 0, 2]
+    assert out[0].tolist() == [[5, 5, 6, 6, pytest.approx(0.7), 1]]
+    assert out[2][:, 5].tolist() == [3.0, 0.0]  # the image's rows in order, batch index dropped

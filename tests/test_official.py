@@ -21,7 +21,7 @@ from train_helpers import TINY_MODEL
 from models import load_model
 from models.convert import main as convert_main
 from models.official import ALLOWED_GLOBALS, ArrayRecord, DtypeRecord, describe_foreign, pickle_globals, plain
-from models.official_map import convert_official
+from models.official_convert import convert_official
 from models.yolo import Model, unrolled_key_map
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from utils.config import read_yaml

@@ -14,7 +14,7 @@ from data import build_dataloader, load_data_config
 from data.convert import main as convert_main
 from data.scan import load_or_scan
 from engine.val.evaluator import dataset_ground_truth
-from utils.coco_eval import Detections, coco_evaluate
+from utils.coco_eval import DatasetDetections, coco_evaluate
 from utils.config import ConfigError
 
 NAMES = ["cat", "dog"]
@@ -139,7 +139,7 @@ def _ap50(dataset, boxes_scores):
     gt = dataset_ground_truth(dataset, [0], [0], torch.device("cpu"))
     dt = torch.tensor(boxes_scores, dtype=torch.float64).reshape(-1, 5)
     n = len(dt)
-    result = coco_evaluate(gt, Detections(torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long),
+    result = coco_evaluate(gt, DatasetDetections(torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long),
                                           dt[:, :4], dt[:, 4]), 2)
     return float(result.stats[1])
 

@@ -26,7 +26,7 @@ from utils.coco_match import (
     AREA_RANGES,
     IOU_THRESHOLDS,
     MAX_DETS,
-    Detections,
+    DatasetDetections,
     GroundTruth,
     Matching,
     match,
@@ -38,7 +38,7 @@ from utils.grouped_ops import run_starts, segment_cumsum, take, take2
 # The matching's names, for the callers that import the whole metric from here.
 __all__ = [
     "AREA_NAMES", "AREA_RANGES", "IOU_THRESHOLDS", "MAX_DETS", "RECALL_THRESHOLDS", "STAT_NAMES",
-    "CocoResult", "Detections", "GroundTruth", "Matching", "accumulate", "accumulation_order",
+    "CocoResult", "DatasetDetections", "GroundTruth", "Matching", "accumulate", "accumulation_order",
     "coco_evaluate", "match", "overlapping_pairs", "pair_iou", "summarize",
 ]
 
@@ -191,7 +191,7 @@ def summarize(precision: Tensor, recall: Tensor) -> Tensor:
     return torch.stack([_mean_valid(x) for x in ap + ar])
 
 
-def coco_evaluate(gt: GroundTruth, dt: Detections, num_classes: int) -> CocoResult:
+def coco_evaluate(gt: GroundTruth, dt: DatasetDetections, num_classes: int) -> CocoResult:
     """Evaluate detections against ground truth exactly as pycocotools' COCOeval (bbox):
     evaluate (``match``), accumulate, summarize."""
     precision, recall = accumulate(match(gt, dt, num_classes))

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from utils.coco_match import Detections, GroundTruth
+from utils.coco_match import DatasetDetections, GroundTruth
 from utils.errors import UserError
 
 
@@ -161,7 +161,7 @@ def load_ground_truth(path: str | Path, device: torch.device | str = "cpu") -> C
     return CocoGroundTruth(gt, category_ids, names, image_ids | set(images))
 
 
-def load_detections(path: str | Path, ref: CocoGroundTruth, device: torch.device | str = "cpu") -> Detections:
+def load_detections(path: str | Path, ref: CocoGroundTruth, device: torch.device | str = "cpu") -> DatasetDetections:
     """Read a COCO results json. Detections of categories absent from the ground truth are
     dropped (as pycocotools does); an image id absent from it is an error (pycocotools asserts)."""
     path = Path(path)
@@ -188,7 +188,7 @@ def load_detections(path: str | Path, ref: CocoGroundTruth, device: torch.device
         classes.append(index[cat])
         boxes.append(box)
         scores.append(float(score))
-    return Detections(
+    return DatasetDetections(
         torch.tensor(images, dtype=torch.long, device=device),
         torch.tensor(classes, dtype=torch.long, device=device),
         torch.tensor(boxes, dtype=torch.float64, device=device).view(-1, 4),
@@ -196,7 +196,7 @@ def load_detections(path: str | Path, ref: CocoGroundTruth, device: torch.device
     )
 
 
-def detections_to_json(dt: Detections, category_ids: list[int], decimals: int = 3) -> list[dict]:
+def detections_to_json(dt: DatasetDetections, category_ids: list[int], decimals: int = 3) -> list[dict]:
     """COCO results list from detections (class index -> original category id). Boxes are
     rounded to ``decimals``; scores are not, since rounding them creates ties that reorder
     detections (an untrained model's scores differ in the 6th digit)."""

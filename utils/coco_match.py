@@ -56,7 +56,7 @@ class GroundTruth(NamedTuple):
     crowd: Tensor
 
 
-class Detections(NamedTuple):
+class DatasetDetections(NamedTuple):
     """Detections of a whole data set, in file order (order breaks score ties).
 
     image: int64 [D] image id; category: int64 [D] class index; boxes: [D, 4] xywh pixels;
@@ -205,7 +205,7 @@ def outside_area_ranges(area: Tensor) -> Tensor:
     return (area[:, None] < lo) | (area[:, None] > hi)
 
 
-def match(gt: GroundTruth, dt: Detections, num_classes: int) -> Matching:
+def match(gt: GroundTruth, dt: DatasetDetections, num_classes: int) -> Matching:
     """Sort, truncate and greedily match detections to ground truth the way COCOeval does.
 
     Detections of classes outside [0, num_classes) are dropped, as pycocotools drops
@@ -217,7 +217,7 @@ def match(gt: GroundTruth, dt: Detections, num_classes: int) -> Matching:
         raise ValueError(f"ground-truth classes must lie in [0, {num_classes}), got "
                          f"{int(gt.category.min())}..{int(gt.category.max())}")
     keep_cls = (dt.category >= 0) & (dt.category < num_classes)
-    dt = Detections(*(t[keep_cls] for t in dt))
+    dt = DatasetDetections(*(t[keep_cls] for t in dt))
     # COCOeval.evaluate groups by (imgId, catId): one int64 group id per (image, class).
     _, image_index = torch.unique(torch.cat([gt.image, dt.image]), return_inverse=True)
     gt_image, dt_image = image_index[: gt.image.numel()], image_index[gt.image.numel() :]

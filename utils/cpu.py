@@ -3,7 +3,7 @@ between the model's threads and the data-loader workers.
 
 On a few cores the split matters more than anything else: a loader worker or a neighbour's
 process that takes a core from one of the model's OpenMP threads stalls all of them at the
-next barrier (measured on 2 cores with one core busy: 2 threads 3.8 img/s, 1 thread 6.0).
+next barrier, so fewer threads on free cores beat more threads on busy ones (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ BUSY_SAMPLE_S = 0.25  # how long /proc/stat is watched to count the busy cores
 # Iterations an OpenMP thread of libgomp (PyTorch's OpenMP on Linux) spins, waiting for the next parallel
 # region, before it sleeps; libgomp's default is 100 times as many (300,000). A spinning thread holds its
 # core, so the idle-priority loader workers (data.loader) never get the model's gaps and the loop waits for
-# batches instead. 2 cores, bf16, bench_train --loop (two alternated runs each): data wait 3.9-4.2% of the
-# epoch at the default, 0.8-0.9% at 3,000; the model step alone unchanged (five alternated runs: 42.0 / 41.8
-# img/s).
+# batches instead. At 3,000 the data wait falls and the model step alone is as fast (docs/benchmarks.md,
+# "OpenMP spin count").
 OPENMP_SPIN_COUNT = 3000
 
 

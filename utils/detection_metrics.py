@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from utils.coco_match import Detections, GroundTruth, Matching, overlapping_pairs
+from utils.coco_match import DatasetDetections, GroundTruth, Matching, overlapping_pairs
 from utils.grouped_ops import take
 
 CONF_STEPS = 1000
@@ -65,7 +65,7 @@ def best_f1(m: Matching) -> F1Result:
 
 
 def confusion_matrix(
-    gt: GroundTruth, dt: Detections, num_classes: int, conf: float = 0.25, iou_thres: float = 0.45
+    gt: GroundTruth, dt: DatasetDetections, num_classes: int, conf: float = 0.25, iou_thres: float = 0.45
 ) -> Tensor:
     """YOLO's confusion matrix, int64 [K + 1, K + 1]: rows predicted class, columns true class,
     index K = background (a missed gt counts in row K, a detection on background in column K).

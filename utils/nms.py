@@ -67,3 +67,16 @@ def non_max_suppression(
         keep = batched_nms(b.float(), s.float(), groups, iou_thres)[:max_det]
         out.append(torch.cat([b[keep], s[keep, None], c[keep, None]], 1))
     return out
+
+
+def keep_best(det: Tensor, max_det: int) -> Tensor:
+    """The ``max_det`` highest-scoring rows of one image's detections [n, 6] (x1, y1, x2, y2,
+    score, class), sorted by score. NMS inside an exported graph caps boxes per class; this
+    gives its output the per-image cap of ``non_max_suppression``."""
+    return det[det[:, 4].argsort(descending=True)][:max_det]
+
+
+def split_by_image(rows: Tensor, batch_size: int) -> list[Tensor]:
+    """The output of NMS inside an exported graph, rows [M, 7] (batch index, x1, y1, x2, y2,
+    score, class), as ``batch_size`` tensors [n, 6], one per image (its rows in order)."""
+    return [rows[rows[:, 0] == i, 1:] for i in range(batch_size)]

@@ -54,8 +54,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         if kind == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        # CPU: bf16 where it is done in hardware (2.2x the fp32 training step on AVX-512 BF16 +
-        # AMX); the shapes default run trained at least as well in bf16 (README, "Speed")
+        # CPU: bf16 where it is done in hardware (about twice as fast a training step as fp32); the
+        # shapes default run trained at least as well in bf16 (docs/benchmarks.md)
         return "bf16" if kind == "cpu" and cpu_has_native_bf16() else "fp32"
     if precision == "fp32":
         return precision

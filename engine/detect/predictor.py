@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from data import letterbox, unit_images
-from engine.detect.backends import BackendError, call_fixed_batch, load_backend
+from engine.backends import BackendError, call_fixed_batch, load_backend
 from engine.detect.sources import read_image
 from utils.boxes import letterbox_to_original
-from utils.nms import non_max_suppression
-from utils.torch_utils import select_device
+from utils.device import select_device
+from utils.nms import keep_best, non_max_suppression
+from utils.rounding import round_up
 
 ImageInput = str | Path | np.ndarray
 
@@ -55,7 +56,7 @@ def batch_shape(shapes: Sequence[tuple[int, int]], img_size: int, stride: int) -
         r = img_size / max(h, w)
         heights.append(round(h * r))
         widths.append(round(w * r))
-    return -(-max(heights) // stride) * stride, -(-max(widths) // stride) * stride
+    return round_up(max(heights), stride), round_up(max(widths), stride)
 
 
 class Predictor:
@@ -65,7 +66,7 @@ class Predictor:
     validated at during training, or the size a file was exported at. ``classes`` keeps only
     those class indices; ``agnostic`` runs NMS across classes;
     ``augment`` enables test-time augmentation (PyTorch checkpoints only); ``backend`` overrides
-    what runs the file (engine.detect.backends.BACKENDS: an .onnx file on 'openvino'); ``threads``
+    what runs the file (engine.formats.BACKENDS: an .onnx file on 'openvino'); ``threads``
     the CPU threads of onnxruntime / OpenVINO (None: all cores).
     Raises BackendError naming the file when the weights are unusable.
     """
@@ -80,9 +81,7 @@ class Predictor:
         self.names = self.meta.names
         self.stride = self.meta.stride
         img_size = img_size or self.meta.default_img_size
-        if img_size % self.stride:
-            img_size = -(-img_size // self.stride) * self.stride  # as YOLOv7's check_img_size
-        self.img_size = img_size
+        self.img_size = round_up(img_size, self.stride)  # as YOLOv7's check_img_size
         self.conf_thres, self.iou_thres, self.max_det = conf_thres, iou_thres, max_det
         self.classes = list(classes) if classes is not None else None
         self.agnostic = agnostic
@@ -124,7 +123,7 @@ class Predictor:
         filtered-out class may already have suppressed a neighbour (utils.nms filters first)."""
         if self.classes is not None:
             det = det[torch.isin(det[:, 5], torch.tensor(self.classes, dtype=det.dtype, device=det.device))]
-        return det[det[:, 4].argsort(descending=True)][: self.max_det]
+        return keep_best(det, self.max_det)
 
     @torch.no_grad()
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:

@@ -18,9 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engine.detect.backends import BACKENDS
 from engine.detect.predictor import Detections, Predictor
 from engine.detect.sources import Frame, Source
+from engine.formats import BACKENDS
 from utils.boxes import xyxy_to_cxcywh
 from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, option
 from utils.paths import increment_path

@@ -42,8 +42,8 @@ from engine.evolve.study import (
 from engine.train.options import EVOLVE_TRIALS, TrainOptions, load_hyp
 from engine.train.recipe import apply_recipe
 from utils.config import ConfigError
+from utils.distributed import dist_info_from_env
 from utils.errors import UserError
-from utils.torch_utils import dist_info_from_env
 
 LOG = logging.getLogger(__name__)
 DEFAULT_PROJECT = "runs/evolve"  # instead of runs/train when --project is left at its default

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from data import build_dataloader, load_data_config
-from engine.detect.backends import load_backend
+from engine.backends import load_backend
 from engine.val.evaluator import evaluate
 from utils.errors import UserError
 

@@ -1,13 +1,14 @@
-"""Export a fused model to ONNX (onnxruntime), TorchScript and OpenVINO IR, each followed by a
-parity check against the PyTorch model it came from, and INT8 copies of the ONNX / OpenVINO files
-(engine/export/quantize.py, engine/export/openvino_export.py).
+"""Export a fused model to the formats of ``engine.formats.EXPORT_FORMATS`` (ONNX, TorchScript,
+OpenVINO IR), each followed by a parity check against the PyTorch model it came from, and INT8
+copies of the formats that have a quantiser (engine/export/quantize.py,
+engine/export/openvino_export.py). ``export_model`` reads the table: which writer, in which order
+(a converted format after its source), which options apply, where the file goes.
 
 ONNX goes through ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript) by default,
 the maintained exporter of torch 2.x; dynamic height and width are declared as multiples of the
 model's stride, which torch.export needs to prove the upsample/concat shapes agree. The older
-TorchScript-based exporter (``dynamo=False``, deprecated in torch 2.x) stays selectable: with
-torch 2.14 on CPU it exports a dynamic yolov7-tiny ~15x faster (seconds instead of ~20 s) and
-both pass the same parity checks.
+TorchScript-based exporter (``dynamo=False``, deprecated in torch 2.x) stays selectable: it
+exports much faster (docs/benchmarks.md) and both pass the same parity checks.
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ import onnx
 import torch
 from torch import nn
 
-from engine.detect.backends import METADATA_KEY, Metadata, read_onnx_metadata
+from engine.backends import load_backend
 from engine.export.onnx_nms import NmsInputs, append_nms
-from engine.export.openvino_export import export_openvino, quantize_openvino
-from engine.export.options import DEFAULT_CALIB, FORMATS
-from engine.export.quantize import calibration_batches, quantize_onnx
+from engine.export.options import DEFAULT_CALIB
+from engine.export.quantize import calibration_batches
+from engine.formats import EXPORT_FORMATS, METADATA_KEY, Format, Metadata, format_named, names, resolve
 from utils.errors import UserError
-from utils.nms import non_max_suppression
+from utils.nms import keep_best, non_max_suppression
 
+INT8_SUFFIX = "-int8"  # ExportResult.format of an INT8 copy: onnx-int8, openvino-int8
 RTOL = 1e-4  # parity tolerance on raw outputs, relative
 ATOL = 1e-5  # absolute floor, for probabilities that are ~0
 
@@ -55,11 +57,12 @@ class PredOnly(nn.Module):
 class ExportResult:
     """One exported file and the parity check it passed."""
 
-    format: str
+    format: str  # a name of FORMATS, + INT8_SUFFIX for an INT8 copy
     file: Path
     size_mb: float
     check: str
     max_abs_diff: float
+    dynamic: bool = False  # free batch and size (else the file runs at its export shape only)
 
     def to_dict(self) -> dict:
         return {"format": self.format, "file": str(self.file), "size_mb": round(self.size_mb, 3),
@@ -68,10 +71,34 @@ class ExportResult:
 
 def metadata(model: nn.Module, img_size: tuple[int, int], batch: int, dynamic: bool,
              nms_options: dict | None = None) -> Metadata:
-    """The self-description stored in an exported file (read back by engine.detect.backends)."""
+    """The self-description stored in an exported file (read back by engine.backends)."""
     return Metadata(names=list(model.names), stride=int(model.stride.max()),
                     img_size=None if dynamic else tuple(img_size), batch=None if dynamic else batch,
                     nms=nms_options is not None, nms_options=nms_options or {}, default_img_size=max(img_size))
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """How one file is written, as a writer of FORMATS is given it: input [batch, 3, *img_size]
+    (H, W), ``dynamic`` (free batch and size), ``nms_options`` (conf_thres, iou_thres, max_det,
+    agnostic; None: no NMS in this file), the ONNX ``opset`` and ``exporter``."""
+
+    img_size: tuple[int, int]
+    batch: int = 1
+    dynamic: bool = False
+    nms_options: dict | None = None
+    opset: int = 18
+    exporter: str = "dynamo"
+
+    def for_format(self, fmt: Format) -> ExportSpec:
+        """This spec as ``fmt`` supports it: NMS only where it can be inside, dynamic where
+        --dynamic applies or the format is always shape-free."""
+        return dataclasses.replace(self, dynamic=(self.dynamic and fmt.dynamic) or not fmt.fixed_shape,
+                                   nms_options=self.nms_options if fmt.nms else None)
+
+    def metadata(self, model: nn.Module) -> Metadata:
+        """The metadata a file written to this spec carries."""
+        return metadata(model, self.img_size, self.batch, self.dynamic, self.nms_options)
 
 
 def export_onnx(model: nn.Module, path: Path, img_size: tuple[int, int], *, batch: int = 1, dynamic: bool = False,
@@ -82,7 +109,7 @@ def export_onnx(model: nn.Module, path: Path, img_size: tuple[int, int], *, batc
     Input ``images`` float [B, 3, H, W] in 0..1. Output ``pred`` [B, N, 5 + nc] decoded, or
     with ``nms`` ``detections`` [K, 7] (see engine.export.onnx_nms). ``dynamic`` frees B, H and W
     (H, W multiples of the stride). ``exporter``: 'dynamo' (torch.export, the maintained path)
-    or 'torchscript' (the deprecated tracer, ~10x faster to export, same outputs).
+    or 'torchscript' (the deprecated tracer: faster to export, same outputs).
     """
     if opset < 17:
         raise ExportError(f"opset {opset}: ONNX export needs opset >= 17")
@@ -154,6 +181,18 @@ def export_torchscript(model: nn.Module, path: Path, img_size: tuple[int, int], 
     return path
 
 
+def write_onnx(model: nn.Module, path: Path, spec: ExportSpec, files: dict[str, Path]) -> Path:
+    """The writer of FORMATS' 'onnx' (``export_onnx`` to ``spec``)."""
+    return export_onnx(model, path, spec.img_size, batch=spec.batch, dynamic=spec.dynamic,
+                       nms=spec.nms_options is not None, **(spec.nms_options or {}), opset=spec.opset,
+                       exporter=spec.exporter)
+
+
+def write_torchscript(model: nn.Module, path: Path, spec: ExportSpec, files: dict[str, Path]) -> Path:
+    """The writer of FORMATS' 'torchscript' (``export_torchscript`` at the spec's input)."""
+    return export_torchscript(model, path, spec.img_size, spec.batch)
+
+
 def compare(name: str, out: torch.Tensor, ref: torch.Tensor) -> float:
     """Max absolute difference; ExportError unless |out - ref| <= RTOL |ref| + ATOL everywhere."""
     if out.shape != ref.shape:
@@ -198,14 +237,12 @@ def check_threshold(pred: torch.Tensor, count: int = 100) -> float:
 
 
 def check_export(path: Path, model: nn.Module, x: torch.Tensor, nms_options: dict | None = None) -> tuple[str, float]:
-    """Run the exported file on ``x`` through engine.detect.backends and compare it with ``model``.
+    """Run the exported file on ``x`` through engine.backends and compare it with ``model``.
 
     Raw outputs must agree within RTOL; an NMS graph must give the same detections as
     utils.nms on the PyTorch outputs, at a threshold low enough for boxes to compare even from
     an untrained model (see check_threshold). Returns (a description of the check passed, max abs diff).
     """
-    from engine.detect.backends import load_backend  # the reader of exported files, as detect.py uses it
-
     backend = load_backend(path, x.device)
     with torch.no_grad():
         ref = model(x)[0]
@@ -215,7 +252,7 @@ def check_export(path: Path, model: nn.Module, x: torch.Tensor, nms_options: dic
     conf, iou = check_threshold(ref), nms_options["iou_thres"]
     refs = non_max_suppression(ref, conf, iou, agnostic=nms_options["agnostic"], max_det=nms_options["max_det"])
     # the graph caps boxes per class; like Predictor, keep the best max_det of each image
-    dets = [d[d[:, 4].argsort(descending=True)][: nms_options["max_det"]] for d in backend(x, conf, iou)]
+    dets = [keep_best(d, nms_options["max_det"]) for d in backend(x, conf, iou)]
     diff = check_detections(path.name, dets, refs)
     count = sum(len(r) for r in refs)
     return f"same {count} detections as PyTorch + utils.nms at conf {conf:.3g} (max abs diff {diff:.2e})", diff
@@ -225,8 +262,6 @@ def check_int8(path: Path, model: nn.Module, x: torch.Tensor, nms_options: dict 
                ) -> tuple[str, float]:
     """Run an INT8 file on ``x``; describe how far it is from ``model`` (no tolerance: INT8 is judged
     by its mAP). Returns (the description, max abs diff of the raw outputs, or 0 with NMS inside)."""
-    from engine.detect.backends import load_backend
-
     backend = load_backend(path, x.device)
     with torch.no_grad():
         ref = model(x)[0]
@@ -240,9 +275,10 @@ def check_int8(path: Path, model: nn.Module, x: torch.Tensor, nms_options: dict 
     return f"runs (max abs diff {diff:.3g} from PyTorch; calibrated on {calib_images} images)", diff
 
 
-def file_size_mb(path: Path) -> float:
-    """Size of an exported file in MB; an OpenVINO .xml counts with the files beside it (.bin)."""
-    files = list(path.parent.iterdir()) if path.suffix == ".xml" else [path]
+def file_size_mb(path: Path, fmt: Format) -> float:
+    """Size of an exported file in MB; a format written as a folder (an OpenVINO .xml + .bin) counts
+    every file in it."""
+    files = list(path.parent.iterdir()) if fmt.folder else [path]
     return sum(f.stat().st_size for f in files) / 1e6
 
 
@@ -251,50 +287,61 @@ def export_model(model: nn.Module, stem: Path, formats: list[str], img_size: tup
                  max_det: int = 300, agnostic: bool = False, opset: int = 18, exporter: str = "dynamo",
                  int8: bool = False, calib_sources: list[Path] | None = None, calib: int = DEFAULT_CALIB
                  ) -> list[ExportResult]:
-    """Export a fused eval-mode ``model`` to ``stem``.onnx / ``stem``.torchscript /
-    ``stem``_openvino_model/ and check each against it (raw outputs or NMS detections).
+    """Export a fused eval-mode ``model`` to each of ``formats`` (names of EXPORT_FORMATS) at
+    ``Format.path(stem)`` (stem.onnx, stem.torchscript, stem_openvino_model/, ...) and check each
+    against it (raw outputs or NMS detections).
 
-    ``formats``: any of FORMATS. ``int8`` adds ``stem``_int8.onnx / ``stem``_int8_openvino_model/
-    for the ONNX / OpenVINO formats, calibrated on ``calib`` images of ``calib_sources`` (a
-    training split); their check reports the difference from PyTorch without a tolerance (INT8
-    is judged by its mAP: engine.export.accuracy). Raises ExportError when a check fails.
+    ``nms`` and ``dynamic`` apply to the formats that support them (``Format.nms``,
+    ``Format.dynamic``); the others are written without. ``int8`` adds an INT8 copy
+    (``Format.path(stem, int8=True)``) of each format that has a quantiser, calibrated on
+    ``calib`` images of ``calib_sources`` (a training split); their check reports the difference
+    from PyTorch without a tolerance (INT8 is judged by its mAP: engine.export.accuracy).
+    Raises ExportError when a check fails.
     """
-    unknown = [f for f in formats if f not in FORMATS]
+    exported = [f.name for f in EXPORT_FORMATS]
+    unknown = [f for f in formats if f not in exported]
     if unknown:
-        raise ExportError(f"unknown format {unknown[0]!r} ({', '.join(FORMATS)})")
+        raise ExportError(f"unknown format {unknown[0]!r} ({', '.join(exported)})")
+    rows = [format_named(name) for name in dict.fromkeys(formats)]
+    quantised = [f for f in rows if f.quantizer]
     if int8 and not calib_sources:
         raise ExportError("--int8 needs calibration images (--data)")
+    if int8 and not quantised:
+        raise ExportError(f"--int8: none of {', '.join(f.name for f in rows)} has an INT8 copy "
+                          f"(formats that have: {names(tuple(f for f in EXPORT_FORMATS if f.quantizer))})")
     device = next(model.parameters()).device
     x = torch.rand(batch, 3, *img_size, generator=torch.Generator().manual_seed(0)).to(device)
-    options = {"iou_thres": iou_thres, "max_det": max_det, "agnostic": agnostic} if nms else None
+    nms_options = {"conf_thres": conf_thres, "iou_thres": iou_thres, "max_det": max_det,
+                   "agnostic": agnostic} if nms else None
+    spec = ExportSpec(tuple(img_size), batch, dynamic, nms_options, opset, exporter)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = None
-        if "onnx" in formats or "openvino" in formats:  # the IR is converted from the checked ONNX graph
-            target = stem.with_suffix(".onnx") if "onnx" in formats else Path(tmp) / f"{stem.name}.onnx"
-            onnx_path = export_onnx(model, target, img_size, batch=batch, dynamic=dynamic, nms=nms,
-                                    conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, agnostic=agnostic,
-                                    opset=opset, exporter=exporter)
-        files = {}
-        if "onnx" in formats:
-            files["onnx"] = onnx_path
-        if "openvino" in formats:
-            files["openvino"] = export_openvino(onnx_path, stem, read_onnx_metadata(onnx_path))
-        if "torchscript" in formats:
-            files["torchscript"] = export_torchscript(model, stem.with_suffix(".torchscript"), img_size, batch)
-        for fmt, path in files.items():
+        files, specs = {}, {}
+        for fmt in _write_order(rows):  # a source not asked for is written to the temporary folder
+            specs[fmt.name] = spec.for_format(fmt)
+            path = fmt.path(stem if fmt in rows else Path(tmp) / stem.name)
+            files[fmt.name] = resolve(fmt.writer)(model, path, specs[fmt.name], files)
+        for fmt in rows:
+            path, options = files[fmt.name], specs[fmt.name].nms_options
             check, diff = check_export(path, model, x, options)
-            results.append(ExportResult(fmt, path, file_size_mb(path), check, diff))
+            results.append(ExportResult(fmt.name, path, file_size_mb(path, fmt), check, diff, specs[fmt.name].dynamic))
         if int8:
             batches = calibration_batches(calib_sources, len(model.names), img_size, batch, calib,
                                           int(model.stride.max()))
-            meta = dataclasses.replace(read_onnx_metadata(onnx_path), precision="int8")
-            quantized = {}
-            if "onnx" in formats:
-                quantized["onnx"] = quantize_onnx(onnx_path, stem.with_name(f"{stem.name}_int8.onnx"), batches, meta)
-            if "openvino" in formats:
-                quantized["openvino"] = quantize_openvino(files["openvino"], stem, batches, meta)
-            for fmt, path in quantized.items():
-                check, diff = check_int8(path, model, x, options, len(batches) * batch)
-                results.append(ExportResult(f"{fmt}-int8", path, file_size_mb(path), check, diff))
+            for fmt in quantised:
+                meta = dataclasses.replace(specs[fmt.name].metadata(model), precision="int8")
+                path = resolve(fmt.quantizer)(files[fmt.name], fmt.path(stem, int8=True), batches, meta)
+                check, diff = check_int8(path, model, x, specs[fmt.name].nms_options, len(batches) * batch)
+                results.append(ExportResult(fmt.name + INT8_SUFFIX, path, file_size_mb(path, fmt), check, diff,
+                                            specs[fmt.name].dynamic))
     return results
+
+
+def _write_order(rows: list[Format]) -> list[Format]:
+    """``rows`` with the sources of converted formats added, each source before its conversions."""
+    order = []
+    for fmt in rows:
+        for needed in ([format_named(fmt.source)] if fmt.source else []) + [fmt]:
+            if needed not in order:
+                order.append(needed)
+    return order

@@ -1,74 +1,57 @@
 """OpenVINO IR export: the ONNX graph engine.export.exporter writes (and checks), converted by
-OpenVINO's own converter and saved as ``<stem>_openvino_model/<stem>.xml`` + ``.bin``.
+OpenVINO's own converter (engine/openvino_backend.py) and saved as
+``<stem>_openvino_model/<stem>.xml`` + ``.bin``.
 
 Going through the ONNX file rather than ``openvino.convert_model(torch_module)`` keeps one
 traced graph for both formats, NMS-in-graph included (those nodes are appended to the ONNX
 proto, not traced). An fp32 IR is really fp32: ``compress_to_fp16=False`` when saving (the
 default halves the weights), and every compile passes ``OPENVINO_FP32`` (OpenVINO's CPU plugin
-otherwise runs bf16 on CPUs that have it: measured on a small model, outputs then differ from
-PyTorch by up to 0.6 pixels instead of 1e-4).
+otherwise runs bf16 on CPUs that have it, and its outputs then no longer match PyTorch within
+the parity check's tolerance).
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
+from torch import nn
 
-from engine.detect.backends import METADATA_KEY, Metadata
+from engine.formats import METADATA_KEY, Metadata
+from engine.openvino_backend import THRESHOLD_INPUTS, openvino_model_from_onnx
 
-THRESHOLD_INPUTS = ("conf_thres", "iou_thres")  # NMS graph inputs with defaults (engine.export.onnx_nms)
-
-
-def openvino_dir(stem: Path, int8: bool = False) -> Path:
-    """Folder of the IR of ``stem`` (ultralytics' naming): best -> best_openvino_model/."""
-    return stem.parent / f"{stem.name}{'_int8' if int8 else ''}_openvino_model"
+if TYPE_CHECKING:
+    from engine.export.exporter import ExportSpec
 
 
-def openvino_model_from_onnx(path: Path):
-    """``openvino.Model`` of an ONNX file of this project; NMS thresholds stay inputs.
-
-    OpenVINO folds an input that also has an initializer (ONNX's "input with a default") into a
-    constant, so the defaults are dropped first: the caller then feeds the thresholds every run
-    (engine.detect.openvino_backend does, with the file's own defaults when given none).
-    """
-    import openvino as ov
-
-    proto = onnx.load(str(path))
-    kept = [t for t in proto.graph.initializer if t.name not in THRESHOLD_INPUTS]
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(kept)
-    return ov.convert_model(io.BytesIO(proto.SerializeToString()))
-
-
-def save_openvino(model, folder: Path, name: str, meta: Metadata) -> Path:
-    """Save ``model`` with ``meta`` (rt_info ``elan_yolo``) as ``folder/name.xml`` (+ .bin),
-    uncompressed; the folder is written beside and renamed into place. Returns the .xml path."""
+def save_openvino(model, xml: Path, meta: Metadata) -> Path:
+    """Save ``model`` with ``meta`` (rt_info ``elan_yolo``) as ``xml`` (+ .bin) in a folder of its
+    own, uncompressed; the folder is written beside and renamed into place. Returns ``xml``."""
     import openvino as ov
 
     model.set_rt_info(meta.to_json(), METADATA_KEY)
+    folder = xml.parent
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    ov.save_model(model, str(tmp / f"{name}.xml"), compress_to_fp16=False)
+    ov.save_model(model, str(tmp / xml.name), compress_to_fp16=False)
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
-    return folder / f"{name}.xml"
+    return xml
 
 
-def export_openvino(onnx_path: Path, stem: Path, meta: Metadata) -> Path:
-    """IR of the exported ONNX file ``onnx_path`` in ``openvino_dir(stem)``; returns the .xml."""
-    return save_openvino(openvino_model_from_onnx(onnx_path), openvino_dir(stem), stem.name, meta)
+def write_openvino(model: nn.Module, xml: Path, spec: ExportSpec, files: dict[str, Path]) -> Path:
+    """The writer of FORMATS' 'openvino': the IR of the checked ONNX file ``files['onnx']`` as ``xml``."""
+    return save_openvino(openvino_model_from_onnx(files["onnx"]), xml, spec.metadata(model))
 
 
-def quantize_openvino(xml: Path, stem: Path, batches: list, meta: Metadata) -> Path:
+def quantize_openvino(xml: Path, dst: Path, batches: list, meta: Metadata) -> Path:
     """INT8 IR of fp32 IR ``xml`` by NNCF post-training quantisation over ``batches`` (float32
     [B, 3, H, W] of the file's input shape); decode and NMS ops stay float (engine.export.quantize).
-    Written to ``openvino_dir(stem, int8=True)``; returns the .xml."""
+    Written to ``dst`` (an .xml in its own folder); returns it."""
     import nncf
     import openvino as ov
 
@@ -88,4 +71,4 @@ def quantize_openvino(xml: Path, stem: Path, batches: list, meta: Metadata) -> P
                                   ignored_scope=nncf.IgnoredScope(names=openvino_decode_ops(model), validate=False))
     finally:
         nncf.set_log_level(level)
-    return save_openvino(quantized, openvino_dir(stem, int8=True), stem.name, meta)
+    return save_openvino(quantized, dst, meta)

@@ -4,8 +4,8 @@ ONNX files go through ONNX Runtime's quantiser (QDQ, per-channel int8 weights, u
 activations: the U8S8 form its x86 kernels run with VNNI), OpenVINO IR through NNCF. In both
 the detection head's decode (sigmoid, grid and anchor arithmetic, concat) and an NMS graph
 stay in float: those tensors mix pixel coordinates (0..img_size) with probabilities (0..1) in
-one output, which one int8 scale cannot hold; measured on a small model, quantising them drops
-the correlation of the objectness scores with the fp32 file's to ~0.5.
+one output, which one int8 scale cannot hold: quantised, the objectness scores no longer follow
+the fp32 file's (docs/benchmarks.md).
 Calibration images are letterboxed exactly as a fixed-shape file sees them (square, gray
 padding), taken evenly spaced from the split so the subset is deterministic.
 """
@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from data import build_dataloader, letterbox
-from engine.detect.backends import METADATA_KEY, Metadata
+from engine.formats import METADATA_KEY, Metadata
 from utils.errors import UserError
 
 
@@ -97,8 +97,7 @@ def quantize_onnx(src: Path, dst: Path, batches: list[np.ndarray], meta: Metadat
 
     with tempfile.TemporaryDirectory() as tmp:
         # shape inference + onnxruntime's graph optimisations first, as its docs advise: without
-        # them the QDQ file of yolov7-tiny at 640 ran hardly faster than fp32 (78 vs 80 ms on one
-        # core), with them in 35 ms
+        # them the QDQ file runs hardly faster than fp32 (docs/benchmarks.md)
         prepared, out = Path(tmp) / "prepared.onnx", Path(tmp) / dst.name
         quant_pre_process(str(src), str(prepared))
         quantize_static(str(prepared), str(out), _Reader(batches), quant_format=QuantFormat.QDQ, per_channel=True,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import random
 import time
 import warnings
@@ -27,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from data import Batch, DetectionLoader, unit_images
-from engine.train.data import set_dataset_mosaic, set_image_weights
+from engine.train.loaders import set_dataset_mosaic, set_image_weights
 from engine.train.log import epoch_row, progress_header, progress_line, write_results_csv
 from engine.train.optim import apply_warmup, warmup_iterations
 from engine.train.options import TrainOptions
@@ -43,19 +42,19 @@ from utils.checkpoint import (
     state_dict_is_finite,
     strip_checkpoint,
 )
-from utils.errors import UserError
-from utils.precision import autocast, autocast_dtype
-from utils.torch_utils import (
+from utils.device import memory_string, select_device
+from utils.distributed import (
     any_flag,
     broadcast_flag,
     destroy_process_group,
     dist_info_from_env,
     init_process_group,
-    memory_string,
-    seed_everything,
-    select_device,
     unwrap,
 )
+from utils.errors import UserError
+from utils.precision import autocast, autocast_dtype
+from utils.rounding import round_up
+from utils.seed import seed_everything
 
 LOG = logging.getLogger(__name__)
 MAX_BAD_STEPS = 5  # consecutive non-finite losses that stop the run
@@ -173,7 +172,7 @@ def prepare_images(
         size = random.randrange(int(base_size * 0.5), int(base_size * 1.5) + stride) // stride * stride
         scale = size / max(images.shape[2:])
         if scale != 1:
-            new = [math.ceil(x * scale / stride) * stride for x in images.shape[2:]]
+            new = [round_up(x * scale, stride) for x in images.shape[2:]]
             images = F.interpolate(images, size=new, mode="bilinear", align_corners=False)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)

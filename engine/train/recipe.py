@@ -10,8 +10,8 @@ keeps it):
   own AdamW choice): ``hyp.small.yaml``, AdamW, mosaic off for the last ``SMALL_CLOSE_MOSAIC``
   epochs. SGD at lr 0.01 takes ~100 optimizer steps of a 300-iteration run (nominal batch 64, a
   third of them in warmup) and learns little in them; AdamW adapts per weight, and the file's
-  nominal batch of 16 (``nbs``) makes every batch an optimizer step (README, "Real photos:
-  raccoon", for the measurements);
+  nominal batch of 16 (``nbs``) makes every batch an optimizer step (docs/benchmarks.md, "Real
+  photos: raccoon", for the measurements);
 - otherwise: ``hyp.shapes.yaml`` with SGD, the default before recipes were chosen.
 """
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from data import DetectionLoader
 from data.loader import IDLE_PRIORITY, consumer_options
-from engine.train.data import build_train_loader, build_val_loader, check_anchors, load_data
 from engine.train.ema import ModelEMA
+from engine.train.loaders import autoanchor_for_training, build_train_loader, build_val_loader, load_data
 from engine.train.log import TensorBoardLog, write_results_csv
 from engine.train.optim import accumulation_steps, build_optimizer, lr_lambda, scaled_weight_decay
 from engine.train.options import (
@@ -41,9 +40,11 @@ from models.yolo import Model, count_flops
 from utils.checkpoint import CheckpointError, load_checkpoint, set_rng_state
 from utils.config import ConfigError, Hyp, from_mapping
 from utils.cpu import split_cores
+from utils.distributed import DistInfo, barrier
 from utils.paths import increment_path, resolve_path
 from utils.precision import precision_reason, resolve_precision
-from utils.torch_utils import DistInfo, barrier, seed_everything
+from utils.rounding import round_up
+from utils.seed import seed_everything
 
 LOG = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     train_loader = build_train_loader(opt, hyp, data_cfg, info, batch_size, stride, device)
     val_loader = build_val_loader(opt, data_cfg, batch_size, stride, device) if info.is_main else None
     if ckpt is None and not opt.noautoanchor and info.is_main:
-        check_anchors(model, train_loader, hyp, opt.img_size[0], opt.seed)
+        autoanchor_for_training(model, train_loader, hyp, opt.img_size[0], opt.seed)
     accumulate = accumulation_steps(opt.batch_size, hyp.nbs)
     optimizer = build_optimizer(model, opt.optimizer, hyp, scaled_weight_decay(hyp.weight_decay, opt.batch_size, hyp.nbs))
     lr_factor = lr_lambda(opt.epochs, hyp.lrf, opt.linear_lr)
@@ -170,7 +171,7 @@ def _build_model(opt: TrainOptions, nc: int, names: list[str], ckpt: dict | None
 def _round_img_size(opt: TrainOptions, stride: int) -> TrainOptions:
     """``opt`` with --img-size rounded up to multiples of the model's largest stride (YOLOv7's
     check_img_size): the loss needs every output grid to tile the image exactly."""
-    sizes = [math.ceil(s / stride) * stride for s in opt.img_size]
+    sizes = [round_up(s, stride) for s in opt.img_size]
     if sizes == list(opt.img_size):
         return opt
     LOG.warning("--img-size %s is not a multiple of the stride %d: using %s", opt.img_size, stride, sizes)

@@ -18,13 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from data import unit_images
-from engine.detect.backends import Backend, call_fixed_batch
+from engine.backends import Backend, call_fixed_batch
 from engine.tta import tta_forward
 from models.loss import LossItems
 from utils.boxes import letterbox_to_original
-from utils.coco_eval import CocoResult, Detections, GroundTruth, accumulate, match, summarize
+from utils.coco_eval import CocoResult, DatasetDetections, GroundTruth, accumulate, match, summarize
 from utils.detection_metrics import F1Result, best_f1, confusion_matrix
-from utils.nms import non_max_suppression
+from utils.nms import keep_best, non_max_suppression
 
 
 def _logged_as(name: str) -> Any:
@@ -76,7 +76,7 @@ class EvalResult:
     num_labels: Tensor  # int64 [K] non-crowd ground truths per class
     speed_ms: tuple[float, float, float]  # per image: pre-process, inference, NMS
     gt: GroundTruth  # original pixels, xywh; image = dataset image id
-    detections: Detections  # same conventions, classes contiguous
+    detections: DatasetDetections  # same conventions, classes contiguous
 
 
 def _sync(device: torch.device) -> float:
@@ -121,13 +121,13 @@ def image_keys(dataset, indices: list[int]) -> list[int]:
     return ids if len(set(ids)) == len(ids) else list(indices)
 
 
-def _detections(dets: list[Tensor], keys: list[int], device: torch.device) -> Detections:
-    """Concatenate per-image [n, 6] xyxy detections into COCO-convention Detections (xywh)."""
+def _detections(dets: list[Tensor], keys: list[int], device: torch.device) -> DatasetDetections:
+    """Concatenate per-image [n, 6] xyxy detections into COCO-convention DatasetDetections (xywh)."""
     d = torch.cat(dets) if dets else torch.zeros(0, 6, device=device)
     image = torch.repeat_interleave(torch.tensor(keys, dtype=torch.long, device=device),
                                     torch.tensor([len(x) for x in dets], device=device))
     box = d[:, :4].double()
-    return Detections(image, d[:, 5].long(), torch.cat([box[:, :2], box[:, 2:] - box[:, :2]], 1), d[:, 4].double())
+    return DatasetDetections(image, d[:, 5].long(), torch.cat([box[:, :2], box[:, 2:] - box[:, :2]], 1), d[:, 4].double())
 
 
 def _file_forward(backend: Backend, images: Tensor, conf_thres: float, iou_thres: float,
@@ -138,7 +138,7 @@ def _file_forward(backend: Backend, images: Tensor, conf_thres: float, iou_thres
         return call_fixed_batch(backend, images, backend.meta.batch)
     dets = call_fixed_batch(lambda x: backend(x, conf_thres=conf_thres, iou_thres=iou_thres), images,
                             backend.meta.batch)
-    return [d[d[:, 4].argsort(descending=True)][:max_det] for d in dets]  # the graph caps per class
+    return [keep_best(d, max_det) for d in dets]  # the graph caps per class
 
 
 @torch.no_grad()
@@ -156,7 +156,7 @@ def evaluate(
     ground_truth: GroundTruth | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` (eval-mode output ``(pred, raw)``, or an exported file's backend from
-    engine.detect.backends.load_backend) on ``loader`` (yields ``Batch``,
+    engine.backends.load_backend) on ``loader`` (yields ``Batch``,
     letterboxed with ``shapes``; its ``dataset`` holds labels, crowd boxes, image ids).
 
     ``loss_fn(raw, targets, img_size) -> (loss, LossItems)`` adds the mean validation loss

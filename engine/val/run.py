@@ -15,7 +15,7 @@ import torch
 from data import build_dataloader, load_data_config
 from data.loader import consumer_options
 from data.sources import is_coco_json
-from engine.detect.backends import BACKENDS, TorchBackend, load_backend
+from engine.backends import BACKENDS, TorchBackend, load_backend
 from engine.val.batch_plots import batch_hook
 from engine.val.evaluator import EvalResult, evaluate, image_keys
 from engine.val.report import (
@@ -29,9 +29,9 @@ from utils.checkpoint import CheckpointError
 from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, option
 from utils.coco_eval import GroundTruth, coco_evaluate
 from utils.coco_json import load_detections, load_ground_truth
+from utils.device import select_device
 from utils.errors import UserError
 from utils.paths import increment_path
-from utils.torch_utils import select_device
 
 LOG = logging.getLogger("val")
 

@@ -12,7 +12,7 @@ from data.loader import consumer_options
 from engine.train.options import TrainOptions
 from models.yolo import Model
 from utils.config import ConfigError, Hyp
-from utils.torch_utils import DistInfo, barrier
+from utils.distributed import DistInfo, barrier
 
 LOG = logging.getLogger(__name__)
 VAL_BATCH_FACTOR = 2  # validation needs no gradients, so twice the training batch fits
@@ -69,13 +69,12 @@ def set_dataset_mosaic(loader: DetectionLoader, epoch: int, epochs: int, close_m
         loader.close_mosaic()
 
 
-def check_anchors(model: Model, loader: DetectionLoader, hyp: Hyp, img_size: int, seed: int = 0) -> None:
+def autoanchor_for_training(model: Model, loader: DetectionLoader, hyp: Hyp, img_size: int, seed: int = 0) -> None:
     """Autoanchor: refit the model's anchors to the labels when they cover them badly (BPR < 0.98)."""
-    from models.autoanchor import check_anchors as autoanchor
-    from models.autoanchor import label_sizes
+    from models.autoanchor import check_anchors, label_sizes
 
     wh = label_sizes(loader.dataset.labels, loader.dataset.shapes, img_size, seed=seed)
-    result = autoanchor(model.head, wh, anchor_t=hyp.anchor_t, seed=seed)
+    result = check_anchors(model.head, wh, anchor_t=hyp.anchor_t, seed=seed)
     if result.replaced:
         LOG.info("autoanchor: best possible recall %.4f -> %.4f with new anchors", result.bpr, result.new_bpr)
     else:

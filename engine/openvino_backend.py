@@ -1,18 +1,41 @@
 """The OpenVINO backend: an IR exported by ``export.py --include openvino`` (its .xml, or the
-folder holding it), or an ONNX file run by OpenVINO (``--backend openvino``)."""
+folder holding it), or an ONNX file run by OpenVINO (``--backend openvino``); and the ONNX ->
+OpenVINO conversion both it and the export (engine/export/openvino_export.py) use."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from engine.detect.backends import METADATA_KEY, BackendError, Metadata, read_onnx_metadata
+from engine.backends import read_onnx_metadata
+from engine.formats import METADATA_KEY, BackendError, Metadata
+from utils.nms import split_by_image
+
+THRESHOLD_INPUTS = ("conf_thres", "iou_thres")  # NMS graph inputs with defaults (engine.export.onnx_nms)
 
 # OpenVINO's CPU plugin defaults to bf16 where the CPU has it; fp32 files are meant as fp32.
 # (INT8 layers of a quantised IR still run in int8 under this hint.)
 OPENVINO_FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
+
+
+def openvino_model_from_onnx(path: Path):
+    """``openvino.Model`` of an ONNX file of this project; NMS thresholds stay inputs.
+
+    OpenVINO folds an input that also has an initializer (ONNX's "input with a default") into a
+    constant, so the defaults are dropped first: the caller then feeds the thresholds every run
+    (OpenVinoBackend does, with the file's own defaults when given none).
+    """
+    import onnx
+    import openvino as ov
+
+    proto = onnx.load(str(path))
+    kept = [t for t in proto.graph.initializer if t.name not in THRESHOLD_INPUTS]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    return ov.convert_model(io.BytesIO(proto.SerializeToString()))
 
 
 def openvino_xml(path: Path) -> Path:
@@ -31,8 +54,6 @@ class OpenVinoBackend:
 
     def __init__(self, path: Path, device: torch.device, threads: int | None = None) -> None:
         import openvino as ov
-
-        from engine.export.openvino_export import openvino_model_from_onnx
 
         if device.type != "cpu":
             raise BackendError(f"{path}: the OpenVINO backend runs on the CPU (--device cpu), not {device}")
@@ -57,12 +78,12 @@ class OpenVinoBackend:
                  augment: bool = False) -> torch.Tensor | list[torch.Tensor]:
         feeds = {"images": np.ascontiguousarray(x.cpu().numpy(), np.float32)}
         defaults = self.meta.nms_options
-        for name, value in (("conf_thres", conf_thres), ("iou_thres", iou_thres)):
+        for name, value in zip(THRESHOLD_INPUTS, (conf_thres, iou_thres), strict=True):
             if name in self.inputs:
                 feeds[name] = np.array([defaults[name] if value is None else value], np.float32)
         self.request.infer(feeds)
         out = torch.from_numpy(self.request.get_output_tensor(0).data.copy())
         if not self.meta.nms:
             return out
-        return [out[out[:, 0] == i, 1:] for i in range(x.shape[0])]
+        return split_by_image(out, x.shape[0])
 

@@ -1,11 +1,11 @@
-"""utils/torch_utils.py: device strings as users write them."""
+"""utils/device.py: device strings as users write them."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from utils.torch_utils import select_device
+from utils.device import select_device
 
 
 def _fake_cuda(monkeypatch, count: int) -> None:

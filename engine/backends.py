@@ -1,88 +1,58 @@
-"""Inference backends behind one call: a checkpoint (fused PyTorch model), a TorchScript file,
-an ONNX file (onnxruntime, or OpenVINO) or an OpenVINO IR (engine/detect/openvino_backend.py). Each maps a float batch [B, 3, H, W] in 0..1 (RGB) to either the
-decoded predictions [B, N, 5 + nc] (cx, cy, w, h input pixels, obj, class probs) or, for ONNX
-files exported with NMS in the graph, per-image detections [n, 6] (x1, y1, x2, y2, score, class).
+"""Inference backends behind one call, one per --backend of ``engine.formats.FORMATS``: a checkpoint
+(fused PyTorch model), a TorchScript file, an ONNX file (onnxruntime) here; an OpenVINO IR, or an
+ONNX file on OpenVINO, in engine/openvino_backend.py. Each maps a float batch [B, 3, H, W] in 0..1
+(RGB) to either the decoded predictions [B, N, 5 + nc] (cx, cy, w, h input pixels, obj, class
+probs) or, for files exported with NMS in the graph, per-image detections [n, 6] (x1, y1, x2, y2,
+score, class).
 
-Exported files carry a JSON metadata block (names, stride, input shape, whether NMS is inside),
-written by engine/export/exporter.py, so a file is self-describing. ``weights_kind`` tells the
-kinds apart by their contents, whatever the file is called; every command loads through
+Exported files carry a JSON metadata block (``engine.formats.Metadata``: names, stride, input
+shape, whether NMS is inside), so a file is self-describing. ``weights_kind`` tells the kinds
+apart by their contents, whatever the file is called; every command loads through
 ``load_backend``.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
-import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from engine.tta import augmented_forward
+from engine.formats import BACKENDS, METADATA_KEY, BackendError, Metadata, format_of, reader_of, weights_kind
+from engine.tta import tta_forward
 from utils.checkpoint import CheckpointError
-from utils.errors import UserError
+from utils.nms import split_by_image
 
-METADATA_KEY = "elan_yolo"  # ONNX metadata_props key, TorchScript extra-file name, OpenVINO rt_info key
-# What runs a weights file (--backend); "auto" picks by the file's kind (weights_kind).
-BACKENDS = ("auto", "torch", "torchscript", "onnxruntime", "openvino")
-KIND_BACKEND = {"checkpoint": "torch", "torchscript": "torchscript", "onnx": "onnxruntime", "openvino": "openvino"}
+__all__ = ["BACKENDS", "Backend", "BackendError", "Metadata", "OnnxBackend", "TorchBackend", "TorchScriptBackend",
+           "call_fixed_batch", "load_backend", "read_onnx_metadata", "weights_kind"]
 
 
-class BackendError(UserError, ValueError):
-    """A weights file that cannot be used; the message names the file."""
+class Backend(Protocol):
+    """What every reader of ``FORMATS`` is: ``backend(x, ...)`` maps a float batch [B, 3, H, W] in
+    0..1 (RGB) to decoded [B, N, 5 + nc], or, when ``meta.nms`` (NMS inside the file), to per-image
+    [n, 6] (x1, y1, x2, y2, score, class), the thresholds overriding the file's defaults.
+    ``augment`` adds test-time augmentation where the backend can (a checkpoint)."""
 
+    meta: Metadata
+    device: torch.device
 
-@dataclass
-class Metadata:
-    """What a backend must know about its model.
-
-    ``img_size``: (H, W) a fixed-shape export was traced at, None when shapes are dynamic.
-    ``batch``: the fixed batch size, None when dynamic. ``nms``: the graph ends in NMS.
-    ``default_img_size``: the inference size to use when the caller gives none (the training
-    validation size of a checkpoint, the export size of a file). ``precision``: fp32 or int8
-    (a quantised export).
-    """
-
-    names: list[str]
-    stride: int
-    img_size: tuple[int, int] | None = None
-    batch: int | None = None
-    nms: bool = False
-    nms_options: dict[str, Any] = field(default_factory=dict)
-    default_img_size: int = 640
-    precision: str = "fp32"
-
-    def to_json(self) -> str:
-        return json.dumps({"names": self.names, "stride": self.stride, "img_size": self.img_size,
-                           "batch": self.batch, "nms": self.nms, "nms_options": self.nms_options,
-                           "default_img_size": self.default_img_size, "precision": self.precision})
-
-    @classmethod
-    def from_json(cls, text: str, source: str) -> Metadata:
-        try:
-            data = json.loads(text)
-            img_size = tuple(data["img_size"]) if data.get("img_size") else None
-            return cls(list(data["names"]), int(data["stride"]), img_size, data.get("batch"),
-                       bool(data.get("nms", False)), dict(data.get("nms_options", {})),
-                       int(data.get("default_img_size", 640)), str(data.get("precision", "fp32")))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise BackendError(f"{source}: metadata {METADATA_KEY!r} is not valid ({e})") from None
+    def __call__(self, x: torch.Tensor, conf_thres: float | None = None, iou_thres: float | None = None,
+                 augment: bool = False) -> torch.Tensor | list[torch.Tensor]: ...
 
 
 class TorchBackend:
     """A checkpoint of this project (or an official YOLOv7 one), rebuilt and fused (BN, RepConv, implicit layers folded).
 
-    On the CPU the model runs channels-last (NHWC): in torch's profiler of yolov7-tiny at 640,
-    batch 1, one thread, its 3x3 convolutions take 36% less time, the SPP max-pools 17x less and
-    the concatenations 40% less than in NCHW (the whole forward ~30% less, on 1 and 2 threads;
-    outputs equal within float rounding).
+    On the CPU the model runs channels-last (NHWC): torch's CPU kernels for its convolutions,
+    max-pools and concatenations are faster in that layout than in NCHW (docs/benchmarks.md),
+    and the outputs are equal within float rounding. ``threads`` is unused: PyTorch's CPU threads
+    are process-wide (torch.set_num_threads).
     """
 
-    def __init__(self, path: Path, device: torch.device) -> None:
+    def __init__(self, path: Path, device: torch.device, threads: int | None = None) -> None:
         # local: ONNX-only use builds no model
         from models.checkpoint_io import model_from_checkpoint, read_checkpoint
 
@@ -102,18 +72,21 @@ class TorchBackend:
         self.meta = Metadata(list(model.names), int(model.stride.max()), default_img_size=int(train_sizes[-1]))
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
-        """[B, 3, H, W] -> decoded [B, N, 5 + nc]; ``augment`` adds scaled and flipped passes."""
+    def __call__(self, x: torch.Tensor, conf_thres: float | None = None, iou_thres: float | None = None,
+                 augment: bool = False) -> torch.Tensor:
+        """[B, 3, H, W] -> decoded [B, N, 5 + nc] (no NMS inside: the thresholds are unused);
+        ``augment`` adds scaled and flipped passes."""
         x = x.contiguous(memory_format=self.memory_format)
         if augment:
-            return augmented_forward(lambda t: self.model(t)[0], x, self.meta.stride)
+            return tta_forward(self.model, x)
         return self.model(x)[0]
 
 
 class TorchScriptBackend:
-    """A file written by ``export.py --include torchscript`` (a traced fused model)."""
+    """A file written by ``export.py --include torchscript`` (a traced fused model); ``threads``
+    is unused, as for TorchBackend."""
 
-    def __init__(self, path: Path, device: torch.device) -> None:
+    def __init__(self, path: Path, device: torch.device, threads: int | None = None) -> None:
         extra = {METADATA_KEY: ""}
         try:
             with warnings.catch_warnings():
@@ -127,7 +100,9 @@ class TorchScriptBackend:
         self.device = device
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, conf_thres: float | None = None, iou_thres: float | None = None,
+                 augment: bool = False) -> torch.Tensor:
+        """[B, 3, H, W] -> decoded [B, N, 5 + nc] (no NMS inside: the thresholds are unused)."""
         return self.module(x)
 
 
@@ -173,7 +148,7 @@ class OnnxBackend:
         if not self.meta.nms:
             return out
         # NMS output rows: (batch index, x1, y1, x2, y2, score, class)
-        return [out[out[:, 0] == i, 1:] for i in range(x.shape[0])]
+        return split_by_image(out, x.shape[0])
 
 
 def read_onnx_metadata(path: Path) -> Metadata:
@@ -186,31 +161,6 @@ def read_onnx_metadata(path: Path) -> Metadata:
     return Metadata.from_json(props[METADATA_KEY], str(path))
 
 
-# The backends share one call: backend(x, ...) -> decoded [B, N, 5 + nc] or per-image [n, 6], and .meta.
-Backend = TorchBackend | TorchScriptBackend | OnnxBackend  # and OpenVinoBackend (imported on demand)
-
-
-def weights_kind(path: Path) -> str:
-    """'checkpoint', 'torchscript', 'onnx' or 'openvino', read from the file's first bytes (a
-    folder: an OpenVINO IR folder). Checkpoints and TorchScript files are both zip archives;
-    only TorchScript stores code (``<name>/code/``). Raises BackendError for anything else."""
-    if path.is_dir() or path.suffix.lower() == ".bin":  # an IR's folder or its weights half
-        return "openvino"
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if head.startswith(b"PK"):
-        with zipfile.ZipFile(path) as archive:
-            code = any("/code/" in name for name in archive.namelist())
-        return "torchscript" if code else "checkpoint"
-    if head.startswith(b"\x80"):  # a pickle: torch.save's legacy (non-zip) format
-        return "checkpoint"
-    if head.lstrip().startswith((b"<?xml", b"<net")):
-        return "openvino"
-    if head[:1] == b"\x08":  # protobuf field 1 (ir_version), varint: every ONNX model starts so
-        return "onnx"
-    raise BackendError(f"{path}: not a checkpoint, TorchScript, ONNX or OpenVINO file")
-
-
 def load_backend(weights: str | Path, device: torch.device, backend: str = "auto", threads: int | None = None
                  ) -> Backend:
     """The backend for a weights file, chosen by its contents (``weights_kind``); ``backend``
@@ -219,17 +169,11 @@ def load_backend(weights: str | Path, device: torch.device, backend: str = "auto
     path = Path(weights)
     if not path.exists():
         raise BackendError(f"{path}: no such weights file")
-    kind = weights_kind(path)
-    name = KIND_BACKEND[kind] if backend == "auto" else backend
-    if name not in {KIND_BACKEND[kind]} | ({"openvino"} if kind == "onnx" else set()):
-        raise BackendError(f"{path}: a {kind} file does not run on --backend {name}")
-    if name == "openvino":
-        from engine.detect.openvino_backend import OpenVinoBackend  # local: openvino is only needed here
-
-        return OpenVinoBackend(path, device, threads)
-    if name == "onnxruntime":
-        return OnnxBackend(path, device, threads)
-    return {"torch": TorchBackend, "torchscript": TorchScriptBackend}[name](path, device)
+    kind = format_of(path)
+    name = kind.backend if backend == "auto" else backend
+    if name not in kind.backends:
+        raise BackendError(f"{path}: a {kind.name} file does not run on --backend {name}")
+    return reader_of(name)(path, device, threads)  # imported now: only an OpenVINO file loads openvino
 
 
 def call_fixed_batch(run: Callable[[torch.Tensor], torch.Tensor | list[torch.Tensor]], x: torch.Tensor,
