@@ -66,7 +66,7 @@ def loss_case(cfg: str, batch: int, img: int, per_image: int, ota: bool, repeats
     """Time and memory of YoloLoss forward + backward for one configuration."""
     torch.manual_seed(0)
     model = Model(cfg).to(device)
-    loss_fn = YoloLoss(model.head, Hyp(), ota=ota, train_size=img)
+    loss_fn = YoloLoss(model.head, Hyp(), train_size=img, assigner="ota" if ota else "yolov5")
     raw = raw_like(model, batch, img, device)
     targets = make_targets(batch, per_image, model.nc).to(device)
 

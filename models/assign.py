@@ -19,8 +19,8 @@ All of it runs on the whole batch at once. The OTA cost lives in padded per-imag
 [images, targets, candidates], processed in chunks of at most ``max_cells`` entries so that
 images with hundreds of targets keep memory bounded.
 
-Rules by name: ``ASSIGNERS`` maps the name a loss is built with (``YoloLoss(assigner=...)``;
-``hyp.loss_ota`` picks ``"ota"`` or ``"yolov5"``) to an ``AssignRule``: how far the candidate
+Rules by name: ``ASSIGNERS`` maps the name a loss is built with (``YoloLoss(assigner=...)``, by
+default the hyp's ``assigner`` key, or YOLOv7's ``loss_ota``) to an ``AssignRule``: how far the candidate
 search reaches for the lead and the auxiliary head, the function that turns candidates into
 positives, and whether the auxiliary positives keep the lead's. Adding a rule touches this
 file only: write a ``select(candidates, inputs)`` function (``AssignInputs`` gives it the
@@ -348,8 +348,8 @@ def ota_select(candidates: Candidates, inputs: AssignInputs) -> Candidates:
 
 
 ASSIGNERS: dict[str, AssignRule] = {
-    "ota": AssignRule(ota_select, merge_aux=True),  # YOLOv7's default (hyp loss_ota: true)
-    "yolov5": AssignRule(every_candidate),  # cheaper; what validation uses (loss_ota: false)
+    "ota": AssignRule(ota_select, merge_aux=True),  # YOLOv7's default (its hyp files' loss_ota: 1)
+    "yolov5": AssignRule(every_candidate),  # cheaper; what validation uses (loss_ota: 0)
 }
 
 

@@ -4,7 +4,8 @@ One class serves every variant:
 
 - ``assigner``: the assignment rule by name (models/assign.py ``ASSIGNERS``): ``"ota"``
   (YOLOv7's default) or ``"yolov5"``, every YOLOv5-rule candidate a positive (cheaper; what
-  validation uses). ``ota=True`` / ``False`` and ``hyp.loss_ota`` are shorthands for these two.
+  validation uses). By default the hyp's (``Hyp.assignment_rule``: its ``assigner`` key, or YOLOv7's
+  ``loss_ota``).
 - With an auxiliary head (``raw`` holds 2 * nl outputs) the lead head learns from centre + 2
   neighbour candidates and the auxiliary head from centre + 4 (the rule's reaches), both assigned
   from the lead predictions, auxiliary terms weighted 0.25. The auxiliary
@@ -13,6 +14,8 @@ One class serves every variant:
 Terms, per level: 1 - CIoU of the positives (mean), BCE objectness of every anchor against the
 detached CIoU of its positive (0 elsewhere), weighted by a per-level balance; BCE classes with
 label smoothing (skipped when nc == 1, as YOLOv7 does). Optional focal modulation (fl_gamma).
+Each term is named where it is computed (``LossItems``); the trainer's results.csv columns,
+progress line and validation loss take their names from its fields.
 
 Gain scaling happens in one place, ``loss_gains``, called by ``YoloLoss`` with the training
 image size; the hyper-parameters themselves are never modified, so a hyp saved in a checkpoint
@@ -40,6 +43,25 @@ from utils.config import Hyp
 
 AUX_WEIGHT = 0.25  # weight of the auxiliary head's terms (YOLOv7)
 FOCAL_ALPHA = 0.25
+
+
+class LossItems(NamedTuple):
+    """The loss terms of a batch after their gains, detached, for logging: each a 0-dim tensor
+    (averaged over batches by the trainer and the evaluation). Logged as ``<field>_loss``."""
+
+    box: Tensor  # 1 - CIoU of the positives
+    obj: Tensor  # objectness BCE of every anchor
+    cls: Tensor  # class BCE of the positives (0 with one class)
+
+    @property
+    def total(self) -> Tensor:
+        """box + obj + cls: the loss per image."""
+        return self.box + self.obj + self.cls
+
+    @classmethod
+    def zeros(cls) -> LossItems:
+        """Every term 0 (an epoch that was not validated)."""
+        return cls(*torch.zeros(len(cls._fields)))
 
 
 class LossGains(NamedTuple):
@@ -108,28 +130,24 @@ class YoloLoss:
     Args:
         head: the detection head (``anchors`` [nl, na, 2] in input pixels, ``stride`` [nl], ``nl``,
             ``na``, ``nc``); anchors are read at every call, so autoanchor changes take effect.
-        hyp: hyper-parameters (box, obj, cls, cls_pw, obj_pw, anchor_t, fl_gamma, label_smoothing).
-        ota: shorthand for ``assigner``: True ``"ota"``, False ``"yolov5"``.
+        hyp: hyper-parameters (box, obj, cls, cls_pw, obj_pw, anchor_t, fl_gamma, label_smoothing,
+            and the assignment rule).
         train_size: nominal training image size, for the objectness gain (see ``loss_gains``).
         max_cells: memory bound of one OTA cost chunk (entries).
-        assigner: name of the assignment rule (``models.assign.ASSIGNERS``); default from
-            ``ota``, else from ``hyp.loss_ota``.
+        assigner: name of the assignment rule (``models.assign.ASSIGNERS``); default the hyp's
+            (``hyp.assignment_rule``).
     """
 
     def __init__(
         self,
         head: nn.Module,
         hyp: Hyp,
-        ota: bool | None = None,
         train_size: int = 640,
         max_cells: int = DEFAULT_MAX_CELLS,
         *,
         assigner: str | None = None,
     ) -> None:
-        if assigner is not None and ota is not None:
-            raise ValueError("YoloLoss: give either assigner or ota, not both")
-        if assigner is None:
-            assigner = "ota" if (hyp.loss_ota if ota is None else ota) else "yolov5"
+        assigner = hyp.assignment_rule if assigner is None else assigner
         self.head = head
         self.hyp = hyp
         self.assigner = assigner
@@ -142,7 +160,7 @@ class YoloLoss:
 
     def __call__(
         self, raw: list[Tensor], targets: Tensor, img_size: tuple[int, int]
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, LossItems]:
         """Loss of the training-mode output.
 
         Args:
@@ -150,8 +168,8 @@ class YoloLoss:
             targets: [N, 6] (image index, class, cx, cy, w, h), box normalised to the image.
             img_size: (H, W) of the input batch in pixels.
         Returns:
-            (loss, items): loss = (box + obj + cls) * B, a scalar; items = detached [4]
-            (box, obj, cls, box + obj + cls).
+            (loss, items): loss = (box + obj + cls) * B, a scalar; items = the detached terms
+            (``LossItems``: box, obj, cls; ``items.total`` their sum).
         """
         lead, aux = raw[: self.head.nl], raw[self.head.nl :]
         targets = targets.to(device=lead[0].device, dtype=torch.float32)
@@ -160,9 +178,8 @@ class YoloLoss:
         if coarse is not None:
             box_a, obj_a, cls_a = self._terms(aux, coarse, targets)
             box, obj, cls = box + AUX_WEIGHT * box_a, obj + AUX_WEIGHT * obj_a, cls + AUX_WEIGHT * cls_a
-        box, obj, cls = box * self.gains.box, obj * self.gains.obj, cls * self.gains.cls
-        total = box + obj + cls
-        return total * lead[0].shape[0], torch.stack([box, obj, cls, total]).detach()
+        items = LossItems(box * self.gains.box, obj * self.gains.obj, cls * self.gains.cls)
+        return items.total * lead[0].shape[0], LossItems(*(term.detach() for term in items))
 
     def assign(
         self, raw: list[Tensor], targets: Tensor, img_size: tuple[int, int]

@@ -133,7 +133,7 @@ def test_training_and_exact_resume_use_the_last_validation(data_root, monkeypatc
     """Epoch 1 samples by the per-class mAPs of epoch 0's validation, also after --resume."""
     real_validate = engine.train.loop.validate
     fake_maps = [0.9, 0.0, 0.5, 0.2, 1.0]  # a freshly trained tiny model scores ~0; make the mAPs matter
-    monkeypatch.setattr(engine.train.loop, "validate", lambda run, plots: (*real_validate(run, plots)[:2], fake_maps))
+    monkeypatch.setattr(engine.train.loop, "validate", lambda run, plots: real_validate(run, plots)._replace(class_maps=fake_maps))
     drawn: dict[str, list[int]] = {}
     real_step = engine.train.loop.train_step
 

@@ -1,6 +1,7 @@
 """YoloLoss: gains, CIoU against torchvision, finiteness and gradients with 0 / 1 / many targets."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -8,10 +9,11 @@ from test_overfit import one_thread, small_config  # noqa: F401 (one_thread is a
 from torch import nn
 from torchvision.ops import complete_box_iou, sigmoid_focal_loss
 
+from engine.train.options import TrainOptions, load_hyp
 from models.assign import ASSIGNERS, AssignRule
-from models.loss import YoloLoss, bce, level_balance, loss_gains
+from models.loss import LossItems, YoloLoss, bce, level_balance, loss_gains
 from models.yolo import Model
-from utils.config import Hyp
+from utils.config import ConfigError, Hyp
 
 ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
 
@@ -51,19 +53,18 @@ def test_loss_gains_follow_yolov7_scaling():
     assert level_balance(4) == [4.0, 1.0, 0.25, 0.06]
 
 
-@pytest.mark.parametrize("ota", [False, True])
+@pytest.mark.parametrize("assigner", ["yolov5", "ota"])
 @pytest.mark.parametrize("aux", [False, True])
 @pytest.mark.parametrize("n", [0, 1, 60])
-def test_finite_and_gradients_reach_every_level(ota, aux, n):
+def test_finite_and_gradients_reach_every_level(assigner, aux, n):
     head = StandInHead()
     raw = raw_outputs(head, batch=3, size=64, aux=aux)
     targets = random_targets(n, 3, head.nc) if n != 1 else torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.4]])
-    loss, items = YoloLoss(head, Hyp(), ota=ota)(raw, targets, (64, 64))
-    assert loss.shape == () and torch.isfinite(loss) and torch.isfinite(items).all()
-    assert items.shape == (4,) and not items.requires_grad
-    assert items[3] == pytest.approx(float(items[:3].sum()))
-    assert loss.item() == pytest.approx(items[3].item() * 3, rel=1e-5)  # scaled by the batch size
-    assert (items[0] > 0) == (n > 0) and (items[2] > 0) == (n > 0)
+    loss, items = YoloLoss(head, Hyp(), assigner=assigner)(raw, targets, (64, 64))
+    assert loss.shape == () and torch.isfinite(loss) and torch.isfinite(torch.stack(items)).all()
+    assert isinstance(items, LossItems) and all(t.shape == () and not t.requires_grad for t in items)
+    assert loss.item() == pytest.approx(items.total.item() * 3, rel=1e-5)  # scaled by the batch size
+    assert (items.box > 0) == (n > 0) and (items.cls > 0) == (n > 0)
     loss.backward()
     for x in raw:
         assert x.grad is not None and x.grad.abs().sum() > 0
@@ -78,7 +79,7 @@ def test_real_model_gradients_reach_every_head_conv(n, one_thread):  # noqa: F81
     x = torch.rand(2, 3, 64, 64)
     targets = random_targets(n, 2, model.nc) if n != 1 else torch.tensor([[1, 0, 0.4, 0.6, 0.2, 0.3]])
     loss, items = YoloLoss(model.head, Hyp())(model(x), targets, (64, 64))
-    assert torch.isfinite(loss) and torch.isfinite(items).all()
+    assert torch.isfinite(loss) and torch.isfinite(torch.stack(items)).all()
     loss.backward()
     convs = list(model.head.m) + list(model.head.m2)
     assert all(c.weight.grad is not None and c.weight.grad.abs().sum() > 0 for c in convs)
@@ -91,7 +92,7 @@ def test_four_level_aux_head():
     head = StandInHead(anchors=anchors, strides=(8, 16, 32, 64))
     raw = raw_outputs(head, batch=2, size=128, aux=True)
     loss, items = YoloLoss(head, Hyp())(raw, random_targets(30, 2, head.nc), (128, 128))
-    assert len(raw) == 8 and torch.isfinite(loss) and (items[:3] > 0).all()
+    assert len(raw) == 8 and torch.isfinite(loss) and all(t > 0 for t in items)
     loss.backward()
     assert all(x.grad.abs().sum() > 0 for x in raw)
 
@@ -107,15 +108,15 @@ def _single_positive_case(nc: int = 1):
 
 def test_box_term_is_one_minus_torchvision_ciou():
     head, raw, targets = _single_positive_case()
-    for ota in (False, True):
-        _, items = YoloLoss(head, Hyp(box=1.0), ota=ota)(raw, targets, (64, 64))
+    for assigner in ("yolov5", "ota"):
+        _, items = YoloLoss(head, Hyp(box=1.0), assigner=assigner)(raw, targets, (64, 64))
         t = raw[0][0, 0, 0, 0, :4].sigmoid()
         cx, cy = (2 * t[0] - 0.5) * 8, (2 * t[1] - 0.5) * 8  # cell (0, 0), stride 8
         w, h = (2 * t[2]) ** 2 * 12, (2 * t[3]) ** 2 * 12
         pred = torch.tensor([[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]])
         true = torch.tensor([[3 - 5.0, 3 - 7.0, 3 + 5.0, 3 + 7.0]])
         # gains: box * 3 / nl with nl = 2 levels
-        assert items[0].item() == pytest.approx(1.5 * (1 - complete_box_iou(pred, true).item()), rel=1e-5)
+        assert items.box.item() == pytest.approx(1.5 * (1 - complete_box_iou(pred, true).item()), rel=1e-5)
 
 
 def test_ciou_golden_value():
@@ -132,7 +133,7 @@ def test_ciou_golden_value():
 def test_objectness_target_is_detached_ciou():
     head, raw, targets = _single_positive_case()
     raw = [x.requires_grad_() for x in raw]
-    loss, _ = YoloLoss(head, Hyp(), ota=False)(raw, targets, (64, 64))
+    loss, _ = YoloLoss(head, Hyp(), assigner="yolov5")(raw, targets, (64, 64))
     loss.backward()
     # d BCE / d logit = sigmoid(0) - target = 0.5 - CIoU at the positive; 0.5 - 0 elsewhere
     g_pos, g_neg = raw[0].grad[0, 0, 0, 0, 4], raw[0].grad[0, 1, 3, 3, 4]
@@ -153,8 +154,8 @@ def test_focal_bce_equals_torchvision():
 def test_label_smoothing_targets():
     head, raw, targets = _single_positive_case(nc=2)
     raw[0][0, 0, 0, 0, 5:] = torch.tensor([4.0, -4.0])
-    plain = YoloLoss(head, Hyp(cls=1.0), ota=False)(raw, targets, (64, 64))[1][2]
-    smooth = YoloLoss(head, Hyp(cls=1.0, label_smoothing=0.2), ota=False)(raw, targets, (64, 64))[1][2]
+    plain = YoloLoss(head, Hyp(cls=1.0), assigner="yolov5")(raw, targets, (64, 64))[1].cls
+    smooth = YoloLoss(head, Hyp(cls=1.0, label_smoothing=0.2), assigner="yolov5")(raw, targets, (64, 64))[1].cls
     # per-class targets (0.9, 0.1) instead of (1, 0): the confident right answer now costs more
     logits = torch.tensor([4.0, -4.0])
     want = bce(logits, torch.tensor([0.9, 0.1])).mean() * 2 / 80 * 3 / 2
@@ -169,8 +170,8 @@ def test_aux_positives_superset_of_lead():
     head = StandInHead()
     raw = raw_outputs(head, batch=2, size=64, aux=True, seed=5)
     targets = random_targets(12, 2, head.nc, seed=5)
-    for ota in (False, True):
-        lead, aux = YoloLoss(head, Hyp(), ota=ota).assign(raw, targets, (64, 64))
+    for assigner in ("yolov5", "ota"):
+        lead, aux = YoloLoss(head, Hyp(), assigner=assigner).assign(raw, targets, (64, 64))
         assert _positive_set(lead) < _positive_set(aux)
 
 
@@ -190,9 +191,9 @@ def test_bad_inputs_are_errors():
         loss(raw[:2], torch.zeros(0, 6), (64, 64))
 
 
-@pytest.mark.parametrize("ota", [False, True])
+@pytest.mark.parametrize("assigner", ["yolov5", "ota"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_collapsed_box_predictions_give_finite_loss(ota, dtype):
+def test_collapsed_box_predictions_give_finite_loss(assigner, dtype):
     """Size logits so negative that (2 sigmoid)^2 underflows to 0 (fp16: below about -17) made
     CIoU's aspect term 0/0 = NaN; the loss and its gradients must stay finite."""
     head = StandInHead()
@@ -201,8 +202,8 @@ def test_collapsed_box_predictions_give_finite_loss(ota, dtype):
         x[..., 2:4] = -200.0
         x.requires_grad_()
     targets = torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.4], [1, 2, 0.25, 0.3, 0.1, 0.2]])
-    loss, items = YoloLoss(head, Hyp(), ota=ota)(raw, targets, (64, 64))
-    assert torch.isfinite(loss) and torch.isfinite(items).all() and items[0] > 0
+    loss, items = YoloLoss(head, Hyp(), assigner=assigner)(raw, targets, (64, 64))
+    assert torch.isfinite(loss) and torch.isfinite(torch.stack(items)).all() and items.box > 0
     loss.backward()
     assert all(torch.isfinite(x.grad).all() for x in raw)
 
@@ -211,10 +212,14 @@ def test_assignment_rule_by_name_and_a_registered_new_rule(monkeypatch):
     head = StandInHead()
     raw = raw_outputs(head, batch=2, size=64, aux=True, seed=3)
     targets = random_targets(8, 2, head.nc, seed=3)
-    for name, ota in (("ota", True), ("yolov5", False)):
+    for name, loss_ota in (("ota", True), ("yolov5", False)):
         by_name = YoloLoss(head, Hyp(), assigner=name)(raw, targets, (64, 64))[1]
-        assert torch.equal(by_name, YoloLoss(head, Hyp(), ota=ota)(raw, targets, (64, 64))[1])
-        assert YoloLoss(head, Hyp(loss_ota=ota)).assigner == name  # the hyp key selects the rule
+        # the hyp's assigner key, YOLOv7's loss_ota, or both agreeing select the rule
+        for hyp in (Hyp(assigner=name), Hyp(loss_ota=loss_ota), Hyp(assigner=name, loss_ota=loss_ota)):
+            loss = YoloLoss(head, hyp)
+            assert loss.assigner == name and loss.rule is ASSIGNERS[name]
+            assert torch.equal(torch.stack(loss(raw, targets, (64, 64))[1]), torch.stack(by_name))
+    assert YoloLoss(head, Hyp()).assigner == "ota"  # neither key: YOLOv7's default
     # A new rule is one ASSIGNERS entry: here, only the centre-cell candidates are positives.
     seen = []
 
@@ -223,8 +228,29 @@ def test_assignment_rule_by_name_and_a_registered_new_rule(monkeypatch):
         return candidates
 
     monkeypatch.setitem(ASSIGNERS, "centre", AssignRule(centre_only, lead_reach=0.0, aux_reach=0.0))
-    lead, aux = YoloLoss(head, Hyp(), assigner="centre").assign(raw, targets, (64, 64))
-    plain, _ = YoloLoss(head, Hyp(), assigner="yolov5").assign(raw, targets, (64, 64))
+    hyp = load_hyp(TrainOptions(hyp="cfg/hyp/hyp.scratch.p5.yaml", overrides=["assigner=centre"]))
+    lead, aux = YoloLoss(head, hyp).assign(raw, targets, (64, 64))  # from the command line to the registry
+    plain, _ = YoloLoss(head, hyp, assigner="yolov5").assign(raw, targets, (64, 64))
     assert seen == [True, True] and len(lead.flat) < len(plain.flat) and _positive_set(lead) == _positive_set(aux)
-    with pytest.raises(ValueError, match="unknown assignment rule 'tal'.*ota, yolov5"):
+    with pytest.raises(ValueError, match="unknown assignment rule 'tal'.*centre"):
         YoloLoss(head, Hyp(), assigner="tal")
+
+
+def test_the_hyp_file_names_the_rule(tmp_path):
+    """An unknown rule is a ConfigError naming the file (or the command line), the key and the
+    choices; YOLOv7's loss_ota still works, and given with assigner it must agree."""
+    path = tmp_path / "hyp.yaml"
+    path.write_text("assigner: tal\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: key 'assigner': unknown assignment rule 'tal' "
+                                                    "(known: ota, yolov5)")):
+        load_hyp(TrainOptions(hyp=str(path)))
+    path.write_text("loss_ota: 0\n")
+    assert load_hyp(TrainOptions(hyp=str(path))).assignment_rule == "yolov5"
+    # a command-line override in either spelling replaces the file's rule
+    assert load_hyp(TrainOptions(hyp=str(path), overrides=["assigner=ota"])).assignment_rule == "ota"
+    assert load_hyp(TrainOptions(hyp=str(path), overrides=["loss_ota=1"])).assignment_rule == "ota"
+    with pytest.raises(ConfigError, match="command line: key 'assigner': unknown assignment rule 'tal'"):
+        load_hyp(TrainOptions(hyp=str(path), overrides=["assigner=tal"]))
+    path.write_text("assigner: yolov5\nloss_ota: 1\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: keys 'assigner' (yolov5) and 'loss_ota' (true")):
+        load_hyp(TrainOptions(hyp=str(path)))

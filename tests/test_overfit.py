@@ -72,7 +72,7 @@ def test_small_model_learns_four_images(head, one_thread):
     x = torch.stack(images)
     targets = torch.cat([torch.cat([torch.full((len(t), 1), float(i)), t], 1) for i, t in enumerate(labels)])
     model = Model(small_config(head))
-    loss_fn = YoloLoss(model.head, Hyp(), ota=True, train_size=SIZE)
+    loss_fn = YoloLoss(model.head, Hyp(), train_size=SIZE, assigner="ota")
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     losses = []

@@ -24,12 +24,12 @@ import engine.train.setup
 import train as train_cli
 from data.shapes import CLASSES
 from engine.detect.predictor import Predictor
-from engine.train.log import zero_metrics
 from engine.train.loop import NonFiniteLossError, train
 from engine.train.options import TrainOptions
+from engine.train.validation import EpochValidation
 from engine.val.run import ValOptions, run_val
 from models.checkpoint_io import load_model
-from models.loss import YoloLoss
+from models.loss import LossItems, YoloLoss
 from models.yolo import Model
 from utils.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from utils.precision import resolve_precision
@@ -138,7 +138,7 @@ class NaNLoss(YoloLoss):
         loss, items = super().__call__(raw, targets, img_size)
         self.calls += 1
         if self.bad is None or self.calls in self.bad:
-            return loss * float("nan"), items * float("nan")
+            return loss * float("nan"), LossItems(*(term * float("nan") for term in items))
         return loss, items
 
 
@@ -242,7 +242,7 @@ def test_img_size_not_a_stride_multiple_is_rounded_up(data_root, caplog):
 
 def test_early_stop_with_nosave_still_saves_the_last_epoch(data_root, monkeypatch):
     """--nosave saves only the final epoch; a run stopped by --patience must count as final there."""
-    monkeypatch.setattr(engine.train.loop, "validate", lambda run, plots: (*zero_metrics(), run.class_maps))
+    monkeypatch.setattr(engine.train.loop, "validate", lambda run, plots: EpochValidation.skipped(run.class_maps))
     summary = train(tiny_options(data_root, name="stop_nosave", epochs=6, nosave=True, patience=1))
     rows = (Path(summary["save_dir"]) / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2  # header, epochs 0 and 1: stopped one epoch after the (flat) best

@@ -21,7 +21,7 @@ from data import build_dataloader, load_data_config
 from data.shapes import CLASSES
 from engine.val.evaluator import TRAIN_METRICS, evaluate
 from engine.val.report import pycocotools_stats, save_coco_json
-from models.loss import YoloLoss
+from models.loss import LossItems, YoloLoss
 from models.yolo import Model
 from utils.coco_eval import STAT_NAMES, coco_evaluate
 from utils.config import Hyp
@@ -59,10 +59,11 @@ def _loader(data_yaml: Path, batch_size: int = 4):
 def test_evaluate_metrics_losses_and_detections(setup) -> None:
     model = setup["model"]
     loader = _loader(setup["data"])
-    r = evaluate(model, loader, loss_fn=YoloLoss(model.head, Hyp(), ota=False))
+    r = evaluate(model, loader, loss_fn=YoloLoss(model.head, Hyp(), assigner="yolov5"))
     assert set(TRAIN_METRICS) <= set(r.metrics) and set(STAT_NAMES) <= set(r.metrics)
+    assert r.train_metrics.by_name() == {k: r.metrics[k] for k in TRAIN_METRICS}
     assert r.num_images == 8 and int(r.num_labels.sum()) == len(r.gt.image)
-    assert r.losses.shape == (3,) and bool((r.losses > 0).all())
+    assert isinstance(r.losses, LossItems) and all(term > 0 for term in r.losses)
     # The untrained model finds something, but far from everything.
     assert r.detections.scores.numel() > 0 and 0 < r.metrics["mAP_0.5"] < 0.5
     # The metric equals a fresh COCO evaluation of the returned gt and detections.

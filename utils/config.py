@@ -19,7 +19,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -32,6 +32,8 @@ LOGGER = logging.getLogger(__name__)
 # autoanchor). A non-default value is warned about once per process, never silently dropped.
 COMPAT_ONLY_KEYS = ("iou_t", "anchors")
 _warned: set[tuple[str, Any]] = set()
+# YOLOv7's loss_ota names one of two assignment rules (models/assign.py ASSIGNERS)
+LOSS_OTA_RULES = {True: "ota", False: "yolov5"}
 
 
 class ConfigError(UserError, ValueError):
@@ -227,7 +229,10 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], source: str = "<config>"
     ]
     if missing:
         raise ConfigError(f"{source}: missing key {missing[0]!r}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # a check across keys (__post_init__)
+        raise ConfigError(f"{source}: {e}") from None
 
 
 def load(cls: type[T], path: str | Path) -> T:
@@ -236,13 +241,23 @@ def load(cls: type[T], path: str | Path) -> T:
 
 
 def apply_overrides(obj: T, overrides: list[str], source: str = "command line") -> T:
-    """Return a copy of dataclass ``obj`` with ``key=value`` strings applied (values parsed as YAML)."""
+    """Return a copy of dataclass ``obj`` with ``key=value`` strings applied (values parsed as YAML).
+
+    Keys that spell one setting (the class's ``ONE_SETTING`` groups): an override of any of them
+    resets the others to their defaults, so the command line's choice replaces the file's.
+    """
     data = dataclasses.asdict(obj)
+    given = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"{source}: override {item!r} is not key=value")
         key, value = item.split("=", 1)
-        data[key.strip()] = parse_yaml(value, f"{source}: {item}")
+        given[key.strip()] = parse_yaml(value, f"{source}: {item}")
+    defaults = {f.name: f.default for f in dataclasses.fields(obj)}
+    for group in getattr(obj, "ONE_SETTING", ()):
+        if any(key in given for key in group):
+            data.update({key: defaults[key] for key in group})
+    data.update(given)
     return from_mapping(type(obj), data, source)
 
 
@@ -283,11 +298,18 @@ class Hyp:
     mixup: float = ranged(0.15, PROBABILITY)
     copy_paste: float = ranged(0.0, PROBABILITY)  # fraction of polygon objects mirrored and pasted (data.paste)
     paste_in: float = ranged(0.15, PROBABILITY)  # probability of pasting pool objects into a sample (data.paste)
-    loss_ota: bool = True
+    # The label assignment rule by name (models/assign.py ASSIGNERS: ota, yolov5; the trainer checks
+    # the name). YOLOv7's files say loss_ota instead (true: ota, false: yolov5); neither given: ota.
+    # Both given: they must agree.
+    assigner: str | None = None
+    loss_ota: bool | None = None
     label_smoothing: float = ranged(0.0, Range(at_least=0.0, below=1.0))
     # nominal batch size (ultralytics' nbs): gradients of about this many images make one optimizer
     # step (accumulated over batches), and weight_decay is defined at it; YOLOv7 fixes it at 64
     nbs: int = ranged(64, POSITIVE)
+
+    # keys that spell one setting: a key=value override of one replaces the file's other (apply_overrides)
+    ONE_SETTING: ClassVar[tuple[tuple[str, ...], ...]] = (("assigner", "loss_ota"),)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -296,3 +318,15 @@ class Hyp:
                 _warned.add((f.name, value))
                 LOGGER.warning("hyp %s=%g is ignored: the key is read only so YOLOv7 hyp files load "
                                "(default %g)", f.name, value, f.default)
+        if self.assigner is not None and self.loss_ota is not None:
+            implied = LOSS_OTA_RULES[self.loss_ota]
+            if self.assigner != implied:
+                raise ConfigError(f"keys 'assigner' ({self.assigner}) and 'loss_ota' ({str(self.loss_ota).lower()}, "
+                                  f"which means assigner {implied}) disagree: give one of them")
+
+    @property
+    def assignment_rule(self) -> str:
+        """The name of the label assignment rule: ``assigner``, else loss_ota's (default ``"ota"``)."""
+        if self.assigner is not None:
+            return self.assigner
+        return LOSS_OTA_RULES[self.loss_ota is not False]

@@ -8,14 +8,19 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from engine.train.speed import SPEED_TAGS
-from engine.val.evaluator import TRAIN_METRICS
+from engine.val.evaluator import TRAIN_METRICS, TrainMetrics
+from models.loss import LossItems
 
-LOSS_NAMES = ("box_loss", "obj_loss", "cls_loss")
-# The metrics a training logs are the evaluation's TRAIN_METRICS: results.csv columns,
-# TensorBoard tags and results.png panels all derive from these two tuples.
+
+def loss_name(term: str) -> str:
+    """The logged name of a LossItems field: ``box`` -> ``box_loss``."""
+    return f"{term}_loss"
+
+
+# results.csv columns, TensorBoard tags and results.png panels all derive from the loss terms
+# (models/loss.py LossItems) and the evaluation's TrainMetrics (TRAIN_METRICS, their names).
+LOSS_NAMES = tuple(loss_name(term) for term in LossItems._fields)
 
 
 def fitness(map50: float, map50_95: float) -> float:
@@ -23,20 +28,25 @@ def fitness(map50: float, map50_95: float) -> float:
     return 0.1 * map50 + 0.9 * map50_95
 
 
+def loss_columns(split: str, losses: LossItems) -> dict[str, float]:
+    """``{"<split>/<term>_loss": value}`` of each loss term (LOSS_NAMES)."""
+    return {f"{split}/{loss_name(term)}": float(value) for term, value in losses._asdict().items()}
+
+
 def epoch_row(
-    epoch: int, train_losses: torch.Tensor, metrics: dict[str, float], val_losses: torch.Tensor, lrs: list[float]
+    epoch: int, train_losses: LossItems, metrics: TrainMetrics, val_losses: LossItems, lrs: list[float]
 ) -> dict[str, float]:
     """One results.csv row.
 
-    ``train_losses`` / ``val_losses``: [>=3] mean (box, obj, cls, ...) per image of the epoch;
-    ``metrics``: keys of TRAIN_METRICS; ``lrs``: the learning rate of each parameter group.
+    ``train_losses`` / ``val_losses``: the epoch's mean loss terms per batch; ``metrics``: its
+    validation; ``lrs``: the learning rate of each parameter group.
     """
     row: dict[str, float] = {"epoch": epoch}
-    row.update({f"train/{n}": float(v) for n, v in zip(LOSS_NAMES, train_losses.tolist(), strict=False)})
-    row.update({f"metrics/{n}": float(metrics[n]) for n in TRAIN_METRICS})
-    row.update({f"val/{n}": float(v) for n, v in zip(LOSS_NAMES, val_losses.tolist(), strict=False)})
+    row.update(loss_columns("train", train_losses))
+    row.update({f"metrics/{name}": float(value) for name, value in metrics.by_name().items()})
+    row.update(loss_columns("val", val_losses))
     row.update({f"x/lr{i}": lr for i, lr in enumerate(lrs)})
-    row["fitness"] = fitness(metrics["mAP_0.5"], metrics["mAP_0.5:0.95"])
+    row["fitness"] = fitness(metrics.map50, metrics.map50_95)
     return row
 
 
@@ -44,11 +54,6 @@ def result_panels() -> tuple[str, ...]:
     """The results.csv columns results.png plots: train losses, metrics, val losses."""
     return (tuple(f"train/{n}" for n in LOSS_NAMES) + tuple(f"metrics/{n}" for n in TRAIN_METRICS)
             + tuple(f"val/{n}" for n in LOSS_NAMES))
-
-
-def zero_metrics() -> tuple[dict[str, float], torch.Tensor]:
-    """Metrics and val losses [3] of an epoch that was not validated (--notest)."""
-    return {n: 0.0 for n in TRAIN_METRICS}, torch.zeros(len(LOSS_NAMES))
 
 
 def write_results_csv(rows: list[dict[str, float]], path: Path) -> None:
@@ -99,12 +104,14 @@ class TensorBoardLog:
 
 def progress_header() -> str:
     """Column titles of the per-epoch progress bar."""
-    return ("%10s" * 9) % ("Epoch", "mem", "box", "obj", "cls", "total", "labels", "img_size", "img/s")
+    titles = ("Epoch", "mem", *LossItems._fields, "total", "labels", "img_size", "img/s")
+    return ("%10s" * len(titles)) % titles
 
 
-def progress_line(epoch: int, epochs: int, memory: str, mean_losses: torch.Tensor, n_targets: int, img_size: int,
+def progress_line(epoch: int, epochs: int, memory: str, mean_losses: LossItems, n_targets: int, img_size: int,
                   img_per_s: float) -> str:
-    """One progress-bar description: epoch, memory, running mean losses [4], targets, size, and
-    the training images per second of the epoch so far."""
-    return ("%10s" * 2 + "%10.4g" * 6 + "%10.1f") % (f"{epoch}/{epochs - 1}", memory, *mean_losses.tolist(), n_targets,
-                                                    img_size, img_per_s)
+    """One progress-bar description: epoch, memory, running mean loss terms and their total,
+    targets, size, and the training images per second of the epoch so far."""
+    losses = (*(float(v) for v in mean_losses), float(mean_losses.total))
+    return ("%10s" * 2 + "%10.4g" * (len(losses) + 2) + "%10.1f") % (f"{epoch}/{epochs - 1}", memory, *losses, n_targets,
+                                                                    img_size, img_per_s)

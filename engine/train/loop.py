@@ -27,13 +27,14 @@ from tqdm import tqdm
 
 from data import Batch, DetectionLoader, unit_images
 from engine.train.loaders import set_dataset_mosaic, set_image_weights
-from engine.train.log import epoch_row, progress_header, progress_line, write_results_csv, zero_metrics
+from engine.train.log import epoch_row, progress_header, progress_line, write_results_csv
 from engine.train.optim import apply_warmup, warmup_iterations
 from engine.train.options import TrainOptions
 from engine.train.plots import plot_results, plot_train_batch
 from engine.train.setup import Run, setup
 from engine.train.speed import EpochTimer, append_timing_csv
-from engine.train.validation import evaluate_for_training
+from engine.train.validation import EpochValidation, evaluate_for_training
+from models.loss import LossItems
 from utils.checkpoint import (
     CHECKPOINT_VERSION,
     rng_state,
@@ -107,10 +108,11 @@ def fit(run: Run, t0: float | None = None, *, on_epoch_end: EpochCallback | None
         if run.info.is_main:
             final = epoch == opt.epochs - 1
             if not opt.notest or final:
-                metrics, val_losses, run.class_maps = validate(run, plots=final and not opt.noplots)
+                validation = validate(run, plots=final and not opt.noplots)
+                run.class_maps = validation.class_maps
             else:
-                metrics, val_losses = zero_metrics()
-            row = epoch_row(epoch, train_losses, metrics, val_losses, lrs)
+                validation = EpochValidation.skipped(run.class_maps)
+            row = epoch_row(epoch, train_losses, validation.metrics, validation.losses, lrs)
             run.rows.append(row)
             # best.pt: the first epoch of the best fitness, and at least the first saved epoch (a run whose
             # fitness stays 0, or a --nosave run, still gets one; YOLOv7 saves on fitness == best)
@@ -144,9 +146,9 @@ def patience_exhausted(rows: list[dict[str, float]], epoch: int, *, patience: in
     return epoch - best_epoch >= patience
 
 
-def validate(run: Run, plots: bool = False) -> tuple[dict[str, float], torch.Tensor, list[float]]:
-    """Evaluate the EMA model on the val split (rank 0): (metrics of TRAIN_METRICS, val losses [3],
-    per-class mAP@.5:.95 [nc] for --image-weights)."""
+def validate(run: Run, plots: bool = False) -> EpochValidation:
+    """Evaluate the EMA model on the val split (rank 0): metrics, validation losses and per-class
+    mAP@.5:.95 (for --image-weights)."""
     return evaluate_for_training(run.ema.module, run.val_loader, run.val_loss_fn, single_cls=run.opt.single_cls,
                                  names=run.names, save_dir=run.save_dir, tb=run.tb, step=len(run.rows), plots=plots)
 
@@ -177,8 +179,8 @@ def prepare_images(
     return images
 
 
-def train_one_epoch(run: Run, epoch: int, timer: EpochTimer | None = None) -> torch.Tensor:
-    """One pass over the training set; returns the mean (box, obj, cls, total) loss per batch [4].
+def train_one_epoch(run: Run, epoch: int, timer: EpochTimer | None = None) -> LossItems:
+    """One pass over the training set; returns the mean loss terms per batch.
 
     ``timer`` (default: a new one) counts the epoch's images, time and data wait.
     """
@@ -187,22 +189,23 @@ def train_one_epoch(run: Run, epoch: int, timer: EpochTimer | None = None) -> to
     set_sampling(run.train_loader, epoch, opt, run.nc, run.class_maps)
     run.train_loader.set_epoch(epoch)  # shuffle order and augmentation stream of this epoch
     run.model.train()
-    nb = len(run.train_loader)
-    n_warmup = warmup_iterations(hyp, nb)
-    mean_losses = torch.zeros(4, device=run.device)
+    batches_per_epoch = len(run.train_loader)
+    n_warmup = warmup_iterations(hyp, batches_per_epoch)
+    mean_losses = torch.zeros(len(LossItems._fields), device=run.device)  # LossItems stacked
     n_good = 0
     run.optimizer.zero_grad(set_to_none=True)
     timer = timer or EpochTimer(run.forward_gflops)
     batches = enumerate(timer.batches(run.train_loader))
     if run.info.is_main:
         LOG.info(progress_header())
-        batches = tqdm(batches, total=nb, bar_format="{l_bar}{bar:10}{r_bar}")
+        batches = tqdm(batches, total=batches_per_epoch, bar_format="{l_bar}{bar:10}{r_bar}")
     for i, batch in batches:
-        ni = i + nb * epoch  # iterations since the start of training: warmup and accumulation key on it
+        iteration = i + batches_per_epoch * epoch  # since the start of training: warmup and accumulation key on it
         accumulate = run.accumulate
-        if n_warmup and ni <= n_warmup:
-            accumulate = apply_warmup(run.optimizer, ni, n_warmup, run.lf(epoch), hyp, run.batch_size)
-        items = train_step(run, batch, step=(ni + 1) % accumulate == 0 or i == nb - 1)
+        if n_warmup and iteration <= n_warmup:
+            accumulate = apply_warmup(run.optimizer, iteration, n_warmup, run.lr_factor(epoch), hyp, run.batch_size)
+        last = i == batches_per_epoch - 1
+        items = train_step(run, batch, step=(iteration + 1) % accumulate == 0 or last)
         timer.images += len(batch.paths)
         if items is None:
             run.bad_steps_in_row += 1  # counted across epochs: a 1-batch epoch must not reset it
@@ -214,22 +217,23 @@ def train_one_epoch(run: Run, epoch: int, timer: EpochTimer | None = None) -> to
                 )
             continue
         run.bad_steps_in_row = 0
-        mean_losses = (mean_losses * n_good + items) / (n_good + 1)
+        mean_losses = (mean_losses * n_good + torch.stack(items)) / (n_good + 1)
         n_good += 1
         if run.info.is_main:
             batches.set_description(progress_line(
-                epoch, opt.epochs, memory_string(run.device), mean_losses, len(batch.targets), batch.images.shape[-1],
+                epoch, opt.epochs, memory_string(run.device), LossItems(*mean_losses), len(batch.targets),
+                batch.images.shape[-1],
                 timer.img_per_s() * run.info.world_size,
             ))
             if epoch == 0 and i < N_BATCH_PLOTS and not opt.noplots:
                 plot_train_batch(batch, i, save_dir=run.save_dir, names=run.names, tb=run.tb)
-    return mean_losses.cpu()
+    return LossItems(*mean_losses.cpu())
 
 
-def train_step(run: Run, batch: Batch, step: bool) -> torch.Tensor | None:
+def train_step(run: Run, batch: Batch, step: bool) -> LossItems | None:
     """Forward, loss and backward of one batch; optimizer step and EMA update when ``step``.
 
-    Returns the detached loss items [4] (box, obj, cls, total), or None when the loss is not
+    Returns the detached loss terms (LossItems), or None when the loss is not
     finite on any process (then nothing is backpropagated, so every DDP process skips alike).
     """
     model = run.model

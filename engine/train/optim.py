@@ -97,20 +97,21 @@ def scaled_weight_decay(weight_decay: float, batch_size: int, nominal: int = NOM
 
 
 def apply_warmup(
-    optimizer: torch.optim.Optimizer, ni: int, n_warmup: int, epoch_lr_factor: float, hyp: Hyp, batch_size: int
+    optimizer: torch.optim.Optimizer, iteration: int, n_warmup: int, epoch_lr_factor: float, hyp: Hyp, batch_size: int
 ) -> int:
-    """Set lr and momentum of every group for warmup iteration ``ni``; return the accumulation.
+    """Set lr and momentum of every group for ``iteration`` (batches since the start of training)
+    of the warmup; return the accumulation.
 
     Linear ramps over ``[0, n_warmup]``: bias lr from ``warmup_bias_lr``, other lrs from 0, to
     ``initial_lr * epoch_lr_factor``; momentum (or Adam beta1) from ``warmup_momentum`` to
     ``hyp.momentum``; the accumulation from 1 to its nominal value.
     """
-    xi = [0, n_warmup]
-    accumulate = max(1, int(np.interp(ni, xi, [1, hyp.nbs / batch_size]).round()))
+    ramp = [0, n_warmup]
+    accumulate = max(1, int(np.interp(iteration, ramp, [1, hyp.nbs / batch_size]).round()))
     for j, group in enumerate(optimizer.param_groups):
         start = hyp.warmup_bias_lr if j == BIAS_GROUP else 0.0
-        group["lr"] = float(np.interp(ni, xi, [start, group["initial_lr"] * epoch_lr_factor]))
-        momentum = float(np.interp(ni, xi, [hyp.warmup_momentum, hyp.momentum]))
+        group["lr"] = float(np.interp(iteration, ramp, [start, group["initial_lr"] * epoch_lr_factor]))
+        momentum = float(np.interp(iteration, ramp, [hyp.warmup_momentum, hyp.momentum]))
         if "momentum" in group:
             group["momentum"] = momentum
         elif "betas" in group:

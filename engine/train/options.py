@@ -102,13 +102,27 @@ class TrainOptions:
 
 
 def load_hyp(opt: TrainOptions) -> Hyp:
-    """The hyper-parameter file of ``opt`` with its key=value overrides and --label-smoothing applied."""
+    """The hyper-parameter file of ``opt`` with its key=value overrides and --label-smoothing applied;
+    its assignment rule checked (``check_assigner``)."""
     if not opt.hyp:
         raise ConfigError("--hyp: no hyper-parameter file (engine.train.recipe.apply_recipe chooses one)")
-    hyp = load(Hyp, resolve_path(opt.hyp))
-    hyp = apply_overrides(hyp, opt.overrides)
+    path = resolve_path(opt.hyp)
+    hyp = check_assigner(load(Hyp, path), str(path))
+    hyp = check_assigner(apply_overrides(hyp, opt.overrides), "command line")
     if opt.label_smoothing:
         hyp = dataclasses.replace(hyp, label_smoothing=opt.label_smoothing)
+    return hyp
+
+
+def check_assigner(hyp: Hyp, source: str) -> Hyp:
+    """``hyp``, once its assignment rule is known to be registered (models/assign.py ``ASSIGNERS``);
+    otherwise a ConfigError naming ``source`` (the file it came from), the key and the choices."""
+    from models.assign import assign_rule  # local: models import torch, and train.py --help stays fast
+
+    try:
+        assign_rule(hyp.assignment_rule)
+    except ValueError as e:
+        raise ConfigError(f"{source}: key 'assigner': {e}") from None
     return hyp
 
 

@@ -36,7 +36,7 @@ def plot_results(csv_path: Path) -> Path | None:
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for ax in axes.ravel()[len(panels):]:
         ax.set_visible(False)
-    for ax, key in zip(axes.ravel(), panels, strict=False):
+    for ax, key in zip(axes.ravel()[: len(panels)], panels, strict=True):
         ax.plot(epochs, [float(r[key]) for r in rows], marker=".", linewidth=1.5)
         ax.set_title(key, fontsize=10)
         ax.set_xlabel("epoch")

@@ -23,7 +23,14 @@ from engine.train.ema import ModelEMA
 from engine.train.loaders import autoanchor_for_training, build_train_loader, build_val_loader, load_data
 from engine.train.log import TensorBoardLog, write_results_csv
 from engine.train.optim import accumulation_steps, build_optimizer, lr_lambda, scaled_weight_decay
-from engine.train.options import DEFAULT_CFG, TrainOptions, find_resume_checkpoint, load_hyp, resume_run_dir
+from engine.train.options import (
+    DEFAULT_CFG,
+    TrainOptions,
+    check_assigner,
+    find_resume_checkpoint,
+    load_hyp,
+    resume_run_dir,
+)
 from engine.train.plots import plot_labels
 from engine.train.recipe import apply_recipe
 from engine.train.validation import validation_loss
@@ -57,7 +64,7 @@ class Run:
     ema: ModelEMA | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    lf: Callable[[float], float]
+    lr_factor: Callable[[float], float]  # the learning-rate multiplier of an epoch (the scheduler's lambda)
     scaler: torch.amp.GradScaler
     precision: str  # resolved: 'fp32', 'bf16' or 'fp16' (utils.precision)
     loss_fn: YoloLoss
@@ -100,7 +107,10 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     data_cfg = load_data(opt, info)
     if ckpt is None:
         opt = apply_recipe(opt, data_cfg)
-    hyp = from_mapping(Hyp, ckpt["hyp"], str(opt.resume)) if ckpt is not None else load_hyp(opt)
+    if ckpt is not None:
+        hyp = check_assigner(from_mapping(Hyp, ckpt["hyp"], str(opt.resume)), str(opt.resume))
+    else:
+        hyp = load_hyp(opt)
     nc, names = (1, ["item"]) if opt.single_cls else (data_cfg.nc, list(data_cfg.names))
     model = _build_model(opt, nc, names, ckpt).to(device)
     opt = _round_img_size(opt, int(model.stride.max()))
@@ -115,14 +125,14 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
         autoanchor_for_training(model, train_loader, hyp, opt.img_size[0], opt.seed)
     accumulate = accumulation_steps(opt.batch_size, hyp.nbs)
     optimizer = build_optimizer(model, opt.optimizer, hyp, scaled_weight_decay(hyp.weight_decay, opt.batch_size, hyp.nbs))
-    lf = lr_lambda(opt.epochs, hyp.lrf, opt.linear_lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
+    lr_factor = lr_lambda(opt.epochs, hyp.lrf, opt.linear_lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lr_factor)
     scaler = torch.amp.GradScaler(device.type, enabled=opt.precision == "fp16")  # bf16 needs no loss scaling
     ema = ModelEMA(model) if info.is_main else None
     val_loss_fn = validation_loss(ema.module, hyp, opt.img_size[0]) if ema is not None else None
     run = Run(
         opt=opt, hyp=hyp, info=info, device=device, save_dir=save_dir if info.is_main else None, model=model,
-        ema=ema, optimizer=optimizer, scheduler=scheduler, lf=lf, scaler=scaler, precision=opt.precision,
+        ema=ema, optimizer=optimizer, scheduler=scheduler, lr_factor=lr_factor, scaler=scaler, precision=opt.precision,
         loss_fn=YoloLoss(model.head, hyp, train_size=opt.img_size[0]), train_loader=train_loader,
         val_loader=val_loader, nc=nc, names=names, batch_size=batch_size, accumulate=accumulate,
         channels_last=channels_last, class_maps=[0.0] * nc, val_loss_fn=val_loss_fn,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -10,15 +11,32 @@ from torch import nn
 from data import DetectionLoader
 from engine.train.log import TensorBoardLog
 from engine.train.plots import read_rgb
-from engine.val import TRAIN_METRICS, batch_hook, evaluate
+from engine.val import TrainMetrics, batch_hook, evaluate
 from engine.val.report import save_plots
-from models.loss import YoloLoss
+from models.loss import LossItems, YoloLoss
 from utils.config import Hyp
+
+# The validation loss assigns by the plain rule whatever rule the training uses (YOLOv7's train.py
+# hands test.py its ComputeLoss, not ComputeLossOTA): cheaper, and comparable across rules.
+VALIDATION_ASSIGNER = "yolov5"
+
+
+class EpochValidation(NamedTuple):
+    """What training keeps of one validation of the EMA model."""
+
+    metrics: TrainMetrics
+    losses: LossItems  # mean validation loss per batch
+    class_maps: list[float]  # per-class mAP@.5:.95 [nc] (--image-weights)
+
+    @classmethod
+    def skipped(cls, class_maps: list[float]) -> EpochValidation:
+        """An epoch that was not validated (--notest): metrics and losses 0, ``class_maps`` kept."""
+        return cls(TrainMetrics.zeros(), LossItems.zeros(), class_maps)
 
 
 def validation_loss(model: nn.Module, hyp: Hyp, train_size: int) -> YoloLoss:
-    """The validation loss of ``model`` (the EMA model): the plain (non-OTA) assignment, as val.py."""
-    return YoloLoss(model.head, hyp, ota=False, train_size=train_size)
+    """The validation loss of ``model`` (the EMA model), assigning by ``VALIDATION_ASSIGNER``."""
+    return YoloLoss(model.head, hyp, train_size=train_size, assigner=VALIDATION_ASSIGNER)
 
 
 def evaluate_for_training(
@@ -32,12 +50,11 @@ def evaluate_for_training(
     tb: TensorBoardLog | None,
     step: int,
     plots: bool,
-) -> tuple[dict[str, float], torch.Tensor, list[float]]:
-    """Validate ``model`` (the EMA model) with val.py's evaluation: (metrics of TRAIN_METRICS, val
-    losses [3], per-class mAP@.5:.95 [nc], a class without val labels taking the overall one as in
-    YOLOv7).
+) -> EpochValidation:
+    """Validate ``model`` (the EMA model) with val.py's evaluation: its metrics, validation losses
+    and per-class mAP@.5:.95, a class without val labels taking the overall one as in YOLOv7.
 
-    ``loss_fn`` gives the validation loss (the plain, non-OTA assignment, as val.py uses). With
+    ``loss_fn`` gives the validation loss (``validation_loss``). With
     ``plots`` (final epoch) val.py's pictures go to ``save_dir`` and the first predictions to
     TensorBoard at ``step``.
     """
@@ -50,5 +67,5 @@ def evaluate_for_training(
             tb.image("val_predictions", read_rgb(picture), step)
     # YOLOv7 weighs images by per-class mAP@.5:.95 (classes without val labels: the overall one)
     _, ap = result.coco.per_class_ap()
-    class_maps = torch.where(ap < 0, result.metrics["mAP_0.5:0.95"], ap).tolist()
-    return {k: result.metrics[k] for k in TRAIN_METRICS}, result.losses, class_maps
+    class_maps = torch.where(ap < 0, result.train_metrics.map50_95, ap).tolist()
+    return EpochValidation(result.train_metrics, result.losses, class_maps)

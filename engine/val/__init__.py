@@ -6,7 +6,7 @@ Modules: ``evaluator`` (the evaluation), ``run`` (val.py's job), ``report`` (tab
 """
 
 from engine.val.batch_plots import batch_hook
-from engine.val.evaluator import TRAIN_METRICS, EvalResult, evaluate
+from engine.val.evaluator import TRAIN_METRICS, EvalResult, TrainMetrics, evaluate
 from engine.val.run import ValOptions, evaluate_files, run_val
 
-__all__ = ["TRAIN_METRICS", "EvalResult", "ValOptions", "batch_hook", "evaluate", "evaluate_files", "run_val"]
+__all__ = ["TRAIN_METRICS", "EvalResult", "TrainMetrics", "ValOptions", "batch_hook", "evaluate", "evaluate_files", "run_val"]

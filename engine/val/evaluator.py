@@ -7,9 +7,11 @@ metric (utils/coco_eval.py, equal to pycocotools) plus YOLO's P / R / F1 and con
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,15 +20,42 @@ from torch import Tensor, nn
 from data import unit_images
 from engine.backends import Backend, call_fixed_batch
 from engine.tta import tta_forward
+from models.loss import LossItems
 from utils.boxes import letterbox_to_original
 from utils.coco_eval import CocoResult, DatasetDetections, GroundTruth, accumulate, match, summarize
 from utils.detection_metrics import F1Result, best_f1, confusion_matrix
 from utils.nms import keep_best, non_max_suppression
 
-# The one list of the metrics a training logs: results.csv columns, TensorBoard tags and
-# results.png panels derive from it (engine/train/log.py). COCO's 12 numbers are added under
-# their STAT_NAMES.
-TRAIN_METRICS = ("precision", "recall", "mAP_0.5", "mAP_0.5:0.95")
+
+def _logged_as(name: str) -> Any:
+    """A TrainMetrics field logged under ``name``."""
+    return dataclasses.field(metadata={"name": name})
+
+
+@dataclass(frozen=True)
+class TrainMetrics:
+    """The metrics a training logs of each evaluation, each under its own name: results.csv
+    ``metrics/<name>`` columns (in this order), TensorBoard tags and results.png panels derive
+    from these fields (engine/train/log.py). 0 where undefined."""
+
+    precision: float = _logged_as("precision")  # mean over classes with labels, at the best mean F1
+    recall: float = _logged_as("recall")  # the same
+    map50: float = _logged_as("mAP_0.5")  # COCO AP50
+    map50_95: float = _logged_as("mAP_0.5:0.95")  # COCO AP
+
+    def by_name(self) -> dict[str, float]:
+        """The values under their logged names, in field order."""
+        return {f.metadata["name"]: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def zeros(cls) -> TrainMetrics:
+        """Every metric 0 (an epoch that was not validated)."""
+        return cls(**{f.name: 0.0 for f in dataclasses.fields(cls)})
+
+
+# The logged names of TrainMetrics; EvalResult.metrics also holds COCO's 12 numbers under their
+# STAT_NAMES.
+TRAIN_METRICS = tuple(f.metadata["name"] for f in dataclasses.fields(TrainMetrics))
 
 # on_batch(batch, detections) with detections per image [n, 6] (x1, y1, x2, y2, score, class)
 # in original-image pixels; val.py uses it to save labels and to plot the first batches.
@@ -35,10 +64,11 @@ BatchHook = Callable[[object, list[Tensor], list[Tensor]], None]
 
 @dataclass
 class EvalResult:
-    """What one evaluation produced; ``metrics`` is what the trainer logs."""
+    """What one evaluation produced; ``train_metrics`` is what the trainer logs."""
 
-    metrics: dict[str, float]  # TRAIN_METRICS (-1 turned into 0) and COCO's 12 STAT_NAMES
-    losses: Tensor  # [3] mean validation loss per batch (box, obj, cls); zeros without loss_fn
+    train_metrics: TrainMetrics
+    metrics: dict[str, float]  # train_metrics under TRAIN_METRICS names and COCO's 12 STAT_NAMES (-1: undefined)
+    losses: LossItems  # mean validation loss per batch; zeros without loss_fn
     coco: CocoResult
     f1: F1Result
     confusion: Tensor  # int64 [K + 1, K + 1], rows predicted, columns true, K = background
@@ -129,7 +159,7 @@ def evaluate(
     engine.backends.load_backend) on ``loader`` (yields ``Batch``,
     letterboxed with ``shapes``; its ``dataset`` holds labels, crowd boxes, image ids).
 
-    ``loss_fn(raw, targets, img_size) -> (loss, items[4])`` adds the mean validation loss
+    ``loss_fn(raw, targets, img_size) -> (loss, LossItems)`` adds the mean validation loss
     (skipped with ``augment``, whose outputs are not one training forward). NMS is multi-label,
     as in YOLOv7's test.py. ``augment``: flip + scale test-time augmentation. With
     ``single_cls`` every detection is class 0. The metric runs on the model's device.
@@ -158,7 +188,8 @@ def evaluate(
 @dataclass
 class _Predictions:
     """What the forward passes of an evaluation gave: detections per image in original pixels
-    [n, 6] (x1, y1, x2, y2, score, class), their dataset indices, summed losses [3], seconds [3]."""
+    [n, 6] (x1, y1, x2, y2, score, class), their dataset indices, summed loss terms (LossItems
+    stacked), seconds [3]."""
 
     detections: list[Tensor]
     indices: list[int]
@@ -177,7 +208,7 @@ def _predict(model: nn.Module | Backend, loader, *, loss_fn: Callable | None, co
         device, dtype = param.device, param.dtype
     else:
         device, dtype = model.device, torch.float32
-    losses = torch.zeros(3, device=device)
+    losses = torch.zeros(len(LossItems._fields), device=device)
     times = np.zeros(3)
     all_dets, indices = [], []
     for batch in loader:
@@ -192,7 +223,8 @@ def _predict(model: nn.Module | Backend, loader, *, loss_fn: Callable | None, co
         else:
             pred, raw = model(images)
             if loss_fn is not None:
-                losses += loss_fn([r.float() for r in raw], targets, tuple(images.shape[2:]))[1][:3]
+                _, items = loss_fn([r.float() for r in raw], targets, tuple(images.shape[2:]))
+                losses += torch.stack(items)
         t2 = _sync(device)
         if isinstance(pred, list):  # NMS inside the exported graph
             dets = pred
@@ -231,19 +263,19 @@ def _score(run: _Predictions, dataset, *, nc: int, single_cls: bool, ground_trut
     f1 = best_f1(matching)
     stats = coco.as_dict()
     has_gt = f1.has_gt
-    values = (
-        float(f1.precision[has_gt].mean()) if has_gt.any() else 0.0,
-        float(f1.recall[has_gt].mean()) if has_gt.any() else 0.0,
-        max(stats["AP50"], 0.0),
-        max(stats["AP"], 0.0),
+    train_metrics = TrainMetrics(
+        precision=float(f1.precision[has_gt].mean()) if has_gt.any() else 0.0,
+        recall=float(f1.recall[has_gt].mean()) if has_gt.any() else 0.0,
+        map50=max(stats["AP50"], 0.0),
+        map50_95=max(stats["AP"], 0.0),
     )
-    metrics = dict(zip(TRAIN_METRICS, values, strict=True))
-    metrics.update(stats)
+    metrics = train_metrics.by_name() | stats
     num_labels = torch.bincount(gt.category[~gt.crowd], minlength=nc)[:nc]
     n = max(len(indices), 1)
     return EvalResult(
+        train_metrics=train_metrics,
         metrics=metrics,
-        losses=run.losses.cpu() / n_batches,
+        losses=LossItems(*(run.losses.cpu() / n_batches)),
         coco=coco,
         f1=f1,
         confusion=confusion_matrix(gt, dt, nc),
