@@ -67,8 +67,8 @@ def default_cache_path(sources: list[Path]) -> Path:
     first = sources[0]
     if first.is_dir():
         labels = label_path(first / "x.jpg").parent
-        return labels.with_name(labels.name + ".cache.json")
-    return first.with_name(first.stem + ".cache.json")
+        return labels.with_name(labels.name + ".cache.npz")
+    return first.with_name(first.stem + ".cache.npz")
 
 
 def coco_image_dir(json_path: Path) -> Path:
