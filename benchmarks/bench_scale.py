@@ -10,8 +10,9 @@ yolov7's coco.yaml lists them. Each measurement runs in a fresh process so that 
 is its own:
 
 - first start: no label cache; scan, cache write, dataset, first training batch (seconds);
-- second start: the same with the cache (seconds), the cache's size on disk, the process's peak
-  and settled (after the first batch) resident memory;
+- second start: the same with the cache (seconds, and the main process's CPU seconds, which a
+  busy machine inflates less), the cache's size on disk, the process's peak and settled (after
+  the first batch) resident memory;
 - worker copy: a process forked as a loader worker is (after the second start) touches every
   sample's ``labels``, ``crowd`` and ``segments``; the growth of its ``Private_Dirty``
   (/proc/self/smaps_rollup) is the memory that each worker holds as its own copy;
@@ -155,15 +156,15 @@ def phase_start(args: dict) -> dict:
 
     baseline = _status_mb("VmRSS")
     _reset_peak()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     loader, dataset = build_dataloader([Path(s) for s in args["sources"]], args["nc"], img_size=args["img"],
                                        batch_size=args["batch"], hyp=Hyp(), augment=True, shuffle=True,
                                        workers=args["workers"], cache_path=Path(args["cache"]))
     built = time.perf_counter() - start
     next(iter(loader))
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     gc.collect()
-    out = {"seconds": seconds, "dataset_seconds": built, "images": len(dataset),
+    out = {"seconds": seconds, "cpu_seconds": cpu, "dataset_seconds": built, "images": len(dataset),
            "objects": int(sum(len(x) for x in dataset.labels)),
            "peak_rss_mb": _status_mb("VmHWM"), "settled_rss_mb": _status_mb("VmRSS"), "baseline_rss_mb": baseline,
            "cache_mb": Path(args["cache"]).stat().st_size / MB}
@@ -258,6 +259,7 @@ def main() -> None:
     result = {
         "images": second["images"], "objects": second["objects"], "scale": None if args.data else args.scale,
         "first_start_s": round(first["seconds"], 2), "second_start_s": round(second["seconds"], 2),
+        "second_start_cpu_s": round(second["cpu_seconds"], 2),
         "cache_mb": round(second["cache_mb"], 1),
         "first_start_peak_rss_mb": round(first["peak_rss_mb"]), "peak_rss_mb": round(second["peak_rss_mb"]),
         "settled_rss_mb": round(second["settled_rss_mb"]), "baseline_rss_mb": round(second["baseline_rss_mb"]),

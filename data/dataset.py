@@ -73,7 +73,7 @@ class DetectionDataset(Dataset):
         self.mosaic = augment and not rect and self.hyp.mosaic > 0
         order = self._rect_order(scan) if rect else np.arange(len(scan.files))
         self.files = [scan.files[i] for i in order]
-        self._jpeg = [Path(f).suffix.lower() in JPEG_SUFFIXES for f in self.files]  # these have a reduced decode
+        self._jpeg = [os.path.splitext(f)[1].lower() in JPEG_SUFFIXES for f in self.files]  # these have a reduced decode
         # one flat store per split, read-only views on access: a forked worker copies nothing by reading
         self.labels, self.crowd = scan.labels.take(order), scan.crowd.take(order)
         if single_cls:

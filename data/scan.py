@@ -63,12 +63,25 @@ class ScanResult:
     messages: list[str]  # "file[:line]: reason" for every skipped file and every repair
 
 
-def _stat(path: Path) -> list:
+def _stat(path: Path | str) -> list:
     try:
-        st = path.stat()
+        st = os.stat(path)  # not Path.stat: a million Path objects cost seconds at start-up
         return [str(path), st.st_size, st.st_mtime_ns]
     except OSError:
         return [str(path), -1, -1]
+
+
+def _label_paths(images: list[Path]) -> list[str]:
+    """``data.sources.label_path`` of each image, worked out once per folder (it depends on the
+    folder only, and a Path per image is slow at COCO's size)."""
+    folders: dict[str, str] = {}
+    out = []
+    for image in images:
+        folder, name = os.path.split(image)
+        if folder not in folders:
+            folders[folder] = str(label_path(Path(folder) / "x.jpg").parent)
+        out.append(os.path.join(folders[folder], os.path.splitext(name)[0] + ".txt"))
+    return out
 
 
 def _fingerprint(sources: list[Path], nc: int, names: list[str] | None) -> str:
@@ -82,8 +95,9 @@ def _fingerprint(sources: list[Path], nc: int, names: list[str] | None) -> str:
             image_dir = coco_image_dir(source)
             entries += [_stat(p) for p in sorted(image_dir.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
         else:
-            for image in list_images(source):
-                entries += [_stat(image), _stat(label_path(image))]
+            images = list_images(source)
+            for image, label in zip(images, _label_paths(images), strict=True):
+                entries += [_stat(image), _stat(label)]
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
