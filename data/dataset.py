@@ -44,7 +44,8 @@ class DetectionDataset(Dataset):
     Attributes for evaluation and autoanchor (index i = dataset index, as in ``Batch.indices``):
     ``files[i]``; ``labels[i]`` float32 [n, 5] (cls, cx, cy, w, h) normalised to the original
     image, non-crowd; ``segments[i]`` their n polygons (float32 [k, 2] normalised, [0, 2] for a
-    box row); ``crowd[i]`` same format, crowd boxes; ``image_ids[i]``; ``category_ids``
+    box row); ``crowd[i]`` same format, crowd boxes (``labels``, ``crowd``: ``RaggedRows``,
+    ``segments``: ``SegmentStore``, data.label_store; items are read-only views); ``image_ids[i]``; ``category_ids``
     (class index -> original category id); ``shapes`` float [N, 2] original (width, height), as
     YOLOv7's ``dataset.shapes``.
     """
@@ -72,14 +73,13 @@ class DetectionDataset(Dataset):
         self.mosaic = augment and not rect and self.hyp.mosaic > 0
         order = self._rect_order(scan) if rect else np.arange(len(scan.files))
         self.files = [scan.files[i] for i in order]
-        self._jpeg = [Path(f).suffix.lower() in JPEG_SUFFIXES for f in self.files]  # these have a reduced decode
-        self.labels = [scan.labels[i].copy() for i in order]
-        self.crowd = [scan.crowd[i].copy() for i in order]
-        self.segments = [scan.segments[i] for i in order]
-        self.has_segments = any(len(s) for image in self.segments for s in image)
+        self._jpeg = [os.path.splitext(f)[1].lower() in JPEG_SUFFIXES for f in self.files]  # these have a reduced decode
+        # one flat store per split, read-only views on access: a forked worker copies nothing by reading
+        self.labels, self.crowd = scan.labels.take(order), scan.crowd.take(order)
         if single_cls:
-            for lab in self.labels + self.crowd:
-                lab[:, 0] = 0
+            self.labels, self.crowd = self.labels.with_class(0), self.crowd.with_class(0)
+        self.segments = scan.segments.take(order)
+        self.has_segments = self.segments.has_points()
         self.image_ids = [scan.image_ids[i] for i in order]
         self.category_ids = list(scan.category_ids)
         self.shapes = np.array([scan.shapes[i][::-1] for i in order], np.float64).reshape(-1, 2)

@@ -193,7 +193,7 @@ def _cache_path(sources: list[Path]) -> Path:
     if not is_voc_source(first):
         return default_cache_path(sources)
     digest = hashlib.sha256(str(first.resolve()).encode()).hexdigest()[:10]
-    return datasets_root() / "label-cache" / f"{voc_root(first).name}-{first.stem}-{digest}.cache.json"
+    return datasets_root() / "label-cache" / f"{voc_root(first).name}-{first.stem}-{digest}.cache.npz"
 
 
 def build_dataloader(
@@ -227,7 +227,7 @@ def build_dataloader(
     multiple; forces shuffle off). ``cache``: None, 'ram', 'disk' (decoded images as .npy
     beside the files) or 'auto' ('ram' when they take little of the free memory, DetectionDataset).
     ``rank`` >= 0 uses a DistributedSampler (torch.distributed initialised).
-    ``cache_path``: the label-cache json, default beside the labels (see data.sources; VOC: ``_cache_path``).
+    ``cache_path``: the label cache (.npz), default beside the labels (see data.sources; VOC: ``_cache_path``).
     ``image_weights``: draw each epoch's images with replacement, weighted by their classes
     (a ``WeightedIndexSampler``; the trainer updates ``loader.sampler.set_weights`` each epoch);
     single process and square batches only. ``pin_memory``: page-locked batches, for a CUDA consumer.

@@ -1,23 +1,33 @@
-"""The label scan: check every image and label of a split once, and cache the result as json.
+"""The label scan: check every image and label of a split once, and cache the result.
 
-The cache is keyed by a hash of the file list with each file's size and modification time (and
-``nc``, and the class names for VOC sources, which name classes by string), so an edited, added or removed file triggers a rescan and an unchanged set loads in
-milliseconds. It is plain json: loading it never runs code. ``CACHE_VERSION`` is part of the
-key: a cache written by another format version is rebuilt (2: segments are kept).
+The cache (``data.label_cache``) is keyed by a hash of the file list with each file's size and
+modification time (and ``nc``, and the class names for VOC sources, which name classes by
+string), so an edited, added or removed file triggers a rescan and an unchanged set loads
+without parsing text. ``CACHE_VERSION`` is part of the key.
+
+A large YOLO or COCO split is checked in chunks by a process pool (the per-file work is Python,
+which threads would run one at a time), with a progress bar.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from data.label_cache import CACHE_VERSION, read_cache, write_cache
+from data.label_store import RaggedRows, SegmentStore
 from data.labels import NO_SEGMENT, read_label_file, verify_image
 from data.polygons import merge_parts
 from data.sources import (
@@ -33,8 +43,9 @@ from data.voc import files_to_hash, is_voc_source, scan_voc, stems
 from utils.config import ConfigError
 
 LOGGER = logging.getLogger(__name__)
-CACHE_VERSION = 2
 MAX_MESSAGES_SHOWN = 10
+COUNT_KEYS = ("found", "missing", "empty", "corrupt")
+SCAN_CHUNK = 1000  # images per task of the scan's process pool; a split of one chunk is scanned in-process
 
 
 @dataclasses.dataclass
@@ -43,21 +54,34 @@ class ScanResult:
 
     files: list[str]
     shapes: list[tuple[int, int]]  # original (height, width) after EXIF rotation
-    labels: list[np.ndarray]  # each float32 [n, 5] = cls, cx, cy, w, h normalised (non-crowd)
-    crowd: list[np.ndarray]  # each float32 [m, 5], same format, COCO iscrowd boxes
-    segments: list[list[np.ndarray]]  # per label row a polygon float32 [k, 2] normalised; [0, 2]: box row
+    labels: RaggedRows  # labels[i] float32 [n, 5] = cls, cx, cy, w, h normalised (non-crowd)
+    crowd: RaggedRows  # crowd[i] float32 [m, 5], same format, COCO iscrowd boxes
+    segments: SegmentStore  # segments[i]: per label row a polygon float32 [k, 2] normalised; [0, 2]: box row
     image_ids: list[int]
     category_ids: list[int]  # contiguous class index -> original category id
     counts: dict[str, int]  # found / missing / empty / corrupt images
     messages: list[str]  # "file[:line]: reason" for every skipped file and every repair
 
 
-def _stat(path: Path) -> list:
+def _stat(path: Path | str) -> list:
     try:
-        st = path.stat()
+        st = os.stat(path)  # not Path.stat: a million Path objects cost seconds at start-up
         return [str(path), st.st_size, st.st_mtime_ns]
     except OSError:
         return [str(path), -1, -1]
+
+
+def _label_paths(images: list[Path]) -> list[str]:
+    """``data.sources.label_path`` of each image, worked out once per folder (it depends on the
+    folder only, and a Path per image is slow at COCO's size)."""
+    folders: dict[str, str] = {}
+    out = []
+    for image in images:
+        folder, name = os.path.split(image)
+        if folder not in folders:
+            folders[folder] = str(label_path(Path(folder) / "x.jpg").parent)
+        out.append(os.path.join(folders[folder], os.path.splitext(name)[0] + ".txt"))
+    return out
 
 
 def _fingerprint(sources: list[Path], nc: int, names: list[str] | None) -> str:
@@ -71,8 +95,9 @@ def _fingerprint(sources: list[Path], nc: int, names: list[str] | None) -> str:
             image_dir = coco_image_dir(source)
             entries += [_stat(p) for p in sorted(image_dir.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
         else:
-            for image in list_images(source):
-                entries += [_stat(image), _stat(label_path(image))]
+            images = list_images(source)
+            for image, label in zip(images, _label_paths(images), strict=True):
+                entries += [_stat(image), _stat(label)]
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
@@ -154,8 +179,58 @@ def _coco_boxes(annotations: list[dict], width: float, height: float, cat_index:
             messages)
 
 
-def _scan_coco(json_path: Path, nc: int, pool: ThreadPoolExecutor):
-    """Entries, messages, counts and category ids of one COCO annotation file."""
+def _part(entries: list[dict], messages: list[str], counts: dict[str, int]) -> ScanResult:
+    """The scan of some images from their per-image entries (image_ids None: from the file name)."""
+    return ScanResult(
+        files=[e["file"] for e in entries],
+        shapes=[tuple(e["shape"]) for e in entries],
+        labels=RaggedRows.from_arrays([e["labels"] for e in entries]),
+        crowd=RaggedRows.from_arrays([e["crowd"] for e in entries]),
+        segments=SegmentStore.from_lists([e.get("segments") or [NO_SEGMENT] * len(e["labels"])  # VOC: boxes only
+                                          for e in entries]),
+        image_ids=[e.get("id") for e in entries],
+        category_ids=[],
+        counts=counts,
+        messages=messages,
+    )
+
+
+def _scan_yolo_chunk(images: list[Path], nc: int) -> ScanResult:
+    """The scan of some images of a YOLO source (a task of the process pool)."""
+    results = [_scan_yolo_image(p, nc) for p in images]
+    return _part([entry for entry, _, _ in results if entry is not None],
+                 [m for _, msgs, _ in results for m in msgs],
+                 {k: sum(key == k for _, _, key in results) for k in COUNT_KEYS})
+
+
+def _verify_chunk(paths: list[Path]) -> list[tuple[tuple[int, int], str | None]]:
+    return [verify_image(p) for p in paths]
+
+
+def _map_chunks(fn: Callable, items: Sequence, *args, desc: str) -> list:
+    """``fn(chunk, *args)`` for each chunk of SCAN_CHUNK ``items``, in order; a process per core
+    when there are several chunks (the checks are Python: threads would take turns), with a
+    progress bar. ``fn`` is a module-level function (it is pickled by name)."""
+    chunks = [items[i:i + SCAN_CHUNK] for i in range(0, len(items), SCAN_CHUNK)]
+    workers = min(os.cpu_count() or 1, len(chunks))
+    repeated = [itertools.repeat(a, len(chunks)) for a in args]
+    with contextlib.ExitStack() as stack:
+        if workers > 1:  # the platform's start method, as the DataLoader's workers use it
+            pool = stack.enter_context(ProcessPoolExecutor(workers))
+            results = pool.map(fn, chunks, *repeated)
+        else:
+            results = map(fn, chunks, *repeated)
+        bar = stack.enter_context(tqdm(total=len(items), desc=desc, unit=" images", disable=len(chunks) < 2,
+                                       file=sys.stderr))
+        out = []
+        for chunk, result in zip(chunks, results, strict=True):
+            out.append(result)
+            bar.update(len(chunk))
+    return out
+
+
+def _scan_coco(json_path: Path, nc: int) -> tuple[ScanResult, list[int]]:
+    """The scan of one COCO annotation file and its category ids."""
     data = read_coco(json_path)
     category_ids = sorted(c["id"] for c in data["categories"])
     if len(category_ids) != nc:
@@ -167,8 +242,8 @@ def _scan_coco(json_path: Path, nc: int, pool: ThreadPoolExecutor):
     image_dir = coco_image_dir(json_path)
     infos = sorted(data["images"], key=lambda im: im["id"])
     paths = [coco_image_path(image_dir, im["file_name"], json_path) for im in infos]
-    checks = pool.map(verify_image, paths)
-    entries, messages, counts = [], [], {"found": 0, "missing": 0, "empty": 0, "corrupt": 0}
+    checks = [c for chunk in _map_chunks(_verify_chunk, paths, desc=f"checking {image_dir}") for c in chunk]
+    entries, messages, counts = [], [], dict.fromkeys(COUNT_KEYS, 0)
     for info, path, (shape, error) in zip(infos, paths, checks, strict=True):
         if error:
             messages.append(f"{path}: {error}")
@@ -181,37 +256,33 @@ def _scan_coco(json_path: Path, nc: int, pool: ThreadPoolExecutor):
         counts["found" if len(labels) + len(crowd) else "empty"] += 1
         entries.append({"file": str(path), "shape": list(shape), "labels": labels, "crowd": crowd,
                         "segments": segments, "id": info["id"]})
-    return entries, messages, counts, category_ids
+    return _part(entries, messages, counts), category_ids
 
 
 def _scan(sources: list[Path], nc: int, names: list[str] | None) -> ScanResult:
-    entries, messages = [], []
-    counts = {"found": 0, "missing": 0, "empty": 0, "corrupt": 0}
+    parts: list[ScanResult] = []
     category_ids = list(range(nc))
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        for source in sources:
-            if is_voc_source(source):
-                found, notes, sub_counts = scan_voc(source, names, pool)
-            elif is_coco_json(source):
-                found, notes, sub_counts, category_ids = _scan_coco(source, nc, pool)
-            else:
-                results = list(pool.map(lambda p: _scan_yolo_image(p, nc), list_images(source)))
-                found = [entry for entry, _, _ in results if entry is not None]
-                notes = [m for _, msgs, _ in results for m in msgs]
-                sub_counts = {k: sum(key == k for _, _, key in results) for k in counts}
-            entries += found
-            messages += notes
-            counts = {k: counts[k] + sub_counts[k] for k in counts}
+    for source in sources:
+        if is_voc_source(source):
+            with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # XML parsing: small sets
+                parts.append(_part(*scan_voc(source, names, pool)))
+        elif is_coco_json(source):
+            part, category_ids = _scan_coco(source, nc)
+            parts.append(part)
+        else:
+            parts += _map_chunks(_scan_yolo_chunk, list_images(source), nc, desc=f"scanning {source}")
+    files = [f for p in parts for f in p.files]
+    ids = [i for p in parts for i in p.image_ids]
     return ScanResult(
-        files=[e["file"] for e in entries],
-        shapes=[tuple(e["shape"]) for e in entries],
-        labels=[e["labels"] for e in entries],
-        crowd=[e["crowd"] for e in entries],
-        segments=[e.get("segments") or [NO_SEGMENT] * len(e["labels"]) for e in entries],  # VOC: boxes only
-        image_ids=[e.get("id", _image_id(Path(e["file"]), i)) for i, e in enumerate(entries)],
+        files=files,
+        shapes=[s for p in parts for s in p.shapes],
+        labels=RaggedRows.concat([p.labels for p in parts]),
+        crowd=RaggedRows.concat([p.crowd for p in parts]),
+        segments=SegmentStore.concat([p.segments for p in parts]),
+        image_ids=[_image_id(Path(f), n) if i is None else i for n, (f, i) in enumerate(zip(files, ids, strict=True))],
         category_ids=category_ids,
-        counts=counts,
-        messages=messages,
+        counts={k: sum(p.counts[k] for p in parts) for k in COUNT_KEYS},
+        messages=[m for p in parts for m in p.messages],
     )
 
 
@@ -233,26 +304,9 @@ def drop_too_thin(result: ScanResult, img_size: int) -> ScanResult:
     if len(dropped) > MAX_MESSAGES_SHOWN:
         LOGGER.warning("... and %d more images too thin at --img-size %d", len(dropped) - MAX_MESSAGES_SHOWN, img_size)
     pick = lambda items: [items[i] for i in keep]  # noqa: E731
-    return dataclasses.replace(result, files=pick(result.files), shapes=pick(result.shapes), labels=pick(result.labels),
-                               crowd=pick(result.crowd), segments=pick(result.segments),
-                               image_ids=pick(result.image_ids))
-
-
-def _to_json(result: ScanResult, key: str) -> dict:
-    data = dataclasses.asdict(result)
-    data["labels"] = [a.tolist() for a in result.labels]
-    data["crowd"] = [a.tolist() for a in result.crowd]
-    data["segments"] = [[s.ravel().tolist() for s in image] for image in result.segments]
-    return {"version": CACHE_VERSION, "hash": key, "result": data}
-
-
-def _from_json(data: dict) -> ScanResult:
-    r = data["result"]
-    r["labels"] = [np.array(a, np.float32).reshape(-1, 5) for a in r["labels"]]
-    r["crowd"] = [np.array(a, np.float32).reshape(-1, 5) for a in r["crowd"]]
-    r["segments"] = [[np.array(s, np.float32).reshape(-1, 2) for s in image] for image in r["segments"]]
-    r["shapes"] = [tuple(s) for s in r["shapes"]]
-    return ScanResult(**r)
+    return dataclasses.replace(result, files=pick(result.files), shapes=pick(result.shapes),
+                               labels=result.labels.take(keep), crowd=result.crowd.take(keep),
+                               segments=result.segments.take(keep), image_ids=pick(result.image_ids))
 
 
 def load_or_scan(
@@ -266,13 +320,10 @@ def load_or_scan(
     a warning, not an error.
     """
     key = _fingerprint(sources, nc, names)
-    if cache_path is not None and cache_path.is_file():
-        try:
-            data = json.loads(cache_path.read_text())
-            if data.get("version") == CACHE_VERSION and data.get("hash") == key:
-                return _from_json(data), True
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            LOGGER.warning("%s: unreadable label cache, rescanning (%s)", cache_path, e)
+    if cache_path is not None:
+        cached = read_cache(cache_path, key)
+        if cached is not None:
+            return ScanResult(**cached), True
     result = _scan(sources, nc, names)
     for message in result.messages[:MAX_MESSAGES_SHOWN]:
         LOGGER.warning(message)
@@ -280,11 +331,5 @@ def load_or_scan(
         LOGGER.warning("... and %d more label messages", len(result.messages) - MAX_MESSAGES_SHOWN)
     LOGGER.info("%s: %s", ", ".join(map(str, sources)), ", ".join(f"{v} {k}" for k, v in result.counts.items()))
     if cache_path is not None:
-        tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
-        try:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(_to_json(result, key)))
-            os.replace(tmp, cache_path)  # atomic: a concurrent reader never sees half a file
-        except OSError as e:
-            LOGGER.warning("%s: cannot write label cache (%s)", cache_path, e)
+        write_cache(cache_path, key, vars(result))
     return result, False

@@ -30,8 +30,22 @@ def files_in_list(list_file: Path, suffixes: Collection[str] = IMAGE_SUFFIXES) -
     list's folder, as in YOLOv7's coco/train2017.txt.
     """
     lines = [line.strip() for line in list_file.read_text().splitlines()]
-    files = [(list_file.parent / line).resolve() for line in lines if line and not line.startswith("#")]
+    files = _resolve_all([line for line in lines if line and not line.startswith("#")], list_file.parent)
     return [p for p in files if p.suffix.lower() in suffixes]
+
+
+def _resolve_all(names: list[str], base: Path) -> list[Path]:
+    """``(base / name).resolve()`` of each name, each folder resolved once (COCO's 118k lines would
+    otherwise look up every folder of every path); a name that is itself a link resolves in full."""
+    folders: dict[str, str] = {}
+    out = []
+    for name in names:
+        folder, leaf = os.path.split(os.path.join(base, name))
+        if folder not in folders:
+            folders[folder] = str(Path(folder).resolve())
+        path = os.path.join(folders[folder], leaf)
+        out.append(Path(path).resolve() if leaf in ("", ".", "..") or os.path.islink(path) else Path(path))
+    return out
 
 
 def list_images(source: Path) -> list[Path]:
@@ -67,8 +81,8 @@ def default_cache_path(sources: list[Path]) -> Path:
     first = sources[0]
     if first.is_dir():
         labels = label_path(first / "x.jpg").parent
-        return labels.with_name(labels.name + ".cache.json")
-    return first.with_name(first.stem + ".cache.json")
+        return labels.with_name(labels.name + ".cache.npz")
+    return first.with_name(first.stem + ".cache.npz")
 
 
 def coco_image_dir(json_path: Path) -> Path:

@@ -89,7 +89,7 @@ def base(tmp_path_factory) -> Base:
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every file under ``root`` with (size, mtime); label caches (derived, rebuilt) left out."""
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in root.rglob("*") if p.is_file() and not p.name.endswith(".cache.json")}
+            for p in root.rglob("*") if p.is_file() and ".cache." not in p.name}
 
 
 # ---- builders of bad inputs -------------------------------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from data import load_data_config, shapes
+from data.label_cache import read_header
 from data.labels import read_label_file
 from data.scan import CACHE_VERSION, load_or_scan
 from data.shapes import ShapesSpec, ensure_shapes
@@ -110,7 +111,7 @@ def _corrupt_set(root):
 def test_corrupt_files_are_reported_and_skipped(tmp_path, caplog):
     images = _corrupt_set(tmp_path)
     with caplog.at_level(logging.WARNING):
-        result, cached = load_or_scan([images], 2, tmp_path / "c.json")
+        result, cached = load_or_scan([images], 2, tmp_path / "c.npz")
     assert not cached
     assert sorted(os.path.basename(f) for f in result.files) == ["background.jpg", "good0.jpg", "good1.jpg"]
     assert result.counts == {"found": 2, "missing": 1, "empty": 0, "corrupt": len(BAD_LABELS) + 4}
@@ -126,9 +127,9 @@ def test_corrupt_files_are_reported_and_skipped(tmp_path, caplog):
 
 def test_cache_is_reused_then_rebuilt_when_a_label_changes(tmp_path):
     images = _corrupt_set(tmp_path)
-    cache = tmp_path / "labels.cache.json"
+    cache = tmp_path / "labels.cache.npz"
     first, cached = load_or_scan([images], 2, cache)
-    assert not cached and json.loads(cache.read_text())["version"] == CACHE_VERSION == 2  # plain json, no pickle
+    assert not cached and read_header(cache)["version"] == CACHE_VERSION == 3
     again, cached = load_or_scan([images], 2, cache)
     assert cached and again.files == first.files and again.messages == first.messages
     label = tmp_path / "labels" / "good0.txt"

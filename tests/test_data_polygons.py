@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from data import build_dataloader
+from data.label_cache import read_header
 from data.labels import read_label_file
 from data.mosaic import mosaic
 from data.paste import PoolObject, copy_paste, paste_in
@@ -38,9 +39,9 @@ def test_polygon_rows_are_parsed_beside_boxes_and_cached(tmp_path):
     _image(tmp_path / "images" / "a.jpg")
     (tmp_path / "labels").mkdir()
     (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n1 0.1 0.2 0.5 0.2 0.3 0.6\n")
-    first, cached = load_or_scan([tmp_path / "images"], 2, tmp_path / "c.json")
-    again, cached_again = load_or_scan([tmp_path / "images"], 2, tmp_path / "c.json")
-    assert not cached and cached_again and json.loads((tmp_path / "c.json").read_text())["version"] == CACHE_VERSION
+    first, cached = load_or_scan([tmp_path / "images"], 2, tmp_path / "c.npz")
+    again, cached_again = load_or_scan([tmp_path / "images"], 2, tmp_path / "c.npz")
+    assert not cached and cached_again and read_header(tmp_path / "c.npz")["version"] == CACHE_VERSION
     for result in (first, again):
         # the triangle's box is its extent: x 0.1..0.5, y 0.2..0.6
         np.testing.assert_allclose(result.labels[0], [[0, 0.5, 0.5, 0.2, 0.2], [1, 0.3, 0.4, 0.4, 0.4]], atol=1e-6)
@@ -48,13 +49,15 @@ def test_polygon_rows_are_parsed_beside_boxes_and_cached(tmp_path):
         np.testing.assert_allclose(result.segments[0][1], [[0.1, 0.2], [0.5, 0.2], [0.3, 0.6]], atol=1e-6)
 
 
-def test_a_cache_of_another_version_is_rebuilt(tmp_path):
+def test_a_cache_of_another_version_is_rebuilt(tmp_path, caplog):
     _image(tmp_path / "images" / "a.jpg")
-    load_or_scan([tmp_path / "images"], 2, tmp_path / "c.json")
-    data = json.loads((tmp_path / "c.json").read_text())
-    data["version"] = CACHE_VERSION - 1
-    (tmp_path / "c.json").write_text(json.dumps(data))
-    assert not load_or_scan([tmp_path / "images"], 2, tmp_path / "c.json")[1]
+    load_or_scan([tmp_path / "images"], 2, tmp_path / "c.npz")
+    with np.load(tmp_path / "c.npz") as data:
+        arrays = dict(data)
+    header = read_header(tmp_path / "c.npz") | {"version": CACHE_VERSION + 1}
+    np.savez(tmp_path / "c.npz", **arrays | {"header": np.frombuffer(json.dumps(header).encode(), np.uint8)})
+    assert not load_or_scan([tmp_path / "images"], 2, tmp_path / "c.npz")[1]
+    assert f"label cache version {CACHE_VERSION + 1}, this is {CACHE_VERSION}; rebuilding it" in caplog.text
 
 
 @pytest.mark.parametrize("row, reason", [("0 0.1 0.1 0.5 0.5 0.9 0.1 0.2", "8 columns"),

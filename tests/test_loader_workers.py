@@ -77,7 +77,7 @@ def test_large_jpegs_decode_at_reduced_size(tmp_path):
     big = cv2.GaussianBlur(rng.integers(0, 255, (420, 560, 3), dtype=np.uint8), (0, 0), 3)
     cv2.imwrite(str(tmp_path / "images" / "a.jpg"), big)
     (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
-    scan, _ = load_or_scan([tmp_path / "images"], 1, tmp_path / "cache.json")
+    scan, _ = load_or_scan([tmp_path / "images"], 1, tmp_path / "cache.npz")
     ds = DetectionDataset(scan, img_size=128)
     assert ds._reduction(0) == 4  # 560 / 4 = 140 >= 128
     img, (h0, w0) = ds.load_image(0)

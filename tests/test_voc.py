@@ -88,7 +88,7 @@ def test_voc_yaml_root_split_names_from_xml_and_errors(voc, tmp_path, caplog):
     _, dataset = build_dataloader(cfg.train, cfg.nc, img_size=64, names=cfg.names)
     assert sorted(dataset.labels[0][:, 0].tolist()) == [0, 0, 1, 2]  # zebra is a class now
     assert [p.name for p in (tmp_path / "datasets" / "label-cache").iterdir()][0].startswith("VOC-train-")
-    assert not list(voc.rglob("*.cache.json"))  # nothing written into the (often shared) VOC folder
+    assert not list(voc.rglob("*.cache.*"))  # nothing written into the (often shared) VOC folder
     cfg_path.write_text("path: VOC\ntrain: .\ntest: .\nnames: [cat, dog]\n")
     with pytest.raises(ConfigError, match=r"ImageSets/Main/test.txt: VOC split list not found \(lists there: "
                                           r"train.txt, val.txt\)"):
@@ -98,7 +98,7 @@ def test_voc_yaml_root_split_names_from_xml_and_errors(voc, tmp_path, caplog):
 
 
 def test_voc_cache_follows_the_xml_and_the_names(voc, tmp_path):
-    source, cache = [voc / "ImageSets" / "Main" / "val.txt"], tmp_path / "val.cache.json"
+    source, cache = [voc / "ImageSets" / "Main" / "val.txt"], tmp_path / "val.cache.npz"
     assert load_or_scan(source, 2, cache, NAMES)[1] is False
     assert load_or_scan(source, 2, cache, NAMES)[1] is True
     assert load_or_scan(source, 2, cache, ["dog", "cat"])[1] is False  # names change the class ids

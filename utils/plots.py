@@ -133,8 +133,8 @@ def plot_labels(labels: Sequence[np.ndarray] | np.ndarray, names: Sequence[str],
     """
     from matplotlib.figure import Figure  # imported here: slow, and only plots need it
 
-    lab = np.concatenate([np.asarray(x).reshape(-1, 5) for x in labels], 0) if isinstance(labels, list) \
-        else np.asarray(labels).reshape(-1, 5)
+    lab = np.asarray(labels).reshape(-1, 5) if isinstance(labels, np.ndarray) \
+        else np.concatenate([np.zeros((0, 5), np.float32)] + [np.asarray(x).reshape(-1, 5) for x in labels], 0)
     nc = max(len(names), int(lab[:, 0].max()) + 1 if len(lab) else 1)
     fig = Figure(figsize=(9, 9), tight_layout=True)
     ax = fig.subplots(2, 2).ravel()
