@@ -21,7 +21,7 @@ import numpy as np
 from engine.detect.predictor import Detections, Predictor
 from engine.detect.sources import Frame, Source
 from engine.formats import BACKENDS
-from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, option
+from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, NO_TRACE_NOTE, option
 from utils.paths import increment_path
 
 
@@ -58,6 +58,7 @@ class DetectOptions:
     hide_labels: bool = option(False, "draw boxes without labels")
     hide_conf: bool = option(False, "draw labels without scores")
     json: bool = option(False, "print the summary as one JSON object (last line)")
+    no_trace: bool = option(False, inert=NO_TRACE_NOTE)  # YOLOv7 detect.py's flag
 
 
 def summary_line(det: Detections) -> str:

@@ -287,7 +287,7 @@ def make_checkpoint(run: Run, epoch: int) -> dict[str, Any]:
 
 
 def save_epoch(run: Run, epoch: int, improved: bool) -> None:
-    """Write best.pt (if improved), epoch<N>.pt (every --save-period), then last.pt.
+    """Write best.pt (if improved), epoch_NNN.pt (every --save-period, YOLOv7's name), then last.pt.
 
     last.pt goes last: a run killed in between resumes from the previous epoch and rewrites
     the others identically. Non-finite weights are never written.
@@ -299,7 +299,7 @@ def save_epoch(run: Run, epoch: int, improved: bool) -> None:
     if improved:
         save_checkpoint(ckpt, weights / "best.pt")
     if run.opt.save_period > 0 and (epoch + 1) % run.opt.save_period == 0:
-        save_checkpoint(ckpt, weights / f"epoch{epoch}.pt")
+        save_checkpoint(ckpt, weights / f"epoch_{epoch:03d}.pt")
     save_checkpoint(ckpt, weights / "last.pt")
 
 
