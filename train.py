@@ -6,6 +6,7 @@
     python train.py --evolve 20 --epochs 3     # 20 Optuna trials; hyp_evolved.yaml in runs/evolve/exp
     torchrun --nproc_per_node 2 train.py --batch-size 32 --device 0,1   # DDP (gloo on CPU)
     python -m torch.distributed.launch --nproc_per_node 2 train.py ...  # YOLOv7's way; same DDP
+    python train.py --logger mlflow --logger wandb   # also track in MLflow / W&B (when installed)
 
 The work happens in engine.train.loop.train; this file only parses the command line.
 """

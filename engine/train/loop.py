@@ -130,6 +130,7 @@ def fit(run: Run, t0: float | None = None, *, on_epoch_end: EpochCallback | None
             if run.tb is not None:
                 run.tb.epoch(row)
                 run.tb.speed(timing)
+            run.trackers.epoch(row)
         if broadcast_flag(bool(why_stop), run.device):
             LOG.info("early stop after epoch %d: %s", epoch, why_stop or "rank 0 said so")
             break
@@ -315,6 +316,7 @@ def finish(run: Run, last_epoch: int, seconds: float) -> dict[str, Any]:
         plot_results(run.save_dir / "results.csv")
     if run.tb is not None:
         run.tb.close()
+    run.trackers.finish()
     best = max(run.rows, key=lambda r: r["fitness"]) if run.rows else {}
     final = run.rows[-1] if run.rows else {}
     summary = {

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from engine.train.trackers import TRACKERS
 from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, V5_METRIC_NOTE, check_ranges, option
 from utils.config import ConfigError, Hyp, apply_overrides, from_mapping, load, read_yaml
 from utils.paths import resolve_path
@@ -78,6 +79,9 @@ class TrainOptions:
                                 shortcuts={"--no-evolve-prune": False})
     evolve_storage: str = option("", "Optuna storage URL, e.g. postgresql://... (default: <run>/study.db)")
     evolve_study: str = option("", "study name in the storage (default: the newest, else --name)")
+    logger: list[str] = option([], "also track the run in mlflow and/or wandb (repeatable; also on with their "
+                               "environment variables, e.g. MLFLOW_TRACKING_URI, WANDB_MODE)", choices=TRACKERS,
+                               repeatable=True)
     # YOLOv7's own command lines (python -m torch.distributed.launch ... train.py --local_rank N)
     local_rank: int = option(-1, "set by torch.distributed.launch; read as LOCAL_RANK (torchrun sets that directly)",
                              aliases=["--local_rank"])
