@@ -9,6 +9,7 @@ import importlib.util
 import logging
 import re
 import socket
+import time
 
 import pytest
 import yaml
@@ -16,6 +17,8 @@ from train_helpers import tiny_data, tiny_options
 
 from engine.train import train
 from engine.train.trackers import RUN_IDS_FILE, run_params, wanted
+
+WANDB_FLUSH_S = 10
 
 
 @pytest.fixture(scope="module")
@@ -128,4 +131,8 @@ def test_wandb_offline_run_gets_every_row(root, monkeypatch):
     assert [k for d, k in logged if set(d) == columns] == [{"step": 0}]  # results.csv's names, every one
     assert any("results" in d for d, _ in logged)  # the pictures, at the end
     (offline,) = run_dir.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb")
+    for _ in range(WANDB_FLUSH_S * 10):  # wandb's service process may still be writing the file
+        if all(name.encode() in offline.read_bytes() for name in columns):
+            break
+        time.sleep(0.1)
     assert all(name.encode() in offline.read_bytes() for name in columns)  # on disk, for wandb sync
