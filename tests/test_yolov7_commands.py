@@ -114,37 +114,44 @@ def adapt(line: str, tiny: dict, **swap: str) -> list[str]:
     return [swap.get(w, w) for w in words] + ["--project", str(root / "runs")]
 
 
-def test_readme_train_and_test_lines_run(tiny, monkeypatch, capsys):
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
-    train_line, test_line = README[1], README[0]
-    argv = adapt(train_line, tiny) + ["--epochs", "1", "--noautoanchor", "--save_period", "1", "--local_rank", "0",
-                                      "warmup_epochs=0", "mosaic=0", "mixup=0", "loss_ota=false"]
-    assert train.main(argv) == 0
-    assert os.environ["LOCAL_RANK"] == "0"  # what torch.distributed.launch's flag means
-    weights = tiny["root"] / "runs" / "yolov7" / "weights"
+@pytest.fixture(scope="module")
+def trained(tiny) -> dict:
+    """The README's single-GPU train line, run tiny, with YOLOv7's --save_period and --local_rank;
+    returns its weights folder and LOCAL_RANK as the run left it."""
+    before = os.environ.pop("LOCAL_RANK", None)
+    argv = adapt(README[1], tiny) + ["--epochs", "1", "--noautoanchor", "--save_period", "1", "--local_rank", "0",
+                                     "warmup_epochs=0", "mosaic=0", "mixup=0", "loss_ota=false"]
+    try:
+        assert train.main(argv) == 0
+        local_rank = os.environ.get("LOCAL_RANK")
+    finally:
+        os.environ.pop("LOCAL_RANK", None)
+        if before is not None:
+            os.environ["LOCAL_RANK"] = before
+    return {"weights": tiny["root"] / "runs" / "yolov7" / "weights", "LOCAL_RANK": local_rank}
+
+
+def test_readme_train_and_test_lines_run(tiny, trained, capsys):
+    assert trained["LOCAL_RANK"] == "0"  # what torch.distributed.launch's flag means
+    weights = trained["weights"]
     assert (weights / "epoch_000.pt").is_file()  # --save_period 1: YOLOv7's file name
-    argv = adapt(test_line, tiny, **{"yolov7.pt": str(weights / "best.pt")})
+    argv = adapt(README[0], tiny, **{"yolov7.pt": str(weights / "best.pt")})
     assert val.main(argv + ["--json"]) == 0
     assert '"mAP_0.5:0.95"' in capsys.readouterr().out
 
 
-def test_readme_detect_line_runs(tiny, capsys):
-    weights = tiny["root"] / "runs" / "yolov7" / "weights" / "best.pt"
-    if not weights.is_file():
-        pytest.skip("needs the README train line's run")
+def test_readme_detect_line_runs(tiny, trained, capsys):
     image = sorted((tiny["root"] / "shapes_tiny" / "images" / "val").iterdir())[0]
-    argv = adapt(README[8], tiny, **{"yolov7.pt": str(weights), "inference/images/horses.jpg": str(image)})
+    best = str(trained["weights"] / "best.pt")
+    argv = adapt(README[8], tiny, **{"yolov7.pt": best, "inference/images/horses.jpg": str(image)})
     assert detect.main(argv + ["--no-trace"]) == 0
     assert "1 images" in capsys.readouterr().out
 
 
-def test_val_task_study_writes_one_row_per_size(tiny, monkeypatch):
-    weights = tiny["root"] / "runs" / "yolov7" / "weights" / "best.pt"
-    if not weights.is_file():
-        pytest.skip("needs the README train line's run")
+def test_val_task_study_writes_one_row_per_size(tiny, trained, monkeypatch):
     monkeypatch.setattr("engine.val.run.STUDY_SIZES", (64, 96))
-    assert val.main(["--weights", str(weights), "--data", str(tiny["data"]), "--task", "study", "--device", "cpu",
-                     "--project", str(tiny["root"] / "study")]) == 0
+    assert val.main(["--weights", str(trained["weights"] / "best.pt"), "--data", str(tiny["data"]), "--task", "study",
+                     "--device", "cpu", "--project", str(tiny["root"] / "study")]) == 0
     (path,) = (tiny["root"] / "study").glob("*/study_tiny_best.txt")
     rows = [line.split() for line in path.read_text().splitlines() if not line.startswith("#")]
     assert [float(r[0]) for r in rows] == [64, 96] and len(rows[0]) == 1 + 4 + 3
