@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from models.official import is_official, pickle_globals
+from models.released import resolve_weights
 from models.yolo import Model
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.config import ConfigError
@@ -22,9 +23,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     ``weights_only=True``, or an official YOLOv7 file converted in memory (``models.official``,
     never unpickled the unsafe way), which is said in one log line.
 
-    Raises ``utils.checkpoint.CheckpointError`` naming the file for anything else.
+    A released YOLOv7 name that is not a file (``yolov7-tiny.pt``) is downloaded first
+    (``models.released``). Raises ``utils.checkpoint.CheckpointError`` naming the file for
+    anything else.
     """
-    if Path(path).is_file() and is_official(pickle_globals(path)):
+    path = resolve_weights(path)
+    if path.is_file() and is_official(pickle_globals(path)):
         from models.official_map import convert_official  # local: only official files need it
 
         conv = convert_official(path)
