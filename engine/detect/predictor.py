@@ -71,10 +71,10 @@ class Predictor:
     BackendError naming the file when the weights are unusable.
     """
 
-    def __init__(self, weights: str | Path | Sequence[str | Path], device: str = "", img_size: int | None = None, conf_thres: float = 0.25,
-                 iou_thres: float = 0.45, classes: Sequence[int] | None = None, agnostic: bool = False,
-                 max_det: int = 300, augment: bool = False, backend: str = "auto", threads: int | None = None
-                 ) -> None:
+    def __init__(self, weights: str | Path | Sequence[str | Path], device: str = "", img_size: int | None = None,
+                 conf_thres: float = 0.25, iou_thres: float = 0.45, classes: Sequence[int] | None = None,
+                 agnostic: bool = False, max_det: int = 300, augment: bool = False, backend: str = "auto",
+                 threads: int | None = None) -> None:
         self.device = select_device(device)
         self.backend = load_backend(weights, self.device, backend, threads)
         self.meta = self.backend.meta

@@ -64,7 +64,7 @@ def choose_recipe(*, shapes: bool, train_images: int, epochs: int, batch_size: i
         return SHAPES
     iterations = epochs * math.ceil(train_images / batch_size)
     recipe = (FINETUNE if finetune else SMALL) if iterations <= SHORT_RUN_ITERATIONS else LONG
-    sign = "<=" if recipe is SMALL else ">"
+    sign = ">" if recipe is LONG else "<="
     why = f"{recipe.why}: {train_images} images, {iterations} iterations {sign} {SHORT_RUN_ITERATIONS}"
     return dataclasses.replace(recipe, why=why)
 
