@@ -69,7 +69,7 @@ def test_the_recipe_fine_tunes_when_weights_are_given(source, caplog):
     assert (tuned.hyp, tuned.optimizer, tuned.close_mosaic) == ("cfg/hyp/hyp.small.yaml", "AdamW", 10)
     assert tuned.overrides == [*FINETUNE_OVERRIDES, *opt.overrides]  # the user's come last and win
     assert ("recipe: hyp.small.yaml with lr0=0.001 warmup_epochs=1.0, AdamW, close-mosaic 10 (a short fine-tuning "
-            "run from --weights") in caplog.text
+            "run from --weights: 4 images, 30 iterations <= 10000") in caplog.text
     scratch = apply_recipe(tiny_options(source["root"], hyp="", optimizer="auto", close_mosaic=-1, epochs=30),
                            _data_config(source))
     assert scratch.overrides == opt.overrides  # without --weights: no fine-tuning values
