@@ -37,7 +37,8 @@ from utils.paths import increment_path
 class ValOptions:
     """val.py's command line (YOLOv7 test.py flags); ``plots`` is for the Python API only."""
 
-    weights: str = option("", "checkpoint, .onnx, .torchscript or OpenVINO .xml / folder to evaluate")
+    weights: str | list[str] = option("", "checkpoint, .onnx, .torchscript or OpenVINO .xml / folder to evaluate; "
+                                      "several checkpoints: their ensemble", nargs="+")
     data: str = option("shapes", "data-set YAML or built-in name (default: shapes)")
     batch_size: int = option(32, at_least=1)
     img_size: int = option(640, "inference size (pixels)", aliases=["--img"], at_least=MIN_IMG_SIZE,
@@ -82,6 +83,8 @@ def run_val(opt: ValOptions) -> dict:
     """Evaluate ``opt.weights`` on ``opt.data``'s split; print the table and speed, write plots
     (and labels / json when asked) under project/name. Returns the numbers for --json."""
     device = select_device(opt.device)
+    if not isinstance(opt.weights, str) and len(opt.weights) == 1:
+        opt = dataclasses.replace(opt, weights=opt.weights[0])
     if opt.task == "speed":  # YOLOv7's speed task: deployment thresholds, nothing saved
         opt = dataclasses.replace(opt, conf_thres=0.25, iou_thres=0.45, save_json=False, plots=False)
     split = "test" if opt.task == "test" else "val"
@@ -125,6 +128,10 @@ def run_val(opt: ValOptions) -> dict:
     return summary
 
 
+def _as_list(weights: str | list[str]) -> list[str]:
+    return [weights] if isinstance(weights, str) else list(weights)
+
+
 def _coco_ground_truth(sources: list[Path], dataset, single_cls: bool, device: torch.device) -> GroundTruth | None:
     """On a one-json COCO split, that file's boxes and segment areas (what pycocotools scores
     against), when its classes are the dataset's; else None (the dataset's labels are used)."""
@@ -144,7 +151,7 @@ def _save_json(result: EvalResult, dataset, sources: list[Path], opt: ValOptions
     keys = image_keys(dataset, indices)
     key_to_id = {k: int(dataset.image_ids[i]) for k, i in zip(keys, indices, strict=True)}
     path = save_coco_json(result, key_to_id, dataset.category_ids,
-                          save_dir / f"{Path(opt.weights).stem}_predictions.json")
+                          save_dir / f"{'_'.join(Path(w).stem for w in _as_list(opt.weights))}_predictions.json")
     print(f"COCO results json: {path}")
     out = {"json": str(path)}
     annotations = [s for s in sources if is_coco_json(Path(s))]
