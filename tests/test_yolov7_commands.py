@@ -75,7 +75,8 @@ def parse(script: str, argv: list[str]):
 def test_every_readme_line_parses_as_written(line):
     script, argv = split(line)
     opt = parse(script, argv)
-    assert opt.weights in ("", "yolov7.pt", "yolov7_training.pt", "yolov7-w6_training.pt", "yolov7-tiny.pt",
+    weights = [opt.weights] if isinstance(opt.weights, str) else opt.weights  # val.py takes an ensemble
+    assert weights[0] in ("", "yolov7.pt", "yolov7_training.pt", "yolov7-w6_training.pt", "yolov7-tiny.pt",
                            "./yolov7-tiny.pt")
     if "torch.distributed.launch" in line:
         assert opt.local_rank == 0 and opt.sync_bn

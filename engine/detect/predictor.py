@@ -50,13 +50,14 @@ class Predictor:
     ``augment`` enables test-time augmentation (PyTorch checkpoints only); ``backend`` overrides
     what runs the file (engine.formats.BACKENDS: an .onnx file on 'openvino'); ``threads``
     the CPU threads of onnxruntime / OpenVINO (None: all cores).
-    Raises BackendError naming the file when the weights are unusable.
+    Several checkpoints in ``weights`` run as one ensemble (models.ensemble). Raises
+    BackendError naming the file when the weights are unusable.
     """
 
-    def __init__(self, weights: str | Path, device: str = "", img_size: int | None = None, conf_thres: float = 0.25,
-                 iou_thres: float = 0.45, classes: Sequence[int] | None = None, agnostic: bool = False,
-                 max_det: int = 300, augment: bool = False, backend: str = "auto", threads: int | None = None
-                 ) -> None:
+    def __init__(self, weights: str | Path | Sequence[str | Path], device: str = "", img_size: int | None = None,
+                 conf_thres: float = 0.25, iou_thres: float = 0.45, classes: Sequence[int] | None = None,
+                 agnostic: bool = False, max_det: int = 300, augment: bool = False, backend: str = "auto",
+                 threads: int | None = None) -> None:
         self.device = select_device(device)
         self.backend = load_backend(weights, self.device, backend, threads)
         self.meta = self.backend.meta

@@ -30,8 +30,9 @@ class DetectOptions:
     """detect.py's flags (YOLOv7's names); see detect.py --help. '' weights / source: detect.py
     picks the newest trained checkpoint / the shapes val images."""
 
-    weights: str = option("", "checkpoint, .onnx, .torchscript or OpenVINO .xml / folder (default: newest "
-                          "runs/train/*/weights/best.pt or last.pt)")
+    weights: str | list[str] = option("", "checkpoint, .onnx, .torchscript or OpenVINO .xml / folder (default: "
+                                      "newest runs/train/*/weights/best.pt or last.pt); several checkpoints: their "
+                                      "ensemble", nargs="+")
     source: str = option("", "image, folder, glob, .txt list, video, webcam index or URL (default: the built-in "
                          "shapes val images)")
     img_size: int | None = option(None, "inference size, longer side (default: the checkpoint's validation size, "

@@ -163,8 +163,7 @@ def _build_model(opt: TrainOptions, nc: int, names: list[str], ckpt: dict | None
     elif opt.weights:
         source = read_checkpoint(resolve_path(opt.weights))  # ours, or an official YOLOv7 file
         model = Model(resolve_path(opt.cfg) if opt.cfg else source["model_cfg"], nc=nc)
-        done, total = transfer_weights(model, source["model"])
-        LOG.info("transferred %d/%d tensors from %s", done, total, opt.weights)
+        LOG.info(transfer_weights(model, source["model"]).summary(opt.weights))
     else:
         model = Model(resolve_path(opt.cfg or DEFAULT_CFG), nc=nc)
     model.names = names

@@ -40,7 +40,8 @@ STUDY_SIZES = tuple(range(256, 1536 + 128, 128))  # --task study's image sizes (
 class ValOptions:
     """val.py's command line (YOLOv7 test.py flags); ``plots`` is for the Python API only."""
 
-    weights: str = option("", "checkpoint, .onnx, .torchscript or OpenVINO .xml / folder to evaluate")
+    weights: str | list[str] = option("", "checkpoint, .onnx, .torchscript or OpenVINO .xml / folder to evaluate; "
+                                      "several checkpoints: their ensemble", nargs="+")
     data: str = option("shapes", "data-set YAML or built-in name (default: shapes)")
     batch_size: int = option(32, at_least=1)
     img_size: int = option(640, "inference size (pixels)", aliases=["--img"], at_least=MIN_IMG_SIZE,
@@ -92,6 +93,8 @@ def run_val(opt: ValOptions) -> dict:
     """Evaluate ``opt.weights`` on ``opt.data``'s split; print the table and speed, write plots
     (and labels / json when asked) under project/name. Returns the numbers for --json."""
     device = select_device(opt.device)
+    if not isinstance(opt.weights, str) and len(opt.weights) == 1:
+        opt = dataclasses.replace(opt, weights=opt.weights[0])
     if opt.task == "speed":  # YOLOv7's speed task: deployment thresholds, nothing saved
         opt = dataclasses.replace(opt, conf_thres=0.25, iou_thres=0.45, save_json=False, plots=False)
     split = "test" if opt.task == "test" else "val"
@@ -146,11 +149,16 @@ def run_study(opt: ValOptions) -> dict:
         summary = run_val(dataclasses.replace(opt, task="val", img_size=size, plots=False, name=name,
                                               exist_ok=bool(summary) or opt.exist_ok))
         rows.append([size, *(summary[k] for k in TRAIN_METRICS), *summary["speed_ms"]])
-    path = Path(summary["save_dir"]) / f"study_{Path(opt.data).stem}_{Path(opt.weights).stem}.txt"
+    path = Path(summary["save_dir"]) / f"study_{Path(opt.data).stem}_{_stems(opt.weights)}.txt"
     header = " ".join(["img_size", *TRAIN_METRICS, "ms_preprocess", "ms_inference", "ms_nms"])
     np.savetxt(path, np.array(rows), fmt="%10.4g", header=header)
     print(f"study: {path}")
     return {"study": str(path), "rows": rows}
+
+
+def _stems(weights: str | list[str]) -> str:
+    """The file-name stem(s) of --weights (an ensemble's joined by ``_``)."""
+    return "_".join(Path(w).stem for w in ([weights] if isinstance(weights, str) else weights))
 
 
 def _coco_ground_truth(sources: list[Path], dataset, single_cls: bool, device: torch.device) -> GroundTruth | None:
@@ -172,7 +180,7 @@ def _save_json(result: EvalResult, dataset, sources: list[Path], opt: ValOptions
     keys = image_keys(dataset, indices)
     key_to_id = {k: int(dataset.image_ids[i]) for k, i in zip(keys, indices, strict=True)}
     path = save_coco_json(result, key_to_id, dataset.category_ids,
-                          save_dir / f"{Path(opt.weights).stem}_predictions.json")
+                          save_dir / f"{_stems(opt.weights)}_predictions.json")
     print(f"COCO results json: {path}")
     out = {"json": str(path)}
     annotations = [s for s in sources if is_coco_json(Path(s))]
