@@ -7,6 +7,7 @@ supervision's ByteTrack) gives each box an id that stays the same while the obje
 
 A new track's first box has id -1: the library gives the id when the track is matched again, on the
 object's second frame (so an object seen in a single frame never takes an id).
+
 One tracker per sequence (a video, a stream, or the still images of a source in their order, as an
 image-sequence data set stores a clip); ids restart at 0 in each sequence. The tracker is
 class-agnostic: it matches boxes by IoU after a Kalman prediction of where each track moves.
@@ -34,8 +35,7 @@ def _byte_tracker(fps: float):
     except ImportError as e:
         raise UserError(f"--track needs the 'trackers' package ({e}); pip install -r requirements.txt") from None
     tracker = ByteTrackTracker(lost_track_buffer=30, frame_rate=fps or 30.0, track_activation_threshold=START_SCORE,
-                               minimum_iou_threshold=MIN_IOU,
-                               high_conf_det_threshold=HIGH_SCORE)
+                               minimum_iou_threshold=MIN_IOU, high_conf_det_threshold=HIGH_SCORE)
     tracker.reset()  # the library counts ids per class, not per tracker: start this sequence at 0
     return tracker
 
