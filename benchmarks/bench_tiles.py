@@ -48,7 +48,7 @@ def train_small(root: Path, epochs: int, device: str, batch_size: int, images: i
                                     "names": list(CLASSES)}))
     summary = train(TrainOptions(data=str(data), cfg="yolov7-tiny.yaml", epochs=epochs, batch_size=batch_size,
                                  img_size=[320, 320], device=device, project=str(root / "runs"), name="small",
-                                 exist_ok=True))
+                                 exist_ok=True, notest=True))
     return Path(summary["weights"])
 
 
