@@ -255,3 +255,46 @@ def test_list_and_folder_readers_keep_the_suffixes_asked_for(tmp_path):
     assert [p.name for p in files_in_list(tmp_path / "list.txt", {".jpg", ".mp4"})] == ["b.mp4", "a.jpg"]
     assert [p.name for p in files_in_folder(tmp_path / "media")] == ["a.jpg"]
     assert [p.name for p in files_in_folder(tmp_path / "media", {".mp4", ".png"})] == ["b.mp4"]
+
+
+def test_list_lines_resolve_as_path_resolve_does(tmp_path):
+    """Each line is ``(list folder / line).resolve()``: through a linked folder, a linked file,
+    an absolute line, '..' and a doubled slash (the key resolves folders once and links by name)."""
+    _write_image(tmp_path / "real" / "images" / "a.jpg")
+    _write_image(tmp_path / "real" / "images" / "b.jpg")
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "linked").symlink_to(tmp_path / "real" / "images")
+    (tmp_path / "real" / "images" / "c.jpg").symlink_to(tmp_path / "real" / "images" / "b.jpg")
+    lines = ["linked/a.jpg", "linked/c.jpg", str(tmp_path / "real" / "images" / "b.jpg"), "../real/images//a.jpg",
+             "missing/d.jpg", "e.jpg"]
+    (tmp_path / "set" / "train.txt").write_text("\n".join(lines) + "\n")
+    expected = [(tmp_path / "set" / line).resolve() for line in lines]
+    assert files_in_list(tmp_path / "set" / "train.txt") == expected
+    assert expected[1] == tmp_path / "real" / "images" / "b.jpg"  # the link resolved to its target
+
+
+def test_cache_of_a_list_is_rebuilt_when_an_image_changes_or_is_added_or_removed(tmp_path):
+    for name in ("a", "b", "c"):
+        _write_image(tmp_path / "images" / f"{name}.jpg")
+        (tmp_path / "labels").mkdir(exist_ok=True)
+        (tmp_path / "labels" / f"{name}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    listing, cache = tmp_path / "train.txt", tmp_path / "train.cache.npz"
+    listing.write_text("./images/a.jpg\n./images/b.jpg\n")
+    assert not load_or_scan([listing], 1, cache)[1]
+    assert load_or_scan([listing], 1, cache)[1]
+    image = tmp_path / "images" / "a.jpg"
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # an image edited in place
+    assert not load_or_scan([listing], 1, cache)[1] and load_or_scan([listing], 1, cache)[1]
+    listing.write_text("./images/a.jpg\n./images/b.jpg\n./images/c.jpg\n")  # an image added
+    result, cached = load_or_scan([listing], 1, cache)
+    assert not cached and len(result.files) == 3
+    (tmp_path / "labels" / "c.txt").unlink()  # a label removed
+    result, cached = load_or_scan([listing], 1, cache)
+    assert not cached and result.counts["missing"] == 1
+    (tmp_path / "labels" / "c.txt").write_text("0 0.5 0.5 0.2 0.2\n")  # and added back
+    result, cached = load_or_scan([listing], 1, cache)
+    assert not cached and result.counts["missing"] == 0
+    (tmp_path / "images" / "b.jpg").unlink()  # an image removed from disk, still listed
+    result, cached = load_or_scan([listing], 1, cache)
+    assert not cached and len(result.files) == 2
