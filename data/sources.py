@@ -20,7 +20,32 @@ def is_coco_json(source: Path) -> bool:
 
 def files_in_folder(folder: Path, suffixes: Collection[str] = IMAGE_SUFFIXES) -> list[Path]:
     """Files below ``folder`` (recursive, sorted) whose lower-cased suffix is in ``suffixes``."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+    return [Path(p) for p in folder_files(folder, suffixes)]
+
+
+def folder_files(folder: Path, suffixes: Collection[str] = IMAGE_SUFFIXES) -> list[str]:
+    """``files_in_folder`` as strings, in the same order, found as ``Path.rglob`` finds them (links
+    to folders are not entered, unreadable folders are skipped) but with one ``os.scandir`` per
+    folder and no Path or ``stat`` per file: COCO's 118k images cost seconds that way."""
+    root = str(folder)
+    out: list[str] = []
+    _walk("" if root == "." else root if root.endswith("/") else root + "/", suffixes, out)
+    return out
+
+
+def _walk(prefix: str, suffixes: Collection[str], out: list[str]) -> None:
+    """Append the matching files below ``prefix`` (a folder, "" or ending in "/") to ``out`` in
+    Path order (by parts: each folder's entries by name, a subfolder's files in its place)."""
+    try:
+        with os.scandir(prefix or ".") as entries:
+            listed = sorted(entries, key=lambda e: e.name)
+    except PermissionError:
+        return
+    for entry in listed:
+        if entry.is_dir(follow_symlinks=False):
+            _walk(prefix + entry.name + "/", suffixes, out)
+        elif suffix(entry.name).lower() in suffixes and entry.is_file():  # a link counts by its target
+            out.append(prefix + entry.name)
 
 
 def files_in_list(list_file: Path, suffixes: Collection[str] = IMAGE_SUFFIXES) -> list[Path]:
@@ -86,7 +111,7 @@ def list_images(source: Path) -> list[Path]:
 def image_names(source: Path) -> list[str]:
     """``list_images`` as strings (for the label cache's key, which needs no Path per image)."""
     if source.is_dir():
-        files = [str(p) for p in files_in_folder(source)]
+        files = folder_files(source)
     elif source.is_file() and source.suffix.lower() == ".txt":
         files = listed_files(source)
     elif source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:

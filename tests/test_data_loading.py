@@ -16,7 +16,7 @@ from data.label_cache import read_header
 from data.labels import read_label_file
 from data.scan import CACHE_VERSION, load_or_scan
 from data.shapes import ShapesSpec, ensure_shapes
-from data.sources import files_in_folder, files_in_list
+from data.sources import IMAGE_SUFFIXES, files_in_folder, files_in_list
 from utils.config import ConfigError
 
 SMALL = ShapesSpec(splits=(("train", 8), ("val", 6)), min_side=64, max_side=96, min_object=12, max_object=40)
@@ -298,3 +298,21 @@ def test_cache_of_a_list_is_rebuilt_when_an_image_changes_or_is_added_or_removed
     (tmp_path / "images" / "b.jpg").unlink()  # an image removed from disk, still listed
     result, cached = load_or_scan([listing], 1, cache)
     assert not cached and len(result.files) == 2
+
+
+def test_folder_reader_finds_and_orders_files_as_rglob_does(tmp_path):
+    """One scandir per folder, yet the files and order of ``sorted(rglob)``: by parts ("a/b/c.jpg"
+    before "a/b.jpg", "a/b.jpg" before "a-b/x.jpg", which characters would swap), links to files counted, links to folders not
+    entered, folders named like images skipped, suffixes compared in lower case."""
+    root = tmp_path / "set"
+    for name in ("a.jpg", "a-b/x.jpg", "a/b.jpg", "a/b/c.JPG", "a/b/d.txt", ".hidden.png", "z/deep/er/e.webp"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    (root / "dir.jpg").mkdir()
+    (root / "link.jpg").symlink_to(root / "a.jpg")
+    (root / "linked").symlink_to(root / "a")
+    (root / "broken.jpg").symlink_to(root / "nothing.jpg")
+    expected = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    assert files_in_folder(root) == expected
+    assert [str(p.relative_to(root)) for p in expected] == [
+        ".hidden.png", "a/b/c.JPG", "a/b.jpg", "a-b/x.jpg", "a.jpg", "link.jpg", "z/deep/er/e.webp"]
