@@ -31,9 +31,9 @@ from data.label_store import RaggedRows, SegmentStore
 from data.labels import NO_SEGMENT, read_label_file, verify_image
 from data.polygons import merge_parts
 from data.sources import (
-    IMAGE_SUFFIXES,
     coco_image_dir,
     coco_image_path,
+    folder_files,
     image_names,
     is_coco_json,
     label_path,
@@ -100,7 +100,7 @@ def _fingerprint(sources: list[Path], nc: int, names: list[str] | None) -> str:
         elif is_coco_json(source):
             entries.append(_stat(source))
             image_dir = coco_image_dir(source)
-            entries += [_stat(p) for p in sorted(image_dir.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+            entries += [_stat(p) for p in folder_files(image_dir)]
         else:
             images = image_names(source)
             for image, label in zip(images, _label_paths(images), strict=True):
