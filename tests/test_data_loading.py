@@ -316,3 +316,20 @@ def test_folder_reader_finds_and_orders_files_as_rglob_does(tmp_path):
     assert files_in_folder(root) == expected
     assert [str(p.relative_to(root)) for p in expected] == [
         ".hidden.png", "a/b/c.JPG", "a/b.jpg", "a-b/x.jpg", "a.jpg", "link.jpg", "z/deep/er/e.webp"]
+
+
+def test_cache_of_a_coco_json_is_rebuilt_when_its_image_folder_changes(tmp_path):
+    _write_image(tmp_path / "images" / "val" / "a.jpg")
+    ann = {"images": [{"id": 1, "file_name": "a.jpg", "width": 48, "height": 32}],
+           "categories": [{"id": 1, "name": "x"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 10, 10], "iscrowd": 0}]}
+    (tmp_path / "annotations").mkdir()
+    source, cache = tmp_path / "annotations" / "instances_val.json", tmp_path / "c.npz"
+    source.write_text(json.dumps(ann))
+    assert not load_or_scan([source], 1, cache)[1] and load_or_scan([source], 1, cache)[1]
+    _write_image(tmp_path / "images" / "val" / "sub" / "b.png")  # an image added below the folder
+    assert not load_or_scan([source], 1, cache)[1] and load_or_scan([source], 1, cache)[1]
+    image = tmp_path / "images" / "val" / "a.jpg"
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # an image edited in place
+    assert not load_or_scan([source], 1, cache)[1]
