@@ -124,7 +124,7 @@ def read_cache(path: Path, key: str) -> dict | None:
         if _is_json(path):
             LOGGER.warning("%s: label cache of the previous format (json); rebuilding it", path)
             return None
-        with zipfile.ZipFile(path) as members, open(path, "rb") as f:
+        with open(path, "rb") as f, zipfile.ZipFile(f) as members:  # one open: a replaced cache cannot mix in
             header = json.loads(_member(members, f, "header").tobytes().decode())
             if header.get("version") != CACHE_VERSION:
                 LOGGER.warning("%s: label cache version %s, this is %d; rebuilding it", path, header.get("version"),
