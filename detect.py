@@ -4,6 +4,8 @@
     python detect.py --weights best.pt --source img/ --save-txt --save-json
     python detect.py --weights best.onnx --source clip.mp4 --classes 0 2
     python detect.py --weights best.pt --source 0          # webcam 0 (OpenCV)
+    python detect.py --weights best.pt --source clip.mp4 --track --save-txt   # rows: class cx cy w h [score] id
+    python detect.py --weights best.pt --source big.jpg --tile 640            # sliced inference
 
 Results go to runs/detect/exp<N>. The work happens in engine.detect.run (and the Python API in
 engine.detect.predictor); this file only parses the command line.

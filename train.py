@@ -5,6 +5,8 @@
     python train.py lr0=0.02 mosaic=0.5        # key=value overrides of the hyper-parameters
     python train.py --evolve 20 --epochs 3     # 20 Optuna trials; hyp_evolved.yaml in runs/evolve/exp
     torchrun --nproc_per_node 2 train.py --batch-size 32 --device 0,1   # DDP (gloo on CPU)
+    python -m torch.distributed.launch --nproc_per_node 2 train.py ...  # YOLOv7's way; same DDP
+    python train.py --logger mlflow --logger wandb   # also track in MLflow / W&B (when installed)
 
 The work happens in engine.train.loop.train; this file only parses the command line.
 """
@@ -15,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 
 from utils.cpu import shorten_openmp_spin
@@ -47,6 +50,9 @@ def parse_options(argv: list[str] | None = None) -> TrainOptions:
 @command_main("train.py")
 def main(argv: list[str] | None = None) -> int:
     opt = parse_options(argv)
+    if opt.local_rank >= 0:  # python -m torch.distributed.launch passes it (torchrun: LOCAL_RANK only)
+        os.environ.setdefault("LOCAL_RANK", str(opt.local_rank))
+        opt = dataclasses.replace(opt, local_rank=-1)  # the environment holds it; runs store no rank
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if opt.evolve:
         from engine.evolve import evolve  # imported here so --help stays fast

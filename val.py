@@ -3,6 +3,7 @@
     python val.py --weights runs/train/exp/weights/best.pt --data shapes --img-size 320
     python val.py --weights best.pt --data coco.yaml --save-json     # also runs pycocotools
     python val.py --gt instances_val2017.json --dt results.json --json  # fast pycocotools drop-in
+    python val.py --weights best.pt --task study     # mAP and speed at sizes 256..1536 (YOLOv7's study)
 
 The work happens in engine.val.run (which uses engine.val.evaluator, the evaluation the trainer
 calls each epoch); this file only parses the command line.
@@ -20,7 +21,7 @@ if __name__ == "__main__":  # run as the command, not imported: before the impor
     shorten_openmp_spin()
 
 from engine.val.report import format_stats  # noqa: E402
-from engine.val.run import ValOptions, evaluate_files, run_val  # noqa: E402
+from engine.val.run import ValOptions, evaluate_files, run_study, run_val  # noqa: E402
 from utils import cli  # noqa: E402
 from utils.errors import UserError, command_main  # noqa: E402
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not opt.weights:
             raise UserError("give --weights (a checkpoint) or --gt/--dt (json files)", what="--weights")
-        result = run_val(opt)
+        result = run_study(opt) if opt.task == "study" else run_val(opt)
     if opt.json:
         print(json.dumps(result))
     return 0

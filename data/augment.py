@@ -16,7 +16,8 @@ once per epoch (per worker), and each sample draws from that pool with its own g
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -29,9 +30,26 @@ from utils.config import Hyp
 if TYPE_CHECKING:
     import albumentations as A
 
-    from data.dataset import DetectionDataset
-
 MOSAIC9_PROBABILITY = 0.2  # YOLOv7 uses a 9-image mosaic for 20 % of mosaic samples
+
+
+class ImageSource(Protocol):
+    """What the augmenter reads of its data set (``data.dataset.DetectionDataset`` is one): the
+    split's images and labels, the training size, and the (seed, epoch) of the sample stream."""
+
+    img_size: int
+    seed: int
+    epoch: int
+    mosaic: bool
+    has_segments: bool
+    labels: Sequence[np.ndarray]  # per image [n, 5] cls, cx, cy, w, h normalised
+    segments: Sequence[Any]  # per image, one polygon per label row
+
+    def __len__(self) -> int: ...
+
+    def load_image(self, index: int) -> tuple[np.ndarray, tuple[int, int]]: ...
+
+    def letterboxed(self, index: int) -> tuple[np.ndarray, np.ndarray, Polygons, Any]: ...
 
 
 def build_albumentations(transforms: list[A.BasicTransform] | None = None) -> A.Compose | None:
@@ -77,7 +95,7 @@ class Augmenter:
     """Callable (index, rng) -> (RGB image [s, s, 3], labels [n, 5] cls cx cy w h normalised, None);
     ``sample(index, rng)`` gives the same sample before normalisation, with its polygons."""
 
-    def __init__(self, dataset: DetectionDataset, hyp: Hyp) -> None:
+    def __init__(self, dataset: ImageSource, hyp: Hyp) -> None:
         self.dataset, self.hyp = dataset, hyp
         self.albumentations = build_albumentations()
         self.copy_paste = hyp.copy_paste if dataset.has_segments else 0.0

@@ -143,7 +143,7 @@ class ConvertOptions:
     json: bool = option(False, "(accepted; the JSON summary is always printed last)")
 
 
-@command_main("data.convert")
+@command_main("python -m data.convert")
 def main(argv: list[str] | None = None) -> int:
     parser = cli.build_parser(ConvertOptions, __doc__, prog="python -m data.convert")
     args = cli.namespace_to(ConvertOptions, parser.parse_args(argv))

@@ -15,8 +15,10 @@ import hashlib
 import json
 import logging
 import os
+import struct
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -28,6 +30,7 @@ ARRAYS = ("labels", "label_offsets", "crowd", "crowd_offsets", "points", "point_
           "image_ids", "files")
 HEADER_FIELDS = ("counts", "messages", "category_ids")
 _FILE_SEPARATOR = "\0"  # the one character a POSIX path cannot hold
+_LOCAL_HEADER = struct.Struct("<4s22sHH")  # a zip entry's fixed header: signature, 22 bytes, name and extra lengths
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:
@@ -77,9 +80,30 @@ def _fields(arrays: dict[str, np.ndarray], header: dict) -> dict:
     if not (len(labels) == len(crowd) == len(segments) == len(arrays["image_ids"]) == len(arrays["shapes"]) == n
             and np.array_equal(segments.row_offsets, labels.offsets)):
         raise ValueError("arrays of different lengths")
-    return {"files": files, "shapes": [tuple(s) for s in arrays["shapes"].tolist()], "labels": labels,
+    heights, widths = arrays["shapes"].reshape(-1, 2).T.tolist()  # two lists: a tuple per row from tolist is slow
+    return {"files": files, "shapes": list(zip(heights, widths, strict=True)), "labels": labels,
             "crowd": crowd, "segments": segments, "image_ids": arrays["image_ids"].tolist()} | \
         {k: header[k] for k in HEADER_FIELDS}
+
+
+def _member(members: zipfile.ZipFile, f: BinaryIO, name: str) -> np.ndarray:
+    """Array ``name`` of the .npz open as ``members`` (its index) and ``f`` (its bytes), read
+    straight into its own array: np.load would pass every byte through zipfile's reader and its
+    CRC (a second of a COCO-sized start), which the header's sha256 makes redundant."""
+    info = members.getinfo(name + ".npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ValueError(f"{name} is compressed")
+    f.seek(info.header_offset)
+    local = f.read(_LOCAL_HEADER.size)
+    if len(local) != _LOCAL_HEADER.size or local[:4] != b"PK\x03\x04":
+        raise ValueError(f"{name}: no zip entry where its index says")
+    name_length, extra_length = _LOCAL_HEADER.unpack(local)[-2:]
+    start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+    f.seek(start)
+    array = np.lib.format.read_array(f, allow_pickle=False)
+    if f.tell() != start + info.file_size:
+        raise ValueError(f"{name}: its array does not fill its zip entry")
+    return array
 
 
 def _is_json(path: Path) -> bool:
@@ -100,15 +124,15 @@ def read_cache(path: Path, key: str) -> dict | None:
         if _is_json(path):
             LOGGER.warning("%s: label cache of the previous format (json); rebuilding it", path)
             return None
-        with np.load(path, allow_pickle=False) as data:
-            header = json.loads(data["header"].tobytes().decode())  # read_header's, on the open file
+        with open(path, "rb") as f, zipfile.ZipFile(f) as members:  # one open: a replaced cache cannot mix in
+            header = json.loads(_member(members, f, "header").tobytes().decode())
             if header.get("version") != CACHE_VERSION:
                 LOGGER.warning("%s: label cache version %s, this is %d; rebuilding it", path, header.get("version"),
                                CACHE_VERSION)
                 return None
             if header.get("hash") != key:
                 return None
-            arrays = {name: data[name] for name in ARRAYS}
+            arrays = {name: _member(members, f, name) for name in ARRAYS}
         if _digest(arrays) != header.get("sha256"):
             raise ValueError("its arrays do not match the sha256 it was written with")
         return _fields(arrays, header)

@@ -31,13 +31,15 @@ from data.label_store import RaggedRows, SegmentStore
 from data.labels import NO_SEGMENT, read_label_file, verify_image
 from data.polygons import merge_parts
 from data.sources import (
-    IMAGE_SUFFIXES,
     coco_image_dir,
     coco_image_path,
+    folder_files,
+    image_names,
     is_coco_json,
     label_path,
     list_images,
     read_coco,
+    suffix,
 )
 from data.voc import files_to_hash, is_voc_source, scan_voc, stems
 from utils.config import ConfigError
@@ -71,21 +73,26 @@ def _stat(path: Path | str) -> list:
         return [str(path), -1, -1]
 
 
-def _label_paths(images: list[Path]) -> list[str]:
+def _label_paths(images: list[str]) -> list[str]:
     """``data.sources.label_path`` of each image, worked out once per folder (it depends on the
     folder only, and a Path per image is slow at COCO's size)."""
     folders: dict[str, str] = {}
     out = []
     for image in images:
-        folder, name = os.path.split(image)
+        cut = image.rfind("/") + 1
+        folder, name = image[:cut], image[cut:]
         if folder not in folders:
-            folders[folder] = str(label_path(Path(folder) / "x.jpg").parent)
-        out.append(os.path.join(folders[folder], os.path.splitext(name)[0] + ".txt"))
+            folders[folder] = str(label_path(Path(folder or ".") / "x.jpg").parent)
+        ext = suffix(name)
+        out.append(os.path.join(folders[folder], (name[:-len(ext)] if ext else name) + ".txt"))
     return out
 
 
 def _fingerprint(sources: list[Path], nc: int, names: list[str] | None) -> str:
-    """Hash of every image, label and annotation file (path, size, mtime), ``nc`` and ``names``."""
+    """Hash of every image, label and annotation file (path, size, mtime), ``nc`` and ``names``.
+
+    Paths stay strings here: this runs at every start, and a Path per file of COCO's 118k
+    images and labels was most of a cached start."""
     entries: list = [CACHE_VERSION, nc]
     for source in sources:
         if is_voc_source(source):
@@ -93,9 +100,9 @@ def _fingerprint(sources: list[Path], nc: int, names: list[str] | None) -> str:
         elif is_coco_json(source):
             entries.append(_stat(source))
             image_dir = coco_image_dir(source)
-            entries += [_stat(p) for p in sorted(image_dir.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+            entries += [_stat(p) for p in folder_files(image_dir)]
         else:
-            images = list_images(source)
+            images = image_names(source)
             for image, label in zip(images, _label_paths(images), strict=True):
                 entries += [_stat(image), _stat(label)]
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()

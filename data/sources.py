@@ -20,7 +20,32 @@ def is_coco_json(source: Path) -> bool:
 
 def files_in_folder(folder: Path, suffixes: Collection[str] = IMAGE_SUFFIXES) -> list[Path]:
     """Files below ``folder`` (recursive, sorted) whose lower-cased suffix is in ``suffixes``."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+    return [Path(p) for p in folder_files(folder, suffixes)]
+
+
+def folder_files(folder: Path, suffixes: Collection[str] = IMAGE_SUFFIXES) -> list[str]:
+    """``files_in_folder`` as strings, in the same order, found as ``Path.rglob`` finds them (links
+    to folders are not entered, unreadable folders are skipped) but with one ``os.scandir`` per
+    folder and no Path or ``stat`` per file: COCO's 118k images cost seconds that way."""
+    root = str(folder)
+    out: list[str] = []
+    _walk("" if root == "." else root if root.endswith("/") else root + "/", suffixes, out)
+    return out
+
+
+def _walk(prefix: str, suffixes: Collection[str], out: list[str]) -> None:
+    """Append the matching files below ``prefix`` (a folder, "" or ending in "/") to ``out`` in
+    Path order (by parts: each folder's entries by name, a subfolder's files in its place)."""
+    try:
+        with os.scandir(prefix or ".") as entries:
+            listed = sorted(entries, key=lambda e: e.name)
+    except PermissionError:
+        return
+    for entry in listed:
+        if entry.is_dir(follow_symlinks=False):
+            _walk(prefix + entry.name + "/", suffixes, out)
+        elif suffix(entry.name).lower() in suffixes and entry.is_file():  # a link counts by its target
+            out.append(prefix + entry.name)
 
 
 def files_in_list(list_file: Path, suffixes: Collection[str] = IMAGE_SUFFIXES) -> list[Path]:
@@ -29,22 +54,49 @@ def files_in_list(list_file: Path, suffixes: Collection[str] = IMAGE_SUFFIXES) -
     Blank lines and lines starting with '#' are skipped; relative paths resolve against the
     list's folder, as in YOLOv7's coco/train2017.txt.
     """
+    return [Path(p) for p in listed_files(list_file, suffixes)]
+
+
+def listed_files(list_file: Path, suffixes: Collection[str] = IMAGE_SUFFIXES) -> list[str]:
+    """``files_in_list`` as strings: the label cache's key needs only the names, and a Path per
+    line costs most of a second at COCO's 118k lines."""
     lines = [line.strip() for line in list_file.read_text().splitlines()]
     files = _resolve_all([line for line in lines if line and not line.startswith("#")], list_file.parent)
-    return [p for p in files if p.suffix.lower() in suffixes]
+    return [p for p in files if suffix(p).lower() in suffixes]
 
 
-def _resolve_all(names: list[str], base: Path) -> list[Path]:
-    """``(base / name).resolve()`` of each name, each folder resolved once (COCO's 118k lines would
-    otherwise look up every folder of every path); a name that is itself a link resolves in full."""
-    folders: dict[str, str] = {}
+def suffix(path: str) -> str:
+    """``Path(path).suffix`` without making a Path (a leading dot starts no suffix)."""
+    name = path[path.rfind("/") + 1:]
+    dot = name.rfind(".")
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
+
+
+def _links(folder: str) -> set[str]:
+    """Names of the symbolic links in ``folder`` (none when it cannot be read): one read of the
+    folder, where an ``islink`` per file is a system call per file."""
+    try:
+        with os.scandir(folder) as entries:
+            return {e.name for e in entries if e.is_symlink()}
+    except OSError:
+        return set()
+
+
+def _resolve_all(names: list[str], base: Path) -> list[str]:
+    """``str((base / name).resolve())`` of each name, each folder resolved (and its links listed)
+    once: COCO's 118k lines would otherwise look up every folder of every path; a name that is
+    itself a link resolves in full."""
+    folders: dict[str, tuple[str, set[str]]] = {}
     out = []
     for name in names:
-        folder, leaf = os.path.split(os.path.join(base, name))
-        if folder not in folders:
-            folders[folder] = str(Path(folder).resolve())
-        path = os.path.join(folders[folder], leaf)
-        out.append(Path(path).resolve() if leaf in ("", ".", "..") or os.path.islink(path) else Path(path))
+        cut = name.rfind("/") + 1
+        head, leaf = name[:cut], name[cut:]  # head keeps its slash: "/x.jpg" is absolute, "x.jpg" is not
+        if head not in folders:
+            resolved = str(Path(base, head).resolve())
+            folders[head] = resolved, _links(resolved)
+        resolved, links = folders[head]
+        path = os.path.join(resolved, leaf)
+        out.append(str(Path(path).resolve()) if leaf in ("", ".", "..") or leaf in links else path)
     return out
 
 
@@ -53,12 +105,17 @@ def list_images(source: Path) -> list[Path]:
 
     Raises ConfigError naming the source when it does not exist or holds no images.
     """
+    return [Path(p) for p in image_names(source)]
+
+
+def image_names(source: Path) -> list[str]:
+    """``list_images`` as strings (for the label cache's key, which needs no Path per image)."""
     if source.is_dir():
-        files = files_in_folder(source)
+        files = folder_files(source)
     elif source.is_file() and source.suffix.lower() == ".txt":
-        files = files_in_list(source)
+        files = listed_files(source)
     elif source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
-        files = [source]
+        files = [str(source)]
     else:
         raise ConfigError(f"{source}: image source not found (an image folder, a .txt list or a COCO .json)")
     if not files:

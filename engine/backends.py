@@ -14,9 +14,9 @@ apart by their contents, whatever the file is called; every command loads throug
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -45,7 +45,8 @@ class Backend(Protocol):
 
 
 class TorchBackend:
-    """A checkpoint of this project (or an official YOLOv7 one), rebuilt and fused (BN, RepConv, implicit layers folded).
+    """A checkpoint of this project (or an official YOLOv7 one), rebuilt and fused (BN, RepConv, implicit layers folded);
+    several checkpoints run as one ``models.ensemble.Ensemble`` (the first one's options and sizes).
 
     On the CPU the model runs channels-last (NHWC): torch's CPU kernels for its convolutions,
     max-pools and concatenations are faster in that layout than in NCHW (docs/benchmarks.md),
@@ -53,18 +54,16 @@ class TorchBackend:
     are process-wide (torch.set_num_threads).
     """
 
-    def __init__(self, path: Path, device: torch.device, threads: int | None = None) -> None:
+    def __init__(self, path: Path | Sequence[Path], device: torch.device, threads: int | None = None) -> None:
         # local: ONNX-only use builds no model
-        from models.checkpoint_io import model_from_checkpoint, read_checkpoint
+        from models.ensemble import Ensemble
 
-        try:
-            ckpt = read_checkpoint(path)  # ours, or an official YOLOv7 file converted in memory
-            model = model_from_checkpoint(ckpt)
-        except CheckpointError as e:
-            raise BackendError(str(e)) from None
-        except (KeyError, RuntimeError, ValueError) as e:  # our keys, but weights that do not fit the config
-            raise BackendError(f"{path}: checkpoint does not rebuild its model ({str(e).splitlines()[0]})") from None
-        self.model = model.fuse().to(device).eval()
+        paths = [path] if isinstance(path, str | Path) else list(path)
+        read = [_read_fused(p) for p in paths]
+        ckpt, model = read[0]
+        if len(read) > 1:  # several checkpoints: one model whose predictions are all of theirs
+            model = Ensemble([m for _, m in read], [str(p) for p in paths])
+        self.model = model.to(device).eval()
         self.memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.device = device
@@ -81,6 +80,19 @@ class TorchBackend:
         if augment:
             return tta_forward(self.model, x)
         return self.model(x)[0]
+
+
+def _read_fused(path: Path) -> tuple[dict[str, Any], torch.nn.Module]:
+    """The checkpoint at ``path`` and its model, fused (BackendError naming the file)."""
+    from models.checkpoint_io import model_from_checkpoint, read_checkpoint
+
+    try:
+        ckpt = read_checkpoint(path)  # ours, or an official YOLOv7 file converted in memory
+        return ckpt, model_from_checkpoint(ckpt).fuse()
+    except CheckpointError as e:
+        raise BackendError(str(e)) from None
+    except (KeyError, RuntimeError, ValueError) as e:  # our keys, but weights that do not fit the config
+        raise BackendError(f"{path}: checkpoint does not rebuild its model ({str(e).splitlines()[0]})") from None
 
 
 class TorchScriptBackend:
@@ -162,14 +174,27 @@ def read_onnx_metadata(path: Path) -> Metadata:
     return Metadata.from_json(props[METADATA_KEY], str(path))
 
 
-def load_backend(weights: str | Path, device: torch.device, backend: str = "auto", threads: int | None = None
-                 ) -> Backend:
+def load_backend(weights: str | Path | Sequence[str | Path], device: torch.device, backend: str = "auto",
+                 threads: int | None = None) -> Backend:
     """The backend for a weights file, chosen by its contents (``weights_kind``); ``backend``
     overrides where another can serve (an .onnx file on 'openvino'). ``threads``: CPU threads of
-    onnxruntime / OpenVINO (None: their default, all cores; PyTorch's are torch.set_num_threads)."""
-    path = Path(weights)
-    if not path.exists():
-        raise BackendError(f"{path}: no such weights file")
+    onnxruntime / OpenVINO (None: their default, all cores; PyTorch's are torch.set_num_threads).
+    A released YOLOv7 name (``yolov7-tiny.pt``) that is not a file is downloaded first
+    (models.released). Several checkpoints make one TorchBackend over their ``Ensemble``.
+    """
+    from models.released import resolve_weights  # local: exported files need no models package
+
+    paths = [resolve_weights(w) for w in ([weights] if isinstance(weights, str | Path) else weights)]
+    for path in paths:
+        if not path.exists():
+            raise BackendError(f"{path}: no such weights file")
+    if len(paths) > 1:
+        for path in paths:
+            if format_of(path).name != "checkpoint" or backend not in ("auto", "torch"):
+                raise BackendError(f"{path}: an ensemble (several --weights) runs PyTorch checkpoints only, on "
+                                   "--backend auto or torch")
+        return TorchBackend(paths, device)
+    path = paths[0]
     kind = format_of(path)
     name = kind.backend if backend == "auto" else backend
     if name not in kind.backends:

@@ -28,7 +28,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from engine.detect import Detections, DetectOptions, Predictor, Source
-from engine.detect.run import predictor_for
+from engine.detect.run import predictor_for, track_frames
+from engine.detect.sources import Frame
+from engine.detect.track import Tracks
 from engine.train import TrainOptions
 from engine.val import ValOptions, run_val
 from utils.cli import check_ranges
@@ -44,7 +46,7 @@ EVENTS = {
     "on_train_end": "(summary: dict)",
 }
 _PREDICTOR_FIELDS = ("weights", "device", "img_size", "conf_thres", "iou_thres", "classes", "agnostic_nms",
-                     "max_det", "augment", "backend", "compile")
+                     "max_det", "augment", "backend", "tile", "tile_overlap", "compile")
 
 
 def _options(cls: type[T], where: str, given: dict[str, Any], **fixed: Any) -> T:
@@ -147,7 +149,9 @@ class Detector:
         [h, w, 3] array, or a list of paths / arrays. ``options``: detect.py's (conf_thres, img_size,
         classes, batch_size, ...; the ones that write files do not apply). One ``Detections`` per
         image or frame, holding its image, path and class names; ``stream=True`` yields them one at
-        a time (for long videos)."""
+        a time (for long videos). ``track=True`` sets each result's ``ids`` (ByteTrack over the
+        frames of each video, or over the images in their order); ``tile=640`` adds sliced
+        inference."""
         results = self._predict(source, options)
         return results if stream else list(results)
 
@@ -173,11 +177,16 @@ class Detector:
         opt = _options(DetectOptions, "Detector.predict", {"device": self.device, **options},
                        weights=self._need_weights(), source="" if arrays else str(source))
         predictor = self.predictor(opt)
+        tracks = Tracks() if opt.track else None
         if arrays:
-            yield from predictor(source)
+            results = predictor(source)
+            track_frames(tracks, [Frame(det.path, det.image) for det in results], results)
+            yield from results
             return
         for batch in Source(opt.source, opt.batch_size):
-            for frame, det in zip(batch, predictor.predict([f.image for f in batch]), strict=True):
+            results = predictor.predict([f.image for f in batch])
+            track_frames(tracks, batch, results)
+            for frame, det in zip(batch, results, strict=True):
                 det.image, det.path = frame.image, frame.path
                 det.frame = frame.index if frame.kind != "image" else None
                 yield det

@@ -49,7 +49,7 @@ class Base:
     root: Path
     data: Path  # data YAML of the tiny shapes set
     cfg: Path  # tiny model YAML
-    run: Path  # a finished 2-epoch run (weights/last.pt stripped, epoch0.pt resumable)
+    run: Path  # a finished 2-epoch run (weights/last.pt stripped, epoch_000.pt resumable)
 
     @property
     def last(self) -> Path:
@@ -57,7 +57,7 @@ class Base:
 
     @property
     def epoch0(self) -> Path:
-        return self.run / "weights" / "epoch0.pt"
+        return self.run / "weights" / "epoch_000.pt"
 
     def train_args(self, case: Path, *extra: str) -> list[str]:
         return ["--data", str(self.data), "--cfg", str(self.cfg), "--epochs", "1", "--batch-size", "4", "--img", "64",

@@ -57,6 +57,10 @@ def test_load_rejects_foreign_files(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pt"):
         load_checkpoint(junk)
+    text = tmp_path / "passwd.pt"  # plain text: torch's weights-only unpickler fails with an IndexError
+    text.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n")
+    with pytest.raises(CheckpointError, match="passwd.pt: not a checkpoint"):
+        load_checkpoint(text)
     other = tmp_path / "other.pt"
     torch.save({"state_dict": {}}, other)
     with pytest.raises(CheckpointError, match="missing key 'model'"):

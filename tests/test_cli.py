@@ -80,7 +80,7 @@ def test_module_commands_reject_out_of_range_flags(main, argv, flag, capsys):
 @pytest.mark.parametrize("main, argv, prog", [
     (models.gradpath.main, ["--cfg", "none.yaml"], "python -m models.gradpath"),
     (models.convert.main, ["none.pt"], "python -m models.convert"),
-    (data.convert.main, ["--to", "yolo", "--data", "none.yaml", "--out", "out"], "data.convert"),
+    (data.convert.main, ["--to", "yolo", "--data", "none.yaml", "--out", "out"], "python -m data.convert"),
     (data.preview.main, ["--data", "none.yaml"], "python -m data.preview"),
 ])
 def test_module_commands_report_a_missing_file_in_one_line(main, argv, prog, tmp_path, monkeypatch, capsys):

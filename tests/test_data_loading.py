@@ -16,7 +16,7 @@ from data.label_cache import read_header
 from data.labels import read_label_file
 from data.scan import CACHE_VERSION, load_or_scan
 from data.shapes import ShapesSpec, ensure_shapes
-from data.sources import files_in_folder, files_in_list
+from data.sources import IMAGE_SUFFIXES, files_in_folder, files_in_list
 from utils.config import ConfigError
 
 SMALL = ShapesSpec(splits=(("train", 8), ("val", 6)), min_side=64, max_side=96, min_object=12, max_object=40)
@@ -255,3 +255,81 @@ def test_list_and_folder_readers_keep_the_suffixes_asked_for(tmp_path):
     assert [p.name for p in files_in_list(tmp_path / "list.txt", {".jpg", ".mp4"})] == ["b.mp4", "a.jpg"]
     assert [p.name for p in files_in_folder(tmp_path / "media")] == ["a.jpg"]
     assert [p.name for p in files_in_folder(tmp_path / "media", {".mp4", ".png"})] == ["b.mp4"]
+
+
+def test_list_lines_resolve_as_path_resolve_does(tmp_path):
+    """Each line is ``(list folder / line).resolve()``: through a linked folder, a linked file,
+    an absolute line, '..' and a doubled slash (the key resolves folders once and links by name)."""
+    _write_image(tmp_path / "real" / "images" / "a.jpg")
+    _write_image(tmp_path / "real" / "images" / "b.jpg")
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "linked").symlink_to(tmp_path / "real" / "images")
+    (tmp_path / "real" / "images" / "c.jpg").symlink_to(tmp_path / "real" / "images" / "b.jpg")
+    lines = ["linked/a.jpg", "linked/c.jpg", str(tmp_path / "real" / "images" / "b.jpg"), "../real/images//a.jpg",
+             "missing/d.jpg", "e.jpg"]
+    (tmp_path / "set" / "train.txt").write_text("\n".join(lines) + "\n")
+    expected = [(tmp_path / "set" / line).resolve() for line in lines]
+    assert files_in_list(tmp_path / "set" / "train.txt") == expected
+    assert expected[1] == tmp_path / "real" / "images" / "b.jpg"  # the link resolved to its target
+
+
+def test_cache_of_a_list_is_rebuilt_when_an_image_changes_or_is_added_or_removed(tmp_path):
+    for name in ("a", "b", "c"):
+        _write_image(tmp_path / "images" / f"{name}.jpg")
+        (tmp_path / "labels").mkdir(exist_ok=True)
+        (tmp_path / "labels" / f"{name}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    listing, cache = tmp_path / "train.txt", tmp_path / "train.cache.npz"
+    listing.write_text("./images/a.jpg\n./images/b.jpg\n")
+    assert not load_or_scan([listing], 1, cache)[1]
+    assert load_or_scan([listing], 1, cache)[1]
+    image = tmp_path / "images" / "a.jpg"
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # an image edited in place
+    assert not load_or_scan([listing], 1, cache)[1] and load_or_scan([listing], 1, cache)[1]
+    listing.write_text("./images/a.jpg\n./images/b.jpg\n./images/c.jpg\n")  # an image added
+    result, cached = load_or_scan([listing], 1, cache)
+    assert not cached and len(result.files) == 3
+    (tmp_path / "labels" / "c.txt").unlink()  # a label removed
+    result, cached = load_or_scan([listing], 1, cache)
+    assert not cached and result.counts["missing"] == 1
+    (tmp_path / "labels" / "c.txt").write_text("0 0.5 0.5 0.2 0.2\n")  # and added back
+    result, cached = load_or_scan([listing], 1, cache)
+    assert not cached and result.counts["missing"] == 0
+    (tmp_path / "images" / "b.jpg").unlink()  # an image removed from disk, still listed
+    result, cached = load_or_scan([listing], 1, cache)
+    assert not cached and len(result.files) == 2
+
+
+def test_folder_reader_finds_and_orders_files_as_rglob_does(tmp_path):
+    """One scandir per folder, yet the files and order of ``sorted(rglob)``: by parts ("a/b/c.jpg"
+    before "a/b.jpg", "a/b.jpg" before "a-b/x.jpg", which characters would swap), links to files counted, links to folders not
+    entered, folders named like images skipped, suffixes compared in lower case."""
+    root = tmp_path / "set"
+    for name in ("a.jpg", "a-b/x.jpg", "a/b.jpg", "a/b/c.JPG", "a/b/d.txt", ".hidden.png", "z/deep/er/e.webp"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    (root / "dir.jpg").mkdir()
+    (root / "link.jpg").symlink_to(root / "a.jpg")
+    (root / "linked").symlink_to(root / "a")
+    (root / "broken.jpg").symlink_to(root / "nothing.jpg")
+    expected = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    assert files_in_folder(root) == expected
+    assert [str(p.relative_to(root)) for p in expected] == [
+        ".hidden.png", "a/b/c.JPG", "a/b.jpg", "a-b/x.jpg", "a.jpg", "link.jpg", "z/deep/er/e.webp"]
+
+
+def test_cache_of_a_coco_json_is_rebuilt_when_its_image_folder_changes(tmp_path):
+    _write_image(tmp_path / "images" / "val" / "a.jpg")
+    ann = {"images": [{"id": 1, "file_name": "a.jpg", "width": 48, "height": 32}],
+           "categories": [{"id": 1, "name": "x"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 10, 10], "iscrowd": 0}]}
+    (tmp_path / "annotations").mkdir()
+    source, cache = tmp_path / "annotations" / "instances_val.json", tmp_path / "c.npz"
+    source.write_text(json.dumps(ann))
+    assert not load_or_scan([source], 1, cache)[1] and load_or_scan([source], 1, cache)[1]
+    _write_image(tmp_path / "images" / "val" / "sub" / "b.png")  # an image added below the folder
+    assert not load_or_scan([source], 1, cache)[1] and load_or_scan([source], 1, cache)[1]
+    image = tmp_path / "images" / "val" / "a.jpg"
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # an image edited in place
+    assert not load_or_scan([source], 1, cache)[1]

@@ -92,7 +92,7 @@ def test_a_json_cache_of_the_previous_format_is_rebuilt_with_one_line(tmp_path, 
     assert _warnings(caplog) == [f"{cache}: label cache of the previous format (json); rebuilding it"]
 
 
-@pytest.mark.parametrize("damage", ["truncated", "values", "offsets", "not a zip"])
+@pytest.mark.parametrize("damage", ["truncated", "values", "offsets", "not a zip", "flipped byte", "compressed"])
 def test_a_truncated_or_altered_cache_is_rebuilt_not_trusted(tmp_path, caplog, damage):
     images, cache = _set(tmp_path), tmp_path / "c.npz"
     first, _ = load_or_scan([images], 2, cache)
@@ -100,6 +100,14 @@ def test_a_truncated_or_altered_cache_is_rebuilt_not_trusted(tmp_path, caplog, d
         cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
     elif damage == "not a zip":
         cache.write_bytes(b"\x00" * 100)
+    elif damage == "flipped byte":  # inside the labels' data, the zip index intact: the sha256 tells, not a CRC
+        data = bytearray(cache.read_bytes())
+        data[data.index(b"label_offsets.npy") - 31] ^= 0xFF  # the last byte before the next entry's 30-byte header
+        cache.write_bytes(bytes(data))
+    elif damage == "compressed":  # the reader reads stored entries only
+        with np.load(cache) as data:
+            arrays = dict(data)
+        np.savez_compressed(cache, **arrays)
     else:
         with np.load(cache) as data:
             arrays = dict(data)

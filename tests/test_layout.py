@@ -70,6 +70,32 @@ def test_engine_units_import_without_cycles():
         raise AssertionError(f"engine's sub-packages import each other in a cycle: {e.args[1]}") from None
 
 
+def module_imports() -> dict[str, set[str]]:
+    """Every library module -> the library modules it imports (local and TYPE_CHECKING-only imports
+    included; ``from pkg import sub`` counts as importing the submodule, not the package)."""
+    paths = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in map(REPO.joinpath, library_modules())}
+    edges: dict[str, set[str]] = {name: set() for name in paths}
+    for name, path in paths.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                subs = [f"{node.module}.{alias.name}" for alias in node.names]
+                modules = subs if all(s in paths for s in subs) else [node.module, *subs]
+            else:
+                continue
+            edges[name].update(m for m in modules if m in paths and m != name)
+    return edges
+
+
+def test_no_import_cycle_between_modules():
+    try:
+        list(TopologicalSorter(module_imports()).static_order())
+    except CycleError as e:
+        raise AssertionError(f"modules import each other in a cycle: {e.args[1]}") from None
+
+
 @pytest.mark.parametrize(("module", "unloaded"), [
     ("engine.train.loop", ("engine.detect", "engine.export")),  # training loads no command's modules but val's
     ("engine.formats", ("torch", "onnx", "onnxruntime", "openvino")),  # the format table names its writers lazily

@@ -80,7 +80,7 @@ def test_bf16_training_resumes_exactly_and_records_its_precision(data_root, monk
     resumed = data_root / "runs" / "resumed"
     train(TrainOptions(resume=str(resumed / "weights" / "last.pt"), device="cpu"))
 
-    a, b = (load_checkpoint(d / "weights" / "epoch1.pt") for d in (straight, resumed))
+    a, b = (load_checkpoint(d / "weights" / "epoch_001.pt") for d in (straight, resumed))
     for key in ("model", "train_model"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     assert (straight / "results.csv").read_text() == (resumed / "results.csv").read_text()
@@ -97,7 +97,7 @@ def test_bf16_training_resumes_exactly_and_records_its_precision(data_root, monk
     assert events.Scalars("speed/gflops")[0].value == pytest.approx(float(rows[0]["gflops"]), abs=0.06)
     # bf16 really ran: the same epoch in fp32 ends with other weights
     fp32 = Path(train(tiny_options(data_root, name="fp32", **{**changes, "precision": "fp32"}))["save_dir"])
-    a0, c0 = (load_checkpoint(d / "weights" / "epoch0.pt") for d in (straight, fp32))
+    a0, c0 = (load_checkpoint(d / "weights" / "epoch_000.pt") for d in (straight, fp32))
     assert c0["precision"] == "fp32"
     assert not all(torch.equal(a0["train_model"][k], c0["train_model"][k]) for k in a0["train_model"])
 

@@ -112,8 +112,8 @@ def test_resume_is_exact(data_root, monkeypatch):
     summary = train(TrainOptions(resume=str(resumed_dir / "weights" / "last.pt"), device="cpu"))
     assert Path(summary["save_dir"]) == resumed_dir
 
-    a = load_checkpoint(straight / "weights" / "epoch2.pt")
-    b = load_checkpoint(resumed_dir / "weights" / "epoch2.pt")
+    a = load_checkpoint(straight / "weights" / "epoch_002.pt")
+    b = load_checkpoint(resumed_dir / "weights" / "epoch_002.pt")
     for key in ("model", "train_model"):
         assert a[key].keys() == b[key].keys()
         for name in a[key]:
@@ -217,8 +217,8 @@ def test_resume_after_kill(data_root):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     train(TrainOptions(resume=str(last), device="cpu"))
-    a = load_checkpoint(straight / "weights" / "epoch2.pt")
-    b = load_checkpoint(last.parent / "epoch2.pt")
+    a = load_checkpoint(straight / "weights" / "epoch_002.pt")
+    b = load_checkpoint(last.parent / "epoch_002.pt")
     assert all(torch.equal(a["train_model"][k], b["train_model"][k]) for k in a["train_model"])
     assert (straight / "results.csv").read_text() == (last.parent.parent / "results.csv").read_text()
 

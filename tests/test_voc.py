@@ -131,7 +131,7 @@ def test_voc_to_yolo_and_coco_load_the_same_labels(voc, tmp_path, capsys):
 
 def test_convert_errors_are_one_line(tmp_path, capsys):
     assert convert_main(["--to", "yolo", "--data", str(tmp_path / "none.yaml"), "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith("data.convert: error: ")
+    assert capsys.readouterr().err.startswith("python -m data.convert: error: ")
 
 
 def _ap50(dataset, boxes_scores):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -26,6 +27,11 @@ from utils.config import ConfigError, Range
 T = TypeVar("T")
 _KEY = "cli"
 MIN_IMG_SIZE, MAX_IMG_SIZE = 32, 8192  # px: --img 100000 tried to allocate 28 GB
+# what replaces YOLOv7 flags that several commands accept without effect (Flag.inert)
+V5_METRIC_NOTE = ("AP here is pycocotools' already (101 recall points, 0 past the highest recall); YOLOv7's "
+                  "--v5-metric only moves its own approximation of it, so the flag changes nothing")
+NO_TRACE_NOTE = ("checkpoints run as they are, never traced; export.py --include torchscript writes a traced "
+                 "model, which --weights accepts")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +49,8 @@ class Flag:
     metavar: str | None = None
     required: bool = False
     cli: bool = True  # False: an option of the API only, no flag
+    repeatable: bool = False  # a list flag that may stand several times, its values adding up
+    inert: str = ""  # a YOLOv7 flag accepted without effect here: what replaces it (said on stderr when set)
 
     def range_error(self, value: Any) -> str | None:
         """Why ``value`` (one item) is outside this flag's range or choices, or None."""
@@ -67,12 +75,15 @@ def option(
     metavar: str | None = None,
     required: bool = False,
     cli: bool = True,
+    repeatable: bool = False,
+    inert: str = "",
 ) -> Any:
     """A dataclass field with its command-line declaration; a list default is copied per instance."""
     flag = Flag(help=help, aliases=tuple(aliases), choices=None if choices is None else tuple(choices),
                 valid=Range(at_least=at_least, at_most=at_most, below=below), nargs=nargs, const=const,
                 shortcuts=tuple((shortcuts or {}).items()), positional=positional, metavar=metavar,
-                required=required, cli=cli)
+                required=required, cli=cli, repeatable=repeatable,
+                inert=inert)
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata={_KEY: flag})
     return dataclasses.field(default=default, metadata={_KEY: flag})
@@ -124,11 +135,9 @@ def build_parser(cls: type, description: str | None = None, prog: str | None = N
         if not flag.cli:
             continue
         kind, many = _base_type(hints[field.name])
-        kwargs: dict[str, Any] = {"help": flag.help}
-        if field.default is not dataclasses.MISSING:
-            kwargs["default"] = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            kwargs["default"] = field.default_factory()
+        kwargs: dict[str, Any] = {"help": flag.help or (flag.inert and f"YOLOv7's flag, no effect: {flag.inert}")}
+        if (default := _default(field)) is not dataclasses.MISSING:
+            kwargs["default"] = default
         if kind is bool:
             kwargs["action"] = "store_true"
         else:
@@ -136,6 +145,8 @@ def build_parser(cls: type, description: str | None = None, prog: str | None = N
             nargs = flag.nargs or ("+" if many else None)
             if nargs:
                 kwargs["nargs"] = nargs
+            if flag.repeatable:
+                kwargs["action"] = "extend"
             if flag.const is not None:
                 kwargs["const"] = flag.const
             if flag.choices is not None:
@@ -153,8 +164,26 @@ def build_parser(cls: type, description: str | None = None, prog: str | None = N
 
 
 def namespace_to(cls: type[T], namespace: argparse.Namespace) -> T:
-    """The ``cls`` instance of a parsed namespace (every flag is a field: nothing is filtered)."""
-    return cls(**vars(namespace))
+    """The ``cls`` instance of a parsed namespace (every flag is a field: nothing is filtered).
+    Each inert flag the command line set (a YOLOv7 flag without effect here) gets one line on
+    stderr saying what replaces it."""
+    options = cls(**vars(namespace))
+    for line in inert_notes(options):
+        print(line, file=sys.stderr)
+    return options
+
+
+def inert_notes(options: Any) -> list[str]:
+    """One line per inert flag of ``options`` set away from its default: the flag and what replaces it."""
+    return [f"{flag_name(f)}: {flag_of(f).inert}" for f in dataclasses.fields(options)
+            if flag_of(f).inert and getattr(options, f.name) != _default(f)]
+
+
+def _default(field: dataclasses.Field) -> Any:
+    """The field's default (a fresh list for a list), or ``dataclasses.MISSING``."""
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
 
 
 def check_ranges(options: Any) -> None:

@@ -37,9 +37,11 @@ def draw_boxes(
     scores: Sequence[float] | None = None,
     names: Sequence[str] | None = None,
     line_width: int | None = None,
+    ids: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Return a copy of RGB uint8 ``img`` [H, W, 3] with xyxy pixel ``boxes`` [n, 4] drawn,
-    labelled with the class name (or index) and score when given."""
+    labelled with the track id ('#3', when given and not -1), the class name (or index) and the
+    score (when given)."""
     img = np.ascontiguousarray(img).copy()
     lw = line_width or max(round(sum(img.shape[:2]) / 2 * 0.003), 1)
     for i, (box, cls) in enumerate(zip(np.asarray(boxes, np.float64), classes, strict=False)):
@@ -49,6 +51,8 @@ def draw_boxes(
         label = names[int(cls)] if names is not None and int(cls) < len(names) else str(int(cls))
         if scores is not None:
             label = f"{label} {scores[i]:.2f}"
+        if ids is not None and ids[i] >= 0:
+            label = f"#{int(ids[i])} {label}"
         scale = lw / 3
         (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, max(lw - 1, 1))
         if p1[1] - th - 3 >= 0:  # label above the box, else just inside its top edge

@@ -21,6 +21,7 @@ import torch
 from data import letterbox, unit_images
 from engine.backends import BackendError, call_fixed_batch, load_backend
 from engine.detect.results import Detections
+from engine.detect.slices import sliced_predict
 from engine.detect.sources import read_image
 from utils.boxes import letterbox_to_original
 from utils.device import select_device
@@ -49,14 +50,17 @@ class Predictor:
     those class indices; ``agnostic`` runs NMS across classes;
     ``augment`` enables test-time augmentation (PyTorch checkpoints only); ``backend`` overrides
     what runs the file (engine.formats.BACKENDS: an .onnx file on 'openvino'); ``threads``
-    the CPU threads of onnxruntime / OpenVINO (None: all cores).
-    Raises BackendError naming the file when the weights are unusable.
+    the CPU threads of onnxruntime / OpenVINO (None: all cores). ``tile`` (pixels) detects each
+    image also in overlapping ``tile`` x ``tile`` tiles (``tile_overlap`` of a tile apart) and merges
+    the boxes by NMS (engine.detect.slices): small objects in large images.
+    Several checkpoints in ``weights`` run as one ensemble (models.ensemble). Raises
+    BackendError naming the file when the weights are unusable.
     """
 
-    def __init__(self, weights: str | Path, device: str = "", img_size: int | None = None, conf_thres: float = 0.25,
-                 iou_thres: float = 0.45, classes: Sequence[int] | None = None, agnostic: bool = False,
-                 max_det: int = 300, augment: bool = False, backend: str = "auto", threads: int | None = None
-                 ) -> None:
+    def __init__(self, weights: str | Path | Sequence[str | Path], device: str = "", img_size: int | None = None,
+                 conf_thres: float = 0.25, iou_thres: float = 0.45, classes: Sequence[int] | None = None,
+                 agnostic: bool = False, max_det: int = 300, augment: bool = False, backend: str = "auto",
+                 threads: int | None = None, *, tile: int | None = None, tile_overlap: float = 0.2) -> None:
         self.device = select_device(device)
         self.backend = load_backend(weights, self.device, backend, threads)
         self.meta = self.backend.meta
@@ -70,6 +74,7 @@ class Predictor:
         if augment and not hasattr(self.backend, "model"):
             raise BackendError(f"{weights}: --augment needs a PyTorch checkpoint, not an exported file")
         self.augment = augment
+        self.tile, self.tile_overlap = tile, tile_overlap
         if self.meta.nms and agnostic != bool(self.meta.nms_options.get("agnostic", False)):
             raise BackendError(f"{weights}: NMS inside this ONNX file was exported with "
                                f"agnostic={self.meta.nms_options.get('agnostic')}; re-export to change it")
@@ -107,9 +112,16 @@ class Predictor:
             det = det[torch.isin(det[:, 5], torch.tensor(self.classes, dtype=det.dtype, device=det.device))]
         return keep_best(det, self.max_det)
 
-    @torch.no_grad()
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detect on BGR uint8 [h, w, 3] images (OpenCV order); one Detections per image."""
+        if not self.tile:
+            return self.predict_whole(images)
+        return [sliced_predict(self.predict_whole, im, self.tile, self.tile_overlap, iou_thres=self.iou_thres,
+                               agnostic=self.agnostic, max_det=self.max_det) for im in images]
+
+    @torch.no_grad()
+    def predict_whole(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """Detect on BGR uint8 [h, w, 3] images, each whole (no tiles), as one batch."""
         if not images:
             return []
         x, undo = self.preprocess(images)

@@ -4,7 +4,7 @@ class names and (when known) the image and where it came from; it draws and writ
     det = predictor(["a.jpg"])[0]
     det.boxes, det.scores, det.classes   # float32 [n, 4] xyxy pixels, float32 [n], int64 [n]
     cv2.imwrite("a_pred.jpg", det.plot())
-    det.save_txt("a.txt", save_conf=True)  # YOLO rows: class cx cy w h [score], normalised
+    det.save_txt("a.txt", save_conf=True)  # YOLO rows: class cx cy w h [score] [id], normalised
     det.to_json()                          # {"path", "height", "width", "detections": [...]}
 """
 
@@ -29,7 +29,8 @@ class Detections:
     ``shape`` (height, width) of the image; ``names`` the class names (index -> name); ``image`` the
     BGR uint8 [h, w, 3] image when the caller kept it (``Detector.predict`` does), ``path`` its
     file, video or stream ('' for an array), ``frame`` the frame number of a video or stream
-    (None for a still image).
+    (None for a still image); ``ids`` int64 [n] the track ids when tracked (-1: a box no track
+    holds yet), else None.
     """
 
     boxes: np.ndarray
@@ -40,6 +41,7 @@ class Detections:
     image: np.ndarray | None = field(default=None, repr=False)
     path: str = ""
     frame: int | None = None
+    ids: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -66,16 +68,19 @@ class Detections:
                 cv2.rectangle(rgb, tuple(box[:2]), tuple(box[2:]), class_colour(cls), lw, cv2.LINE_AA)
         else:
             rgb = draw_boxes(rgb, self.boxes, self.classes, None if hide_conf else self.scores,
-                             self.names or None, line_thickness)
+                             self.names or None, line_thickness, self.ids)
         return np.ascontiguousarray(rgb[..., ::-1])
 
     def label_lines(self, save_conf: bool = False) -> list[str]:
-        """YOLO label rows 'class cx cy w h [score]', normalised to the original image."""
+        """YOLO label rows 'class cx cy w h [score] [id]', normalised to the original image: the
+        score with ``save_conf``, the track id (-1: untracked box) when the detections were tracked."""
         h, w = self.shape
         xywh = xyxy_to_cxcywh(self.boxes) / np.array([w, h, w, h], np.float32)
+        ids = self.ids if self.ids is not None else [None] * len(self)
         rows = []
-        for cls, box, score in zip(self.classes, xywh, self.scores, strict=True):
+        for cls, box, score, track in zip(self.classes, xywh, self.scores, ids, strict=True):
             values = [f"{v:.6f}" for v in box] + ([f"{score:.6f}"] if save_conf else [])
+            values += [str(int(track))] if track is not None else []
             rows.append(" ".join([str(int(cls))] + values))
         return rows
 
@@ -86,17 +91,22 @@ class Detections:
         return path
 
     def to_dict(self) -> dict:
-        """The image and its boxes as plain data: xyxy in original pixels, rounded to 0.01 px."""
+        """The image and its boxes as plain data: xyxy in original pixels, rounded to 0.01 px; each
+        box has an "id" when the detections were tracked."""
+        boxes = [
+            {"class": int(c), "name": self.name(int(c)), "score": round(float(s), 5),
+             "box": [round(float(v), 2) for v in b]}
+            for b, s, c in zip(self.boxes, self.scores, self.classes, strict=True)
+        ]
+        if self.ids is not None:
+            for box, track in zip(boxes, self.ids, strict=True):
+                box["id"] = int(track)
         return {
             "path": self.path,
             "frame": self.frame,
             "height": self.shape[0],
             "width": self.shape[1],
-            "detections": [
-                {"class": int(c), "name": self.name(int(c)), "score": round(float(s), 5),
-                 "box": [round(float(v), 2) for v in b]}
-                for b, s, c in zip(self.boxes, self.scores, self.classes, strict=True)
-            ],
+            "detections": boxes,
         }
 
     def to_json(self, **dumps_options) -> str:

@@ -2,8 +2,10 @@
 
 Output folder (``<project>/<name>``, incremented to ``exp2``, ``exp3``, ... unless exist_ok):
 drawn images under their file names, drawn videos as ``<stem>.mp4``, ``labels/<stem>.txt``
-(YOLO format: class cx cy w h [score], normalised to the original image; video frames as
-``<stem>_<frame>.txt``) and ``detections.json`` (every image with its boxes in original pixels).
+(YOLO format: class cx cy w h [score] [id], normalised to the original image: the score with
+--save-conf, the track id with --track, -1 for a box no track holds; video frames as
+``<stem>_<frame>.txt``) and ``detections.json`` (every image with its boxes in original pixels,
+each box with its "id" under --track).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import numpy as np
 from engine.backends import compile_backend
 from engine.detect.predictor import Detections, Predictor
 from engine.detect.sources import Frame, Source
+from engine.detect.track import Tracks
 from engine.formats import BACKENDS
-from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, option
+from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, NO_TRACE_NOTE, option
 from utils.paths import increment_path
 
 
@@ -31,8 +34,9 @@ class DetectOptions:
     """detect.py's flags (YOLOv7's names); see detect.py --help. '' weights / source: detect.py
     picks the newest trained checkpoint / the shapes val images."""
 
-    weights: str = option("", "checkpoint, .onnx, .torchscript or OpenVINO .xml / folder (default: newest "
-                          "runs/train/*/weights/best.pt or last.pt)")
+    weights: str | list[str] = option("", "checkpoint, .onnx, .torchscript or OpenVINO .xml / folder (default: "
+                                      "newest runs/train/*/weights/best.pt or last.pt); several checkpoints: their "
+                                      "ensemble", nargs="+")
     source: str = option("", "image, folder, glob, .txt list, video, webcam index or URL (default: the built-in "
                          "shapes val images)")
     img_size: int | None = option(None, "inference size, longer side (default: the checkpoint's validation size, "
@@ -48,9 +52,15 @@ class DetectOptions:
     backend: str = option("auto", "what runs --weights (default: by its kind; an .onnx file may also run on "
                           "openvino)", choices=BACKENDS)
     batch_size: int = option(8, "images per forward (folders, lists)", at_least=1)
-    save_txt: bool = option(False, "write labels/*.txt (YOLO format)")
+    track: bool = option(False, "give boxes track ids across video frames (ByteTrack; a folder of images is "
+                         "tracked as one sequence in file order)")
+    tile: int | None = option(None, "also detect in overlapping TILE x TILE pixel tiles and merge by NMS (small "
+                              "objects in large images)", at_least=MIN_IMG_SIZE, at_most=MAX_IMG_SIZE)
+    tile_overlap: float = option(0.2, "overlap of neighbouring --tile tiles, a fraction of a tile", at_least=0.0,
+                                 below=1.0)
+    save_txt: bool = option(False, "write labels/*.txt (YOLO rows: class cx cy w h [score] [id], normalised)")
     save_conf: bool = option(False, "add the score to --save-txt rows")
-    save_json: bool = option(False, "write detections.json (xyxy original pixels)")
+    save_json: bool = option(False, "write detections.json (xyxy original pixels, an id per box with --track)")
     nosave: bool = option(False, "do not write drawn images or videos")
     project: str = option("runs/detect")
     name: str = option("exp")
@@ -60,6 +70,7 @@ class DetectOptions:
     hide_conf: bool = option(False, "draw labels without scores")
     json: bool = option(False, "print the summary as one JSON object (last line)")
     compile: bool = option(False, "torch.compile the model (checkpoints only; the first batches compile)")
+    no_trace: bool = option(False, inert=NO_TRACE_NOTE)  # YOLOv7 detect.py's flag
 
 
 def summary_line(det: Detections) -> str:
@@ -120,10 +131,23 @@ def frame_label(frame: Frame, number: int, total: int) -> str:
 def predictor_for(opt: DetectOptions) -> Predictor:
     """The Predictor that ``opt``'s model and thresholds describe."""
     predictor = Predictor(opt.weights, opt.device, opt.img_size, opt.conf_thres, opt.iou_thres, opt.classes,
-                          opt.agnostic_nms, opt.max_det, opt.augment, opt.backend)
+                          opt.agnostic_nms, opt.max_det, opt.augment, opt.backend, tile=opt.tile,
+                          tile_overlap=opt.tile_overlap)
     if opt.compile:
         compile_backend(predictor.backend, opt.weights)
     return predictor
+
+
+def sequence_of(frame: Frame) -> str:
+    """The sequence a frame is tracked within: its video or stream; still images form one."""
+    return frame.path if frame.kind != "image" else ""
+
+
+def track_frames(tracks: Tracks | None, frames: list[Frame], results: list[Detections]) -> None:
+    """Set each result's track ids (``tracks`` None: not tracking)."""
+    if tracks is not None:
+        for frame, det in zip(frames, results, strict=True):
+            tracks.update(det, sequence_of(frame), frame.fps)
 
 
 def run_detect(opt: DetectOptions, predictor: Predictor | None = None) -> dict:
@@ -137,11 +161,13 @@ def run_detect(opt: DetectOptions, predictor: Predictor | None = None) -> dict:
     if opt.save_txt:
         (save_dir / "labels").mkdir(exist_ok=True)
     videos = VideoSink(save_dir)
+    tracks = Tracks() if opt.track else None
     entries, totals, seconds, images = [], Counter(), 0.0, 0
     try:
         for batch in source:
             start = time.perf_counter()
             results = predictor.predict([f.image for f in batch])
+            track_frames(tracks, batch, results)
             elapsed = time.perf_counter() - start
             seconds += elapsed
             for frame, det in zip(batch, results, strict=False):

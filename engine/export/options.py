@@ -27,10 +27,11 @@ class ExportOptions:
     batch_size: int = option(1, "batch size of the traced input", at_least=1)
     device: str = option("cpu", "cpu or a CUDA index (the export traces on it)")
     dynamic: bool = option(False, f"{_DYNAMIC}: dynamic batch, height and width")
-    nms: bool = option(False, f"{_NMS}: NonMaxSuppression inside the graph (other formats are written without)")
+    nms: bool = option(False, f"{_NMS}: NonMaxSuppression inside the graph (other formats are written without)",
+                       shortcuts={"--end2end": True, "--include-nms": True})  # YOLOv7's two names for it
     conf_thres: float = option(0.25, "--nms default score threshold", at_least=0.0, at_most=1.0)
     iou_thres: float = option(0.45, "--nms default IoU threshold", at_least=0.0, at_most=1.0)
-    max_det: int = option(300, "--nms boxes kept per image and class", at_least=1)
+    max_det: int = option(300, "--nms boxes kept per image and class", at_least=1, aliases=["--topk-all"])
     agnostic_nms: bool = option(False, "--nms across classes")
     opset: int = option(18, "ONNX opset (>= 17)", at_least=17)
     onnx_exporter: str = option("dynamo", "torch.onnx.export path: dynamo (torch.export, default) or torchscript "
@@ -41,3 +42,9 @@ class ExportOptions:
                               "(default: the checkpoint's training data)")
     calib: int = option(DEFAULT_CALIB, "--int8: calibration images", at_least=1)
     json: bool = option(False, "print the results as one JSON object (last line)")
+    # YOLOv7 export.py flags whose job is done another way here
+    grid: bool = option(False, inert="every export decodes boxes in the graph (grid included) already")
+    simplify: bool = option(False, inert="the graph is written already folded by the exporter; onnx-simplifier "
+                            "is not run")
+    max_wh: int | None = option(None, inert="--nms uses ONNX NonMaxSuppression per class, which needs no "
+                                "class offset (YOLOv7 used it for TensorRT's NMS)")

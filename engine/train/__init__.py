@@ -1,8 +1,10 @@
 """Training (train.py): ``train(opt)`` runs a whole job from ``TrainOptions``.
 
-Modules: ``options`` (the flags), ``setup`` (options -> model, data, optimizer, ...), ``loop``
-(epochs, checkpoints, early stop), ``data`` (loaders), ``log`` (results.csv, TensorBoard),
-``plots`` (pictures), ``optim`` (optimizer, schedule, warmup), ``ema``.
+Modules: ``options`` (the flags), ``recipe`` (the hyp file and optimizer when the flags leave them
+open), ``setup`` (options -> model, data, optimizer, ...), ``loop`` (epochs, checkpoints, early
+stop), ``loaders`` (the trainer's data loaders), ``validation`` (the per-epoch evaluation), ``log``
+(results.csv, TensorBoard), ``speed`` (timing.csv), ``plots`` (pictures), ``optim`` (optimizer,
+schedule, warmup), ``ema``.
 """
 
 from __future__ import annotations

@@ -130,6 +130,7 @@ def fit(run: Run, t0: float | None = None, *, on_epoch_end: EpochCallback | None
             if run.tb is not None:
                 run.tb.epoch(row)
                 run.tb.speed(timing)
+            run.trackers.epoch(row)
         if broadcast_flag(bool(why_stop), run.device):
             LOG.info("early stop after epoch %d: %s", epoch, why_stop or "rank 0 said so")
             break
@@ -287,7 +288,7 @@ def make_checkpoint(run: Run, epoch: int) -> dict[str, Any]:
 
 
 def save_epoch(run: Run, epoch: int, improved: bool) -> None:
-    """Write best.pt (if improved), epoch<N>.pt (every --save-period), then last.pt.
+    """Write best.pt (if improved), epoch_NNN.pt (every --save-period, YOLOv7's name), then last.pt.
 
     last.pt goes last: a run killed in between resumes from the previous epoch and rewrites
     the others identically. Non-finite weights are never written.
@@ -299,7 +300,7 @@ def save_epoch(run: Run, epoch: int, improved: bool) -> None:
     if improved:
         save_checkpoint(ckpt, weights / "best.pt")
     if run.opt.save_period > 0 and (epoch + 1) % run.opt.save_period == 0:
-        save_checkpoint(ckpt, weights / f"epoch{epoch}.pt")
+        save_checkpoint(ckpt, weights / f"epoch_{epoch:03d}.pt")
     save_checkpoint(ckpt, weights / "last.pt")
 
 
@@ -315,6 +316,7 @@ def finish(run: Run, last_epoch: int, seconds: float) -> dict[str, Any]:
         plot_results(run.save_dir / "results.csv")
     if run.tb is not None:
         run.tb.close()
+    run.trackers.finish()
     best = max(run.rows, key=lambda r: r["fitness"]) if run.rows else {}
     final = run.rows[-1] if run.rows else {}
     summary = {

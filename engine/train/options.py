@@ -6,7 +6,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, check_ranges, option
+from engine.train.trackers import TRACKERS
+from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, V5_METRIC_NOTE, check_ranges, option
 from utils.config import ConfigError, Hyp, apply_overrides, from_mapping, load, read_yaml
 from utils.paths import resolve_path
 from utils.precision import PRECISIONS
@@ -64,7 +65,8 @@ class TrainOptions:
     exist_ok: bool = option(False, "reuse project/name instead of incrementing")
     linear_lr: bool = option(False, "linear instead of cosine learning-rate decay")
     label_smoothing: float = option(0.0, at_least=0.0, below=1.0)
-    save_period: int = option(-1, "also save epoch<N>.pt every N epochs (-1: never)", at_least=-1)
+    save_period: int = option(-1, "also save weights/epoch_NNN.pt every N epochs (-1: never)", at_least=-1,
+                              aliases=["--save_period"])
     freeze: list[int] = option([0], "first N layers, or layer indices", at_least=0)
     seed: int = option(0)
     deterministic: bool = option(False, "deterministic kernels (slower; exact reruns)")
@@ -79,6 +81,15 @@ class TrainOptions:
                                 shortcuts={"--no-evolve-prune": False})
     evolve_storage: str = option("", "Optuna storage URL, e.g. postgresql://... (default: <run>/study.db)")
     evolve_study: str = option("", "study name in the storage (default: the newest, else --name)")
+    logger: list[str] = option([], "also track the run in mlflow and/or wandb (repeatable; also on with their "
+                               "environment variables, e.g. MLFLOW_TRACKING_URI, WANDB_MODE)", choices=TRACKERS,
+                               repeatable=True)
+    # YOLOv7's own command lines (python -m torch.distributed.launch ... train.py --local_rank N)
+    local_rank: int = option(-1, "set by torch.distributed.launch; read as LOCAL_RANK (torchrun sets that directly)",
+                             aliases=["--local_rank"])
+    quad: bool = option(False, inert="YOLOv7's quad collate (4 images tiled per sample) is not implemented; "
+                        "the standard loader is used (--multi-scale or a larger --img-size for small objects)")
+    v5_metric: bool = option(False, aliases=["--v5_metric"], inert=V5_METRIC_NOTE)
 
     @property
     def image_cache(self) -> str | None:
@@ -141,7 +152,7 @@ def find_resume_checkpoint(opt: TrainOptions) -> Path:
     return candidates[-1]
 
 
-RESUME_MAY_CHANGE = ("resume", "device")  # what a resume changes in opt.yaml
+RESUME_MAY_CHANGE = ("resume", "device", "local_rank")  # what a resume changes in opt.yaml
 
 
 def resume_run_dir(path: Path, ckpt_opt: dict[str, Any]) -> Path:

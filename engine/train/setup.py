@@ -33,6 +33,7 @@ from engine.train.options import (
 )
 from engine.train.plots import plot_labels
 from engine.train.recipe import apply_recipe
+from engine.train.trackers import Trackers, run_params, wanted
 from engine.train.validation import validation_loss
 from models.checkpoint_io import model_from_checkpoint, read_checkpoint, transfer_weights
 from models.loss import YoloLoss
@@ -79,6 +80,7 @@ class Run:
     best_fitness: float = 0.0
     rows: list[dict[str, float]] = dataclasses.field(default_factory=list)
     tb: TensorBoardLog | None = None
+    trackers: Trackers = dataclasses.field(default_factory=Trackers)  # MLflow / W&B, when asked for (rank 0)
     channels_last: bool = False
     val_loss_fn: YoloLoss | None = None  # plain (non-OTA) assignment, on the EMA model (rank 0)
     class_maps: list[float] = dataclasses.field(default_factory=list)  # per-class mAP@.5:.95, last validation
@@ -151,6 +153,7 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
         if ckpt is not None:
             write_results_csv(run.rows, save_dir / "results.csv")
         run.tb = TensorBoardLog(save_dir, run.start_epoch)
+        run.trackers = Trackers.start(wanted(opt.logger), save_dir, run_params(opt.to_dict(), dataclasses.asdict(hyp)))
         if ckpt is None and not opt.noplots:
             plot_labels(train_loader, names, save_dir)
     return run
@@ -163,8 +166,7 @@ def _build_model(opt: TrainOptions, nc: int, names: list[str], ckpt: dict | None
     elif opt.weights:
         source = read_checkpoint(resolve_path(opt.weights))  # ours, or an official YOLOv7 file
         model = Model(resolve_path(opt.cfg) if opt.cfg else source["model_cfg"], nc=nc)
-        done, total = transfer_weights(model, source["model"])
-        LOG.info("transferred %d/%d tensors from %s", done, total, opt.weights)
+        LOG.info(transfer_weights(model, source["model"]).summary(opt.weights))
     else:
         model = Model(resolve_path(opt.cfg or DEFAULT_CFG), nc=nc)
     model.names = names

@@ -57,8 +57,8 @@ class TrainMetrics:
 # STAT_NAMES.
 TRAIN_METRICS = tuple(f.metadata["name"] for f in dataclasses.fields(TrainMetrics))
 
-# on_batch(batch, detections) with detections per image [n, 6] (x1, y1, x2, y2, score, class)
-# in original-image pixels; val.py uses it to save labels and to plot the first batches.
+# on_batch(batch, dets_input, dets_original): per image [n, 6] (x1, y1, x2, y2, score, class) in
+# network-input and in original-image pixels; val.py uses it to save labels and to plot the first batches.
 BatchHook = Callable[[object, list[Tensor], list[Tensor]], None]
 
 

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from data import build_dataloader, load_data_config
@@ -16,7 +17,7 @@ from data.loader import consumer_options
 from data.sources import is_coco_json
 from engine.backends import BACKENDS, TorchBackend, compile_backend, load_backend
 from engine.val.batch_plots import batch_hook
-from engine.val.evaluator import EvalResult, evaluate, image_keys
+from engine.val.evaluator import TRAIN_METRICS, EvalResult, evaluate, image_keys
 from engine.val.report import (
     format_stats,
     pycocotools_stats,
@@ -25,26 +26,31 @@ from engine.val.report import (
     save_plots,
 )
 from utils.checkpoint import CheckpointError
-from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, option
+from utils.cli import MAX_IMG_SIZE, MIN_IMG_SIZE, NO_TRACE_NOTE, V5_METRIC_NOTE, option
 from utils.coco_eval import GroundTruth, coco_evaluate
 from utils.coco_json import load_detections, load_ground_truth
 from utils.device import select_device
 from utils.errors import UserError
 from utils.paths import increment_path
 
+STUDY_SIZES = tuple(range(256, 1536 + 128, 128))  # --task study's image sizes (YOLOv7's)
+
 
 @dataclass
 class ValOptions:
     """val.py's command line (YOLOv7 test.py flags); ``plots`` is for the Python API only."""
 
-    weights: str = option("", "checkpoint, .onnx, .torchscript or OpenVINO .xml / folder to evaluate")
+    weights: str | list[str] = option("", "checkpoint, .onnx, .torchscript or OpenVINO .xml / folder to evaluate; "
+                                      "several checkpoints: their ensemble", nargs="+")
     data: str = option("shapes", "data-set YAML or built-in name (default: shapes)")
     batch_size: int = option(32, at_least=1)
     img_size: int = option(640, "inference size (pixels)", aliases=["--img"], at_least=MIN_IMG_SIZE,
                              at_most=MAX_IMG_SIZE)
     conf_thres: float = option(0.001, "object confidence threshold", at_least=0.0, at_most=1.0)
     iou_thres: float = option(0.65, "IoU threshold for NMS", at_least=0.0, at_most=1.0)
-    task: str = option("val", choices=["val", "test", "speed"])
+    task: str = option("val", "split to evaluate; speed: deployment thresholds, nothing saved; study: mAP and "
+                       f"speed at --img {STUDY_SIZES[0]}..{STUDY_SIZES[-1]} into study_<data>_<weights>.txt",
+                       choices=["val", "test", "speed", "study"])
     device: str = option("", "'' (cuda if available, else cpu), cpu, 0, ...")
     single_cls: bool = option(False, "treat every class as one")
     augment: bool = option(False, "test-time augmentation (flips and scales)")
@@ -65,6 +71,11 @@ class ValOptions:
     square: bool = option(False, "square-letterboxed batches at --img, as a fixed-shape export is evaluated "
                           "(like-for-like with one)")
     compile: bool = option(False, "torch.compile the model (checkpoints only; the first batches compile)")
+    # YOLOv7 test.py flags whose job is done another way here
+    save_hybrid: bool = option(False, inert="not supported: it adds the ground-truth labels to the predictions "
+                               "(an mAP that means nothing); --save-txt --save-conf writes the predictions")
+    v5_metric: bool = option(False, aliases=["--v5_metric"], inert=V5_METRIC_NOTE)
+    no_trace: bool = option(False, inert=NO_TRACE_NOTE)
 
 
 def input_geometry(meta, opt: ValOptions) -> tuple[int, int, bool]:
@@ -83,6 +94,8 @@ def run_val(opt: ValOptions) -> dict:
     """Evaluate ``opt.weights`` on ``opt.data``'s split; print the table and speed, write plots
     (and labels / json when asked) under project/name. Returns the numbers for --json."""
     device = select_device(opt.device)
+    if not isinstance(opt.weights, str) and len(opt.weights) == 1:
+        opt = dataclasses.replace(opt, weights=opt.weights[0])
     if opt.task == "speed":  # YOLOv7's speed task: deployment thresholds, nothing saved
         opt = dataclasses.replace(opt, conf_thres=0.25, iou_thres=0.45, save_json=False, plots=False)
     split = "test" if opt.task == "test" else "val"
@@ -128,6 +141,29 @@ def run_val(opt: ValOptions) -> dict:
     return summary
 
 
+def run_study(opt: ValOptions) -> dict:
+    """YOLOv7's ``--task study``: evaluate ``opt.weights`` at each of STUDY_SIZES (pixels); one row
+    per size (size, TRAIN_METRICS, ms per image pre-process / inference / NMS) into
+    ``study_<data>_<weights>.txt`` in the run folder. Returns {"study": path, "rows": rows}."""
+    rows = []
+    summary: dict = {}
+    for size in STUDY_SIZES:
+        name = Path(summary["save_dir"]).name if summary else opt.name  # every size in one folder
+        summary = run_val(dataclasses.replace(opt, task="val", img_size=size, plots=False, name=name,
+                                              exist_ok=bool(summary) or opt.exist_ok))
+        rows.append([size, *(summary[k] for k in TRAIN_METRICS), *summary["speed_ms"]])
+    path = Path(summary["save_dir"]) / f"study_{Path(opt.data).stem}_{_stems(opt.weights)}.txt"
+    header = " ".join(["img_size", *TRAIN_METRICS, "ms_preprocess", "ms_inference", "ms_nms"])
+    np.savetxt(path, np.array(rows), fmt="%10.4g", header=header)
+    print(f"study: {path}")
+    return {"study": str(path), "rows": rows}
+
+
+def _stems(weights: str | list[str]) -> str:
+    """The file-name stem(s) of --weights (an ensemble's joined by ``_``)."""
+    return "_".join(Path(w).stem for w in ([weights] if isinstance(weights, str) else weights))
+
+
 def _coco_ground_truth(sources: list[Path], dataset, single_cls: bool, device: torch.device) -> GroundTruth | None:
     """On a one-json COCO split, that file's boxes and segment areas (what pycocotools scores
     against), when its classes are the dataset's; else None (the dataset's labels are used)."""
@@ -147,7 +183,7 @@ def _save_json(result: EvalResult, dataset, sources: list[Path], opt: ValOptions
     keys = image_keys(dataset, indices)
     key_to_id = {k: int(dataset.image_ids[i]) for k, i in zip(keys, indices, strict=True)}
     path = save_coco_json(result, key_to_id, dataset.category_ids,
-                          save_dir / f"{Path(opt.weights).stem}_predictions.json")
+                          save_dir / f"{_stems(opt.weights)}_predictions.json")
     print(f"COCO results json: {path}")
     out = {"json": str(path)}
     annotations = [s for s in sources if is_coco_json(Path(s))]
