@@ -24,6 +24,7 @@ import torch
 from engine.formats import BACKENDS, METADATA_KEY, BackendError, Metadata, format_of, reader_of, weights_kind
 from engine.tta import tta_forward
 from utils.checkpoint import CheckpointError
+from utils.device import compile_module
 from utils.nms import split_by_image
 
 __all__ = ["BACKENDS", "Backend", "BackendError", "Metadata", "OnnxBackend", "TorchBackend", "TorchScriptBackend",
@@ -215,3 +216,11 @@ def call_fixed_batch(run: Callable[[torch.Tensor], torch.Tensor | list[torch.Ten
             chunk = torch.cat([chunk, chunk.new_zeros((batch - n, *chunk.shape[1:]))])
         outs.append(run(chunk)[:n])
     return torch.cat(outs) if isinstance(outs[0], torch.Tensor) else [d for out in outs for d in out]
+
+
+def compile_backend(backend: Backend, weights: str | Path) -> None:
+    """--compile of detect.py and val.py: ``torch.compile`` the model of a checkpoint's backend in
+    place. Exported files (``weights``) are refused: their runtimes compile on their own."""
+    if not isinstance(backend, TorchBackend):
+        raise BackendError(f"{weights}: --compile needs a PyTorch checkpoint, not an exported file")
+    compile_module(backend.model, backend.device)

@@ -46,7 +46,7 @@ EVENTS = {
     "on_train_end": "(summary: dict)",
 }
 _PREDICTOR_FIELDS = ("weights", "device", "img_size", "conf_thres", "iou_thres", "classes", "agnostic_nms",
-                     "max_det", "augment", "backend", "tile", "tile_overlap")
+                     "max_det", "augment", "backend", "tile", "tile_overlap", "compile")
 
 
 def _options(cls: type[T], where: str, given: dict[str, Any], **fixed: Any) -> T:

@@ -25,7 +25,7 @@ import detect
 import val
 from data.shapes import CLASSES
 from data.sources import label_path, list_images
-from engine.backends import BackendError, load_backend, weights_kind
+from engine.backends import BackendError, compile_backend, load_backend, weights_kind
 from engine.detect.predictor import Predictor
 from engine.export.exporter import export_model
 
@@ -158,3 +158,8 @@ def test_weights_kind_reads_the_contents(deploy, tmp_path: Path) -> None:
         load_backend(junk, torch.device("cpu"))
     with pytest.raises(BackendError, match="does not run on --backend openvino"):
         load_backend(deploy["weights"], torch.device("cpu"), backend="openvino")
+
+
+def test_compile_refuses_an_exported_file() -> None:
+    with pytest.raises(BackendError, match="best.onnx: --compile needs a PyTorch checkpoint"):
+        compile_backend(object(), "best.onnx")  # any backend but a checkpoint's

@@ -247,3 +247,19 @@ def test_early_stop_with_nosave_still_saves_the_last_epoch(data_root, monkeypatc
     rows = (Path(summary["save_dir"]) / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2  # header, epochs 0 and 1: stopped one epoch after the (flat) best
     assert load_checkpoint(Path(summary["save_dir"]) / "weights" / "last.pt")["model"]
+
+
+def test_compiled_training_matches_eager(data_root):
+    from utils.device import compile_unavailable
+
+    if compile_unavailable(torch.device("cpu")):
+        pytest.skip(compile_unavailable(torch.device("cpu")))
+    runs = {}
+    for name, compiled in (("eager", False), ("compiled", True)):
+        summary = train(tiny_options(data_root, name=name, epochs=1, precision="fp32", compile=compiled))
+        runs[name] = (read_rows(Path(summary["save_dir"]) / "results.csv")[0], load_checkpoint(summary["weights"]))
+    (eager, eager_ckpt), (compiled, compiled_ckpt) = runs["eager"], runs["compiled"]
+    for key in ("train/box_loss", "train/obj_loss", "train/cls_loss"):  # three steps: Inductor only reorders sums
+        assert float(compiled[key]) == pytest.approx(float(eager[key]), rel=1e-3), key
+    assert list(compiled_ckpt["model"]) == list(eager_ckpt["model"])  # no _orig_mod. prefix
+    assert compiled_ckpt["opt"]["compile"] and not eager_ckpt["opt"]["compile"]

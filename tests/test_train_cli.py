@@ -91,3 +91,19 @@ def test_resume_finds_newest_last(tmp_path):
     assert find_resume_checkpoint(TrainOptions(resume="last", project=str(tmp_path))) == path
     with pytest.raises(ConfigError, match="no such checkpoint"):
         find_resume_checkpoint(TrainOptions(resume=str(tmp_path / "missing.pt")))
+
+
+def test_compile_without_a_cpp_compiler_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from train_helpers import tiny_data
+
+    tiny_data(tmp_path)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert parse("--compile").compile and not parse().compile
+    argv = ["--compile", "--data", str(tmp_path / "tiny.yaml"), "--cfg", str(tmp_path / "tiny_model.yaml"),
+            "--img", "64", "--epochs", "1", "--device", "cpu", "--noautoanchor", "--project", str(tmp_path / "runs")]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("train.py: error:") and "--compile: no C++ compiler" in err[-1]
+    assert not (tmp_path / "runs").exists()

@@ -1,8 +1,12 @@
-"""Device selection (--device) and the memory figure of the progress line."""
+"""Device selection (--device), the memory figure of the progress line, and --compile."""
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import torch
+from torch import nn
 
 from utils.errors import UserError
 
@@ -51,3 +55,39 @@ def memory_string(device: torch.device) -> str:
     except ImportError:
         return "-"
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.3g}G"  # ru_maxrss is in KiB on Linux
+
+
+def compile_unavailable(device: torch.device) -> str:
+    """Why ``torch.compile`` (Inductor) cannot run on ``device`` here, or '' when it can.
+
+    Inductor compiles CPU kernels with a C++ compiler and CUDA kernels with Triton; without them
+    the first compiled call fails minutes into a run, so --compile checks before anything starts.
+    """
+    import torch._dynamo  # local: only --compile needs it
+
+    if not torch._dynamo.is_dynamo_supported():
+        return f"torch {torch.__version__} has no torch.compile on this Python"
+    if device.type == "cpu":
+        names = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+        if not any(n and shutil.which(n) for n in names):
+            return "no C++ compiler found (install g++ or set CXX), which Inductor needs for CPU kernels"
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "Triton is not installed, which Inductor needs for CUDA kernels (pip install triton)"
+    return ""
+
+
+def compile_module(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` with its forward compiled in place (``nn.Module.compile``: the class, attributes and
+    state_dict keys stay as they are, so checkpoints, EMA and DDP see the same model).
+
+    Raises DeviceError naming --compile when ``compile_unavailable(device)`` says why it cannot.
+    Compilation happens on the first calls (and again for each new input shape).
+    """
+    why = compile_unavailable(device)
+    if why:
+        raise DeviceError(f"--compile: {why}; run without --compile")
+    module.compile()
+    return module

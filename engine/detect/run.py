@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.backends import compile_backend
 from engine.detect.predictor import Detections, Predictor
 from engine.detect.sources import Frame, Source
 from engine.detect.track import Tracks
@@ -68,6 +69,7 @@ class DetectOptions:
     hide_labels: bool = option(False, "draw boxes without labels")
     hide_conf: bool = option(False, "draw labels without scores")
     json: bool = option(False, "print the summary as one JSON object (last line)")
+    compile: bool = option(False, "torch.compile the model (checkpoints only; the first batches compile)")
     no_trace: bool = option(False, inert=NO_TRACE_NOTE)  # YOLOv7 detect.py's flag
 
 
@@ -128,9 +130,12 @@ def frame_label(frame: Frame, number: int, total: int) -> str:
 
 def predictor_for(opt: DetectOptions) -> Predictor:
     """The Predictor that ``opt``'s model and thresholds describe."""
-    return Predictor(opt.weights, opt.device, opt.img_size, opt.conf_thres, opt.iou_thres, opt.classes,
-                     opt.agnostic_nms, opt.max_det, opt.augment, opt.backend, tile=opt.tile,
-                     tile_overlap=opt.tile_overlap)
+    predictor = Predictor(opt.weights, opt.device, opt.img_size, opt.conf_thres, opt.iou_thres, opt.classes,
+                          opt.agnostic_nms, opt.max_det, opt.augment, opt.backend, tile=opt.tile,
+                          tile_overlap=opt.tile_overlap)
+    if opt.compile:
+        compile_backend(predictor.backend, opt.weights)
+    return predictor
 
 
 def sequence_of(frame: Frame) -> str:

@@ -58,6 +58,8 @@ class TrainOptions:
     precision: str = option("auto", "forward-pass precision: auto (bf16 on CPUs with native bf16 and on CUDA "
                             "GPUs that have it, else fp16 on CUDA, fp32 otherwise), fp32, bf16 or fp16; "
                             "loss, optimizer, validation and export stay fp32", choices=PRECISIONS)
+    compile: bool = option(False, "torch.compile the training model (Inductor): the first steps compile (minutes on "
+                           "a CPU, where it measured no faster), each new image size again (--multi-scale, --rect)")
     project: str = option("runs/train")
     name: str = option("exp")
     exist_ok: bool = option(False, "reuse project/name instead of incrementing")

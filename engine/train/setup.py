@@ -41,6 +41,7 @@ from models.yolo import Model, count_flops
 from utils.checkpoint import CheckpointError, load_checkpoint, set_rng_state
 from utils.config import ConfigError, Hyp, from_mapping
 from utils.cpu import split_cores
+from utils.device import compile_module
 from utils.distributed import DistInfo, barrier
 from utils.paths import increment_path, resolve_path
 from utils.precision import precision_reason, resolve_precision
@@ -142,6 +143,8 @@ def setup(opt: TrainOptions, info: DistInfo, device: torch.device) -> Run:
     )
     if ckpt is not None:
         _restore(run, ckpt)
+    if opt.compile:  # after the EMA copied the model: the EMA and validation run eager
+        compile_module(model, device)
     run.model = _wrap_ddp(model, opt, info, device)
     if info.is_main:  # every input is checked: only now is anything written
         (save_dir / "weights").mkdir(parents=True, exist_ok=True)

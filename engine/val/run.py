@@ -15,7 +15,7 @@ import torch
 from data import build_dataloader, load_data_config
 from data.loader import consumer_options
 from data.sources import is_coco_json
-from engine.backends import BACKENDS, TorchBackend, load_backend
+from engine.backends import BACKENDS, TorchBackend, compile_backend, load_backend
 from engine.val.batch_plots import batch_hook
 from engine.val.evaluator import TRAIN_METRICS, EvalResult, evaluate, image_keys
 from engine.val.report import (
@@ -70,6 +70,7 @@ class ValOptions:
                           "openvino)", choices=BACKENDS)
     square: bool = option(False, "square-letterboxed batches at --img, as a fixed-shape export is evaluated "
                           "(like-for-like with one)")
+    compile: bool = option(False, "torch.compile the model (checkpoints only; the first batches compile)")
     # YOLOv7 test.py flags whose job is done another way here
     save_hybrid: bool = option(False, inert="not supported: it adds the ground-truth labels to the predictions "
                                "(an mAP that means nothing); --save-txt --save-conf writes the predictions")
@@ -99,6 +100,8 @@ def run_val(opt: ValOptions) -> dict:
         opt = dataclasses.replace(opt, conf_thres=0.25, iou_thres=0.45, save_json=False, plots=False)
     split = "test" if opt.task == "test" else "val"
     backend = load_backend(opt.weights, device, opt.backend)
+    if opt.compile:
+        compile_backend(backend, opt.weights)
     model = backend.model if isinstance(backend, TorchBackend) else backend
     img_size, batch_size, rect = input_geometry(backend.meta, opt)
     if (img_size, batch_size) != (opt.img_size, opt.batch_size) and backend.meta.img_size is not None:
