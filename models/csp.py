@@ -1,4 +1,4 @@
-"""CSP blocks of YOLOR-CSP (CSPNet stage level, see ../shared/ELAN.md).
+"""CSP blocks of YOLOR-CSP (CSPNet stage level; docs/gradpath.md).
 
 A CSP stage splits its input into two 1x1 projections; only one goes through the ``n``
 bottlenecks; the parts are joined by a cross-stage transition. Where that transition sits is

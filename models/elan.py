@@ -1,4 +1,4 @@
-"""ELAN family blocks (see ../shared/ELAN.md): ELAN / ELAN-H, E-ELAN and the MP transition.
+"""ELAN family blocks (Wang, Liao and Yeh, gradient path analysis; docs/gradpath.md): ELAN / ELAN-H, E-ELAN and the MP transition.
 
 Each block is ONE config row that replaces a chain of rows in the official unrolled YOLOv7
 configs. Submodules are registered in the order of those rows, and ``unrolled_rows()`` names

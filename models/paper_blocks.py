@@ -1,4 +1,4 @@
-"""Blocks for the gradient-path analysis of the paper (see ../shared/ELAN.md, cfg/gradpath/).
+"""Blocks for the gradient-path analysis of the paper (docs/gradpath.md, cfg/gradpath/).
 
 They build the small networks the paper reasons about: stacks of residual blocks (with the
 stop-gradient option of its Table 3), of VoVNet OSA blocks, of whole CSP stages, and ELAN blocks
