@@ -117,7 +117,7 @@ def count_images(sources: list[Path]) -> int:
         elif is_coco_json(source):
             total += len(read_coco(source)["images"])
         else:
-            total += len(list_images(source))
+            total += len(image_names(source))
     return total
 
 

@@ -21,6 +21,7 @@ out of range raises ``ConfigError`` naming it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +34,7 @@ from engine.detect.sources import Frame
 from engine.detect.track import Tracks
 from engine.train import TrainOptions
 from engine.val import ValOptions, run_val
+from models.released import RELEASED
 from utils.cli import check_ranges
 from utils.config import ConfigError
 from utils.errors import UserError
@@ -81,23 +83,24 @@ class Detector:
         self.device = device
         self.callbacks: dict[str, list[Callable]] = {event: [] for event in EVENTS}
         self._predictor: tuple[tuple, Predictor] | None = None
-        if self.weights and not Path(self.weights).exists():
+        if self.weights and not Path(self.weights).exists() and Path(self.weights).name not in RELEASED:
             raise UserError("no such weights file (give a checkpoint, an exported file or a model YAML)",
                             where=self.weights)
 
     def __repr__(self) -> str:
         return f"Detector({self.weights or self.cfg!r})"
 
-    @property
+    @functools.cached_property
     def model(self):
-        """The PyTorch ``models.Model``: built from the config (random weights), or loaded from a
-        checkpoint of ours or an official YOLOv7 file (eval mode, not fused)."""
+        """The PyTorch ``models.Model`` (one object, built on first use): loaded from the weights (a
+        checkpoint of ours or an official YOLOv7 file; eval mode, not fused), or built from the config
+        with random weights while there are none."""
         from models import Model, load_model
         from utils.device import select_device
 
-        if self.cfg:
-            return Model(self.cfg)
-        return load_model(self.weights, select_device(self.device))
+        if self.weights:
+            return load_model(self.weights, select_device(self.device))
+        return Model(self.cfg)
 
     # Training events -------------------------------------------------------------------------
 
@@ -127,6 +130,7 @@ class Detector:
         summary = train(opt, on_epoch_end=self._epoch_end if self.callbacks["on_epoch_end"] else None)
         if summary.get("weights"):
             self.weights, self._predictor = summary["weights"], None
+            self.__dict__.pop("model", None)  # the cached model was the untrained one
         for callback in self.callbacks["on_train_end"]:
             callback(summary)
         return summary

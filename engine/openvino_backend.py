@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from engine.backends import read_onnx_metadata
-from engine.formats import METADATA_KEY, BackendError, Metadata
+from engine.formats import METADATA_KEY, BackendError, Metadata, format_of
 from utils.nms import split_by_image
 
 THRESHOLD_INPUTS = ("conf_thres", "iou_thres")  # NMS graph inputs with defaults (engine.export.onnx_nms)
@@ -58,7 +58,7 @@ class OpenVinoBackend:
         if device.type != "cpu":
             raise BackendError(f"{path}: the OpenVINO backend runs on the CPU (--device cpu), not {device}")
         try:
-            if path.suffix.lower() == ".onnx":
+            if format_of(path).name == "onnx":  # by its contents, as load_backend tells kinds apart
                 self.meta = read_onnx_metadata(path)
                 model = openvino_model_from_onnx(path)
             else:

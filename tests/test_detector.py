@@ -102,6 +102,10 @@ def test_train_with_callbacks_then_holds_its_weights(tmp_path: Path) -> None:
     summary = detector.train(**options)
     assert events == [("start", 2), ("epoch", 0), ("end", 1)]  # True from on_epoch_end stopped the run
     assert detector.weights == summary["weights"] and Path(summary["weights"]).is_file()
+    trained = torch.load(summary["weights"], weights_only=True)["model"]
+    first = next(iter(trained))
+    assert torch.equal(detector.model.state_dict()[first], trained[first].float())  # the trained weights
+    assert detector.model is detector.model
     assert len(detector.predict(np.zeros((64, 64, 3), np.uint8), conf_thres=0.9)) == 1
 
 
@@ -114,6 +118,7 @@ def test_mistakes_are_config_and_user_errors(workdir: Path) -> None:
         Detector(workdir / "weights.pt").val(weights="other.pt")
     with pytest.raises(UserError, match="untrained config has no weights"):
         Detector("yolov7-tiny.yaml").predict(workdir / "images")
+    assert Detector("yolov7-tiny.pt").weights == "yolov7-tiny.pt"  # a released name: downloaded when used
     with pytest.raises(UserError, match="no such weights file"):
         Detector(workdir / "missing.pt")
     with pytest.raises(ConfigError, match="unknown event"):

@@ -61,8 +61,11 @@ def download(url: str, dest: Path, *, expected_size: int | None = None, hint: st
     try:
         response = _open(url, start)
     except urllib.error.HTTPError as e:
-        if e.code == 416 and start:  # the part file is already whole (or longer than the file)
-            return _finish(part, dest, url, expected_size)
+        if e.code == 416 and start:  # nothing after the part file's end: whole if it is the file's size
+            whole = (e.headers.get("Content-Range") or "").rpartition("/")[2]
+            if whole.isdigit() and int(whole) == start:
+                return _finish(part, dest, url, expected_size)
+            raise _refuse(part, url, f"the partial file ({start} bytes) does not fit the server's file") from None
         raise DownloadError(f"{url}: HTTP {e.code} {e.reason}{'; ' + hint if hint else ''}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)

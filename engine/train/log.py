@@ -112,6 +112,6 @@ def progress_line(epoch: int, epochs: int, memory: str, mean_losses: LossItems, 
                   img_per_s: float) -> str:
     """One progress-bar description: epoch, memory, running mean loss terms and their total,
     targets, size, and the training images per second of the epoch so far."""
-    losses = (*(float(v) for v in mean_losses), float(mean_losses.total))
+    losses = (*(float(v) for v in mean_losses), float(sum(mean_losses)))  # floats: no device sync here
     return ("%10s" * 2 + "%10.4g" * (len(losses) + 2) + "%10.1f") % (f"{epoch}/{epochs - 1}", memory, *losses, n_targets,
                                                                     img_size, img_per_s)

@@ -222,7 +222,7 @@ def train_one_epoch(run: Run, epoch: int, timer: EpochTimer | None = None) -> Lo
         n_good += 1
         if run.info.is_main:
             batches.set_description(progress_line(
-                epoch, opt.epochs, memory_string(run.device), LossItems(*mean_losses), len(batch.targets),
+                epoch, opt.epochs, memory_string(run.device), LossItems(*mean_losses.tolist()), len(batch.targets),
                 batch.images.shape[-1],
                 timer.img_per_s() * run.info.world_size,
             ))
