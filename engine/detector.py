@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from engine.detect import Detections, DetectOptions, Predictor, Source
-from engine.detect.run import predictor_for, track_frames
+from engine.detect.run import attach_frames, predictor_for
 from engine.detect.sources import Frame
 from engine.detect.track import Tracks
 from engine.train import TrainOptions
@@ -184,13 +184,10 @@ class Detector:
         tracks = Tracks() if opt.track else None
         if arrays:
             results = predictor(source)
-            track_frames(tracks, [Frame(det.path, det.image) for det in results], results)
+            attach_frames(tracks, [Frame(det.path, det.image) for det in results], results)
             yield from results
             return
         for batch in Source(opt.source, opt.batch_size):
             results = predictor.predict([f.image for f in batch])
-            track_frames(tracks, batch, results)
-            for frame, det in zip(batch, results, strict=True):
-                det.image, det.path = frame.image, frame.path
-                det.frame = frame.index if frame.kind != "image" else None
-                yield det
+            attach_frames(tracks, batch, results)
+            yield from results

@@ -91,11 +91,6 @@ def draw(image_bgr: np.ndarray, det: Detections, opt: DetectOptions) -> np.ndarr
                     hide_conf=opt.hide_conf)
 
 
-def json_entry(frame: Frame, det: Detections) -> dict:
-    """One image of detections.json: boxes xyxy in original pixels."""
-    return {**det.to_dict(), "path": frame.path, "frame": frame.index if frame.kind != "image" else None}
-
-
 class VideoSink:
     """One cv2.VideoWriter per video or stream, opened on its first frame."""
 
@@ -143,10 +138,13 @@ def sequence_of(frame: Frame) -> str:
     return frame.path if frame.kind != "image" else ""
 
 
-def track_frames(tracks: Tracks | None, frames: list[Frame], results: list[Detections]) -> None:
-    """Set each result's track ids (``tracks`` None: not tracking)."""
-    if tracks is not None:
-        for frame, det in zip(frames, results, strict=True):
+def attach_frames(tracks: Tracks | None, frames: list[Frame], results: list[Detections]) -> None:
+    """Give each result its frame's image, path and frame number (None for a still image), and its
+    track ids when ``tracks`` is not None."""
+    for frame, det in zip(frames, results, strict=True):
+        det.image, det.path = frame.image, frame.path
+        det.frame = frame.index if frame.kind != "image" else None
+        if tracks is not None:
             tracks.update(det, sequence_of(frame), frame.fps)
 
 
@@ -167,7 +165,7 @@ def run_detect(opt: DetectOptions, predictor: Predictor | None = None) -> dict:
         for batch in source:
             start = time.perf_counter()
             results = predictor.predict([f.image for f in batch])
-            track_frames(tracks, batch, results)
+            attach_frames(tracks, batch, results)
             elapsed = time.perf_counter() - start
             seconds += elapsed
             for frame, det in zip(batch, results, strict=False):
@@ -178,7 +176,7 @@ def run_detect(opt: DetectOptions, predictor: Predictor | None = None) -> dict:
                       f"({1000 * elapsed / len(batch):.1f} ms)", flush=True)
                 save_outputs(frame, det, opt, save_dir, videos)
                 if opt.save_json:
-                    entries.append(json_entry(frame, det))
+                    entries.append(det.to_dict())
     finally:
         videos.close()
     if opt.save_json:
